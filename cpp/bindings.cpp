@@ -1,0 +1,263 @@
+// pybind11 bindings: type conversion only. Long calls release the GIL; the training progress
+// callback re-acquires it, and a Python exception raised there (Ctrl-C included) stops training
+// cleanly at that step and is re-raised once the native side has unwound.
+#include "native.h"
+
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+
+namespace py = pybind11;
+using namespace dnd;
+
+namespace {
+
+std::atomic<bool> g_cancel{false};
+
+// model output may end inside a multi-byte character or be invalid UTF-8: never fail on it
+py::str lenient_str(const std::string & s) {
+    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
+}
+
+Windows to_windows(const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & tokens,
+                   const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & labels,
+                   const char * what) {
+    if (tokens.ndim() != 2 || labels.ndim() != 2 || tokens.shape(0) != labels.shape(0) ||
+        tokens.shape(1) != labels.shape(1)) {
+        throw Error(std::string(what) + ": tokens and labels must be int32 arrays of the same shape "
+                    "[windows, n_ctx]");
+    }
+    Windows w;
+    w.tokens.assign(tokens.data(), tokens.data() + tokens.size());
+    w.labels.assign(labels.data(), labels.data() + labels.size());
+    return w;
+}
+
+py::dict progress_dict(const Progress & p) {
+    py::dict d;
+    d["event"] = p.event;
+    d["epoch"] = p.epoch;
+    d["epochs"] = p.epochs;
+    d["step"] = p.step;
+    d["total_steps"] = p.total_steps;
+    d["loss"] = p.loss;
+    d["accuracy"] = p.accuracy;
+    d["val_loss"] = p.val_loss < 0 ? py::object(py::none()) : py::object(py::float_(p.val_loss));
+    d["val_accuracy"] = p.val_accuracy < 0 ? py::object(py::none()) : py::object(py::float_(p.val_accuracy));
+    d["tokens_per_s"] = p.tokens_per_s;
+    d["eta_s"] = p.eta_s;
+    d["elapsed_s"] = p.elapsed_s;
+    d["checkpoint"] = p.checkpoint.empty() ? py::object(py::none()) : py::object(py::str(p.checkpoint));
+    return d;
+}
+
+py::dict train_py(const std::string & base, const std::string & out,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> val_tokens,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> val_labels,
+                  const TrainOptions & opts, py::object callback) {
+    Windows train_set = to_windows(tokens, labels, "training set");
+    Windows val_set;
+    if (val_tokens.size() > 0) {
+        val_set = to_windows(val_tokens, val_labels, "validation set");
+    }
+    if (tokens.ndim() == 2 && tokens.shape(1) != opts.n_ctx) {
+        throw Error("windows have " + std::to_string(tokens.shape(1)) + " tokens but n_ctx is " +
+                    std::to_string(opts.n_ctx));
+    }
+
+    g_cancel = false;
+    std::unique_ptr<py::error_already_set> pending;   // a Python exception from the callback
+    ProgressFn progress = [&](const Progress & p) {
+        if (g_cancel) {
+            return false;
+        }
+        if (callback.is_none()) {
+            return true;
+        }
+        py::gil_scoped_acquire gil;
+        try {
+            if (PyErr_CheckSignals() != 0) {
+                throw py::error_already_set();
+            }
+            py::object keep = callback(progress_dict(p));
+            return keep.is_none() || keep.cast<bool>();
+        } catch (py::error_already_set & e) {
+            pending = std::make_unique<py::error_already_set>(std::move(e));
+            return false;
+        }
+    };
+
+    TrainResult r;
+    {
+        py::gil_scoped_release release;
+        r = train(base, out, train_set, val_set, opts, progress);
+    }
+    if (pending) {
+        pending->restore();
+        throw py::error_already_set();
+    }
+    py::dict d;
+    d["steps"] = r.steps;
+    d["tokens"] = r.tokens;
+    d["n_trainable"] = r.n_trainable;
+    d["train_loss"] = r.train_loss;
+    d["val_loss"] = r.val_loss < 0 ? py::object(py::none()) : py::object(py::float_(r.val_loss));
+    d["best_val_loss"] = r.best_val_loss < 0 ? py::object(py::none()) : py::object(py::float_(r.best_val_loss));
+    d["seconds"] = r.seconds;
+    d["tokens_per_s"] = r.tokens_per_s;
+    d["cancelled"] = r.cancelled;
+    return d;
+}
+
+} // namespace
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "dndllama's native core: llama.cpp training, quantization and inference";
+    init();
+
+    py::register_exception<Error>(m, "NativeError", PyExc_RuntimeError);
+
+    m.def("set_verbose", &set_verbose, "Echo llama.cpp's log to stderr.");
+    m.def("cancel", [] { g_cancel = true; }, "Ask a running train() to stop at its next step.");
+    m.def("default_threads", &default_threads);
+    m.def("quant_types", &quant_types);
+
+    py::class_<ModelInfo>(m, "ModelInfo")
+        .def_readonly("arch", &ModelInfo::arch)
+        .def_readonly("name", &ModelInfo::name)
+        .def_readonly("n_params", &ModelInfo::n_params)
+        .def_readonly("size_bytes", &ModelInfo::size_bytes)
+        .def_readonly("n_ctx_train", &ModelInfo::n_ctx_train)
+        .def_readonly("n_embd", &ModelInfo::n_embd)
+        .def_readonly("n_layer", &ModelInfo::n_layer)
+        .def_readonly("n_head", &ModelInfo::n_head)
+        .def_readonly("n_vocab", &ModelInfo::n_vocab)
+        .def_readonly("chat_template", &ModelInfo::chat_template)
+        .def_readonly("metadata", &ModelInfo::metadata)
+        .def_readonly("tensor_types", &ModelInfo::tensor_types);
+
+    py::class_<Model>(m, "Model")
+        .def(py::init([](const std::string & path, int n_gpu_layers, bool vocab_only) {
+                 py::gil_scoped_release release;
+                 return std::make_unique<Model>(path, n_gpu_layers, vocab_only);
+             }),
+             py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("vocab_only") = false)
+        .def_property_readonly("path", &Model::path)
+        .def("info", &Model::info)
+        .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("add_special") = false,
+             py::arg("parse_special") = true)
+        .def("detokenize",
+             [](const Model & self, const std::vector<int32_t> & tokens, bool render_special) {
+                 return lenient_str(self.detokenize(tokens, render_special));
+             },
+             py::arg("tokens"), py::arg("render_special") = true)
+        .def("apply_chat_template",
+             [](const Model & self, const std::vector<std::map<std::string, std::string>> & messages,
+                bool add_assistant, const std::string & tmpl) {
+                 std::vector<Message> msgs;
+                 for (const auto & mm : messages) {
+                     auto role = mm.find("role"), content = mm.find("content");
+                     if (role == mm.end() || content == mm.end()) {
+                         throw Error("every message needs 'role' and 'content'");
+                     }
+                     msgs.push_back({role->second, content->second});
+                 }
+                 return self.apply_chat_template(msgs, add_assistant, tmpl);
+             },
+             py::arg("messages"), py::arg("add_assistant") = true, py::arg("template") = "")
+        .def("save", [](const Model & self, const std::string & out, const std::map<std::string, std::string> & kv) {
+                 py::gil_scoped_release release;
+                 save_weights(self.get(), self.path(), out, kv);
+             },
+             py::arg("out_path"), py::arg("kv") = std::map<std::string, std::string>{},
+             "Write the model as GGUF with its file's metadata plus `kv` (atomic).")
+        .def("generate",
+             [](const Model & self, const std::string & prompt, int max_tokens, float temperature, int top_k,
+                float top_p, uint32_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads) {
+                 GenerateOptions o;
+                 o.max_tokens = max_tokens;
+                 o.temperature = temperature;
+                 o.top_k = top_k;
+                 o.top_p = top_p;
+                 o.seed = seed;
+                 o.stop = stop;
+                 o.n_ctx = n_ctx;
+                 o.n_threads = n_threads;
+                 GenerateResult r;
+                 {
+                     py::gil_scoped_release release;
+                     r = generate(self, prompt, o);
+                 }
+                 py::dict d;
+                 d["text"] = lenient_str(r.text);
+                 d["stop_reason"] = r.stop_reason;
+                 d["n_prompt"] = r.n_prompt;
+                 d["n_generated"] = r.n_generated;
+                 d["prompt_tokens_per_s"] = r.prompt_tokens_per_s;
+                 d["gen_tokens_per_s"] = r.gen_tokens_per_s;
+                 return d;
+             },
+             py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.7f, py::arg("top_k") = 40,
+             py::arg("top_p") = 0.95f, py::arg("seed") = 42, py::arg("stop") = std::vector<std::string>{},
+             py::arg("n_ctx") = 2048, py::arg("n_threads") = 0);
+
+    py::class_<TrainOptions>(m, "TrainOptions")
+        .def(py::init<>())
+        .def_readwrite("n_ctx", &TrainOptions::n_ctx)
+        .def_readwrite("epochs", &TrainOptions::epochs)
+        .def_readwrite("max_steps", &TrainOptions::max_steps)
+        .def_readwrite("lr", &TrainOptions::lr)
+        .def_readwrite("lr_min_ratio", &TrainOptions::lr_min_ratio)
+        .def_readwrite("warmup_steps", &TrainOptions::warmup_steps)
+        .def_readwrite("weight_decay", &TrainOptions::weight_decay)
+        .def_readwrite("beta1", &TrainOptions::beta1)
+        .def_readwrite("beta2", &TrainOptions::beta2)
+        .def_readwrite("eps", &TrainOptions::eps)
+        .def_readwrite("grad_accum", &TrainOptions::grad_accum)
+        .def_readwrite("trainable", &TrainOptions::trainable)
+        .def_readwrite("n_threads", &TrainOptions::n_threads)
+        .def_readwrite("n_gpu_layers", &TrainOptions::n_gpu_layers)
+        .def_readwrite("seed", &TrainOptions::seed)
+        .def_readwrite("checkpoint_dir", &TrainOptions::checkpoint_dir)
+        .def_readwrite("kv", &TrainOptions::kv);
+
+    m.def("train", &train_py, py::arg("base"), py::arg("out"), py::arg("tokens"), py::arg("labels"),
+          py::arg("val_tokens"), py::arg("val_labels"), py::arg("options"), py::arg("callback") = py::none(),
+          "Fine-tune `base` on token windows (labels -1 = masked) and write the result to `out`.");
+
+    m.def("evaluate",
+          [](const std::string & path, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+             py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels, int n_threads, int n_gpu_layers) {
+              Windows w = to_windows(tokens, labels, "evaluation set");
+              const int n_ctx = (int) tokens.shape(1);
+              py::gil_scoped_release release;
+              return evaluate(path, w, n_ctx, n_threads, n_gpu_layers);
+          },
+          py::arg("path"), py::arg("tokens"), py::arg("labels"), py::arg("n_threads") = 0, py::arg("n_gpu_layers") = 0,
+          "Mean loss and accuracy over labelled positions, by plain inference.");
+
+    m.def("quantize",
+          [](const std::string & in, const std::string & out, const std::string & type, int n_threads) {
+              QuantizeResult r;
+              {
+                  py::gil_scoped_release release;
+                  r = quantize(in, out, type, n_threads);
+              }
+              py::dict d;
+              d["in_bytes"] = r.in_bytes;
+              d["out_bytes"] = r.out_bytes;
+              d["type"] = r.type;
+              return d;
+          },
+          py::arg("in_path"), py::arg("out_path"), py::arg("type"), py::arg("n_threads") = 0,
+          "Quantize (or dequantize, with F32/F16) a GGUF; writes atomically.");
+
+    m.def("op_gradients", &op_gradients, py::arg("op"), py::arg("inputs"), py::arg("shape"),
+          py::arg("weights") = std::vector<float>{},
+          "Value and input gradients of sum(op(inputs) * weights) through ggml's backward pass.");
+}

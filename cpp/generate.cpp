@@ -1,0 +1,106 @@
+// Text generation with llama.cpp's sampler chain, for validation, chat and load checks.
+#include "native.h"
+
+#include "llama.h"
+
+#include <chrono>
+#include <memory>
+
+namespace dnd {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct SamplerDeleter {
+    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
+};
+struct ContextDeleter {
+    void operator()(llama_context * c) const { llama_free(c); }
+};
+
+std::unique_ptr<llama_sampler, SamplerDeleter> make_sampler(const GenerateOptions & o) {
+    std::unique_ptr<llama_sampler, SamplerDeleter> chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (o.temperature <= 0) {
+        llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
+        return chain;
+    }
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(o.top_k));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(o.top_p, 1));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(o.temperature));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(o.seed));
+    return chain;
+}
+
+// the earliest stop string in `text`, or npos
+size_t find_stop(const std::string & text, const std::vector<std::string> & stops) {
+    size_t best = std::string::npos;
+    for (const auto & s : stops) {
+        if (!s.empty()) {
+            best = std::min(best, text.find(s));
+        }
+    }
+    return best;
+}
+
+} // namespace
+
+GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts) {
+    const llama_vocab * vocab = llama_model_get_vocab(model.get());
+    std::vector<int32_t> tokens = model.tokenize(prompt, true, true);
+    if ((int) tokens.size() + opts.max_tokens > opts.n_ctx) {
+        throw Error("prompt (" + std::to_string(tokens.size()) + " tokens) plus max_tokens (" +
+                    std::to_string(opts.max_tokens) + ") exceeds the context of " + std::to_string(opts.n_ctx) +
+                    "\nfix: raise n_ctx or shorten the conversation");
+    }
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = opts.n_ctx;
+    cp.n_batch = std::max<int>(512, tokens.size());
+    cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
+    std::unique_ptr<llama_context, ContextDeleter> ctx(llama_init_from_model(model.get(), cp));
+    if (!ctx) {
+        throw Error("could not create an inference context: " + last_log_error());
+    }
+    auto sampler = make_sampler(opts);
+
+    GenerateResult res;
+    res.n_prompt = (int) tokens.size();
+    const auto t0 = Clock::now();
+    llama_batch batch = llama_batch_get_one(tokens.data(), (int32_t) tokens.size());
+    if (llama_decode(ctx.get(), batch) != 0) {
+        throw Error("prompt evaluation failed: " + last_log_error());
+    }
+    const auto t1 = Clock::now();
+
+    res.stop_reason = "length";
+    std::string piece(256, '\0');
+    for (int i = 0; i < opts.max_tokens; ++i) {
+        llama_token tok = llama_sampler_sample(sampler.get(), ctx.get(), -1);
+        if (llama_vocab_is_eog(vocab, tok)) {
+            res.stop_reason = "eos";
+            break;
+        }
+        res.n_generated += 1;
+        const int n = llama_token_to_piece(vocab, tok, piece.data(), (int32_t) piece.size(), 0, false);
+        res.text.append(piece.data(), std::max(n, 0));
+        const size_t stop = find_stop(res.text, opts.stop);
+        if (stop != std::string::npos) {
+            res.text.resize(stop);
+            res.stop_reason = "stop";
+            break;
+        }
+        batch = llama_batch_get_one(&tok, 1);
+        if (llama_decode(ctx.get(), batch) != 0) {
+            throw Error("generation failed: " + last_log_error());
+        }
+    }
+    const auto t2 = Clock::now();
+    const double prompt_s = std::chrono::duration<double>(t1 - t0).count();
+    const double gen_s = std::chrono::duration<double>(t2 - t1).count();
+    res.prompt_tokens_per_s = res.n_prompt / std::max(1e-9, prompt_s);
+    res.gen_tokens_per_s = res.n_generated / std::max(1e-9, gen_s);
+    return res;
+}
+
+} // namespace dnd

@@ -1,0 +1,252 @@
+// Loading GGUF models, reading what they are, tokenizing, chat templates and saving.
+#include "native.h"
+
+#include "gguf.h"
+#include "llama.h"
+#include "llama-model.h"   // tensors_by_name: saving needs every weight under its GGUF name
+
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace dnd {
+
+// ---- logging ---------------------------------------------------------------------------------
+
+static std::mutex g_log_mutex;
+static std::deque<std::string> g_log_errors;
+static bool g_verbose = std::getenv("DNDLLAMA_VERBOSE") != nullptr;
+
+static void log_callback(ggml_log_level level, const char * text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        g_log_errors.emplace_back(text);
+        while (g_log_errors.size() > 8) {
+            g_log_errors.pop_front();
+        }
+    }
+    if (g_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        fputs(text, stderr);
+    }
+}
+
+void init() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        llama_log_set(log_callback, nullptr);
+        llama_backend_init();
+    });
+}
+
+void set_verbose(bool verbose) { g_verbose = verbose; }
+
+std::string last_log_error() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    std::string out;
+    for (const auto & line : g_log_errors) {
+        out += line;
+    }
+    g_log_errors.clear();
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) {
+        out.pop_back();
+    }
+    return out;
+}
+
+int default_threads() {
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// ---- Model -----------------------------------------------------------------------------------
+
+Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path_(path) {
+    init();
+    if (!fs::exists(path)) {
+        throw Error("model file not found: " + path);
+    }
+    last_log_error();
+    llama_model_params params = llama_model_default_params();
+    params.n_gpu_layers = n_gpu_layers;
+    params.vocab_only = vocab_only;
+    model_ = llama_model_load_from_file(path.c_str(), params);
+    if (!model_) {
+        throw Error("could not load " + path + " as a GGUF model: " + last_log_error() +
+                    "\nfix: pass a GGUF file written by llama.cpp (convert Hugging Face checkpoints first)");
+    }
+}
+
+Model::~Model() {
+    if (model_) {
+        llama_model_free(model_);
+    }
+}
+
+static std::string meta_value(const llama_model * model, const char * key) {
+    char buf[256];
+    int32_t n = llama_model_meta_val_str(model, key, buf, sizeof(buf));
+    if (n < 0) {
+        return "";
+    }
+    if ((size_t) n >= sizeof(buf)) {
+        std::string big(n + 1, '\0');
+        llama_model_meta_val_str(model, key, big.data(), big.size());
+        big.resize(n);
+        return big;
+    }
+    return std::string(buf, n);
+}
+
+ModelInfo Model::info() const {
+    ModelInfo info;
+    info.arch = meta_value(model_, "general.architecture");
+    info.name = meta_value(model_, "general.name");
+    info.n_params = llama_model_n_params(model_);
+    info.size_bytes = llama_model_size(model_);
+    info.n_ctx_train = llama_model_n_ctx_train(model_);
+    info.n_embd = llama_model_n_embd(model_);
+    info.n_layer = llama_model_n_layer(model_);
+    info.n_head = llama_model_n_head(model_);
+    info.n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
+    const char * tmpl = llama_model_chat_template(model_, nullptr);
+    info.chat_template = tmpl ? tmpl : "";
+
+    const int32_t n_meta = llama_model_meta_count(model_);
+    for (int32_t i = 0; i < n_meta; ++i) {
+        char key[256];
+        if (llama_model_meta_key_by_index(model_, i, key, sizeof(key)) < 0) {
+            continue;
+        }
+        info.metadata[key] = meta_value(model_, key);
+    }
+
+    // tensor types come from the file itself: the loaded model may have repacked them
+    gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
+    if (gguf_context * gctx = gguf_init_from_file(path_.c_str(), gparams)) {
+        for (int64_t i = 0; i < gguf_get_n_tensors(gctx); ++i) {
+            info.tensor_types[ggml_type_name(gguf_get_tensor_type(gctx, i))] += 1;
+        }
+        gguf_free(gctx);
+    }
+    return info;
+}
+
+std::vector<int32_t> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    std::vector<int32_t> tokens(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(),
+                               (int32_t) tokens.size(), add_special, parse_special);
+    if (n < 0) {
+        tokens.resize(-n);
+        n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(),
+                           (int32_t) tokens.size(), add_special, parse_special);
+    }
+    if (n < 0) {
+        throw Error("tokenization failed for a text of " + std::to_string(text.size()) + " bytes");
+    }
+    tokens.resize(n);
+    return tokens;
+}
+
+std::string Model::detokenize(const std::vector<int32_t> & tokens, bool render_special) const {
+    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= n_vocab) {
+            throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                        std::to_string(n_vocab - 1) + ")");
+        }
+    }
+    std::string text(tokens.size() * 8 + 16, '\0');
+    int32_t n = llama_detokenize(vocab, tokens.data(), (int32_t) tokens.size(), text.data(),
+                                 (int32_t) text.size(), false, render_special);
+    if (n < 0) {
+        text.resize(-n);
+        n = llama_detokenize(vocab, tokens.data(), (int32_t) tokens.size(), text.data(),
+                             (int32_t) text.size(), false, render_special);
+    }
+    text.resize(std::max(n, 0));
+    return text;
+}
+
+std::string Model::apply_chat_template(const std::vector<Message> & messages, bool add_assistant,
+                                       const std::string & tmpl) const {
+    const char * t = tmpl.empty() ? llama_model_chat_template(model_, nullptr) : tmpl.c_str();
+    if (!t) {
+        throw Error(path_ + " has no tokenizer.chat_template; pass a template explicitly");
+    }
+    std::vector<llama_chat_message> chat;
+    for (const auto & m : messages) {
+        chat.push_back({m.role.c_str(), m.content.c_str()});
+    }
+    size_t total = 256;
+    for (const auto & m : messages) {
+        total += m.content.size() * 2 + 64;
+    }
+    std::string out(total, '\0');
+    int32_t n = llama_chat_apply_template(t, chat.data(), chat.size(), add_assistant, out.data(), (int32_t) out.size());
+    if (n > (int32_t) out.size()) {
+        out.resize(n);
+        n = llama_chat_apply_template(t, chat.data(), chat.size(), add_assistant, out.data(), (int32_t) out.size());
+    }
+    if (n < 0) {
+        throw Error("llama.cpp does not recognise this chat template (it supports a fixed list of "
+                    "well-known templates, e.g. gemma, chatml, llama3)");
+    }
+    out.resize(n);
+    return out;
+}
+
+// ---- saving ----------------------------------------------------------------------------------
+
+void save_weights(llama_model * model, const std::string & meta_path, const std::string & out_path,
+                  const std::map<std::string, std::string> & kv) {
+    gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
+    gguf_context * meta = gguf_init_from_file(meta_path.c_str(), gparams);
+    if (!meta) {
+        throw Error("could not re-read the metadata of " + meta_path);
+    }
+    gguf_context * out = gguf_init_empty();
+    gguf_set_kv(out, meta);
+    gguf_free(meta);
+    for (const auto & [key, value] : kv) {
+        gguf_set_val_str(out, key.c_str(), value.c_str());
+    }
+
+    // weights off the host (GPU) are copied into a host context first; gguf writes from ->data
+    const auto & tensors = model->tensors_by_name;
+    size_t off_host = 0;
+    for (const auto & [name, t] : tensors) {
+        if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
+            off_host += ggml_nbytes(t) + ggml_tensor_overhead();
+        }
+    }
+    ggml_init_params cparams = {off_host + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
+    ggml_context * host = ggml_init(cparams);
+    for (const auto & [name, t] : tensors) {
+        ggml_tensor * src = t;
+        if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
+            src = ggml_dup_tensor(host, t);
+            ggml_set_name(src, t->name);
+            ggml_backend_tensor_get(t, src->data, 0, ggml_nbytes(t));
+        }
+        gguf_add_tensor(out, src);
+    }
+
+    const std::string tmp = out_path + ".tmp";
+    const bool ok = gguf_write_to_file(out, tmp.c_str(), false);
+    gguf_free(out);
+    ggml_free(host);
+    if (!ok) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw Error("could not write " + tmp + " (disk full or not writable?): " + last_log_error());
+    }
+    fs::rename(tmp, out_path);
+}
+
+} // namespace dnd

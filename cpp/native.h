@@ -1,0 +1,163 @@
+// The plain C++ API of dndllama's native core. bindings.cpp only converts types and calls in here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+struct llama_model;
+
+namespace dnd {
+
+// Every failure the caller can act on; bindings turn it into a Python exception.
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Initialises llama.cpp once and routes its log: errors are kept so exceptions can quote them.
+void init();
+void set_verbose(bool verbose);
+std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
+
+// ---- model.cpp -------------------------------------------------------------------------------
+
+struct ModelInfo {
+    std::string arch, name;
+    uint64_t n_params = 0, size_bytes = 0;
+    int n_ctx_train = 0, n_embd = 0, n_layer = 0, n_head = 0, n_vocab = 0;
+    std::string chat_template;                       // empty when the GGUF has none
+    std::map<std::string, std::string> metadata;     // every GGUF key as llama.cpp renders it
+    std::map<std::string, int> tensor_types;         // type name -> number of tensors
+};
+
+struct Message {
+    std::string role, content;
+};
+
+class Model {
+public:
+    Model(const std::string & path, int n_gpu_layers, bool vocab_only);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    llama_model * get() const { return model_; }
+    const std::string & path() const { return path_; }
+
+    ModelInfo info() const;
+    std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string detokenize(const std::vector<int32_t> & tokens, bool render_special) const;
+    // llama.cpp's own template code (the one runtimes use); `tmpl` empty = the GGUF's template
+    std::string apply_chat_template(const std::vector<Message> & messages, bool add_assistant,
+                                    const std::string & tmpl) const;
+
+private:
+    std::string path_;
+    llama_model * model_ = nullptr;
+};
+
+// Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
+// with the metadata of `meta_path` (the GGUF it was loaded from) plus `kv` (string values) on top.
+void save_weights(llama_model * model, const std::string & meta_path, const std::string & out_path,
+                  const std::map<std::string, std::string> & kv);
+
+// ---- train.cpp -------------------------------------------------------------------------------
+
+struct TrainOptions {
+    int n_ctx = 256;
+    int epochs = 1;
+    int64_t max_steps = -1;            // optimizer steps; -1 = epochs decide
+    float lr = 1e-4f;
+    float lr_min_ratio = 0.1f;         // cosine decay from lr to lr*lr_min_ratio
+    int64_t warmup_steps = 0;
+    float weight_decay = 0.01f;
+    float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+    int grad_accum = 1;                // windows per optimizer step
+    std::string trainable = "";        // regex over tensor names; empty = every trainable tensor
+    int n_threads = 0;                 // 0 = all cores
+    int n_gpu_layers = 0;
+    uint32_t seed = 42;                // window order per epoch
+    std::string checkpoint_dir;        // "" = no per-epoch checkpoints
+    std::map<std::string, std::string> kv;   // metadata written into every saved GGUF
+};
+
+struct Progress {
+    std::string event;                 // "step", "eval", "checkpoint", "done"
+    int epoch = 0, epochs = 0;
+    int64_t step = 0, total_steps = 0;
+    double loss = 0, accuracy = 0, val_loss = -1, val_accuracy = -1;
+    double tokens_per_s = 0, eta_s = 0, elapsed_s = 0;
+    std::string checkpoint;
+};
+
+struct TrainResult {
+    int64_t steps = 0, tokens = 0;
+    uint64_t n_trainable = 0;
+    double train_loss = 0, val_loss = -1, best_val_loss = -1, seconds = 0, tokens_per_s = 0;
+    bool cancelled = false;
+};
+
+// Windows are rows of `n_ctx` tokens; labels[i] is the token to predict after tokens[i] or -1 (masked).
+struct Windows {
+    std::vector<int32_t> tokens, labels;
+    int64_t count(int n_ctx) const { return (int64_t) tokens.size() / n_ctx; }
+};
+
+// Called after every step and evaluation; returning false stops training cleanly at that point.
+using ProgressFn = std::function<bool(const Progress &)>;
+
+TrainResult train(const std::string & base_path, const std::string & out_path,
+                  const Windows & train_set, const Windows & val_set,
+                  const TrainOptions & opts, const ProgressFn & progress);
+
+// Loss and accuracy of a model on windows, without training.
+std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
+                                   int n_ctx, int n_threads, int n_gpu_layers);
+
+// Value and gradients of sum(op(inputs) * weights) for a single ggml op, through ggml's own
+// backward pass: the raw material for finite-difference checks of backward implementations.
+std::pair<double, std::vector<std::vector<float>>> op_gradients(
+    const std::string & op, const std::vector<std::vector<float>> & inputs,
+    const std::vector<int64_t> & shape, const std::vector<float> & weights);
+
+// ---- quantize.cpp ----------------------------------------------------------------------------
+
+struct QuantizeResult {
+    uint64_t in_bytes = 0, out_bytes = 0;
+    std::string type;
+};
+
+std::vector<std::string> quant_types();
+QuantizeResult quantize(const std::string & in_path, const std::string & out_path,
+                        const std::string & type, int n_threads);
+
+// ---- generate.cpp ----------------------------------------------------------------------------
+
+struct GenerateOptions {
+    int n_ctx = 2048;
+    int max_tokens = 128;
+    float temperature = 0.7f;
+    int top_k = 40;
+    float top_p = 0.95f;
+    uint32_t seed = 42;
+    int n_threads = 0;
+    std::vector<std::string> stop;
+};
+
+struct GenerateResult {
+    std::string text;
+    std::string stop_reason;            // "eos", "stop", "length"
+    int n_prompt = 0, n_generated = 0;
+    double prompt_tokens_per_s = 0, gen_tokens_per_s = 0;
+};
+
+// `prompt` is the full text (already chat-templated when chatting); special tokens are parsed.
+GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
+
+int default_threads();
+
+} // namespace dnd

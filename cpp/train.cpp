@@ -1,0 +1,463 @@
+// Full fine-tuning through llama.cpp's ggml-opt (AdamW), one window per llama_opt_epoch call so that
+// window order, learning-rate schedule, evaluation, checkpoints and cancellation stay in our hands.
+#include "native.h"
+
+#include "ggml-cpu.h"
+#include "ggml-opt.h"
+#include "llama.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <regex>
+
+namespace fs = std::filesystem;
+
+namespace dnd {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Schedule {
+    const TrainOptions * opts;
+    int64_t total_steps;
+    int64_t step = 0;   // optimizer steps taken so far
+
+    // linear warm-up, then cosine decay to lr * lr_min_ratio
+    float lr() const {
+        const float lr0 = opts->lr;
+        if (step < opts->warmup_steps) {
+            return lr0 * float(step + 1) / float(opts->warmup_steps + 1);
+        }
+        const int64_t decay = std::max<int64_t>(1, total_steps - opts->warmup_steps);
+        const float progress = std::min(1.0f, float(step - opts->warmup_steps) / float(decay));
+        const float lo = lr0 * opts->lr_min_ratio;
+        return lo + 0.5f * (lr0 - lo) * (1.0f + std::cos(float(M_PI) * progress));
+    }
+};
+
+ggml_opt_optimizer_params optimizer_params(void * ud) {
+    const auto * s = static_cast<const Schedule *>(ud);
+    ggml_opt_optimizer_params p = ggml_opt_get_default_optimizer_params(nullptr);
+    p.adamw.alpha = s->lr();
+    p.adamw.beta1 = s->opts->beta1;
+    p.adamw.beta2 = s->opts->beta2;
+    p.adamw.eps = s->opts->eps;
+    p.adamw.wd = s->opts->weight_decay;
+    return p;
+}
+
+struct ParamFilter {
+    std::regex pattern;
+    bool all = true;
+    uint64_t n_trainable = 0;
+};
+
+bool param_filter(const ggml_tensor * t, void * ud) {
+    auto * f = static_cast<ParamFilter *>(ud);
+    const bool take = f->all || std::regex_search(t->name, f->pattern);
+    // mirror llama_set_param: only F32 tensors train, token_embd and rope_freqs never do
+    if (take && t->type == GGML_TYPE_F32 && strcmp(t->name, "token_embd.weight") != 0 &&
+        strcmp(t->name, "rope_freqs.weight") != 0) {
+        f->n_trainable += ggml_nelements(t);
+    }
+    return take;
+}
+
+struct ModelPtr {
+    llama_model * p = nullptr;
+    ~ModelPtr() { if (p) llama_model_free(p); }
+};
+struct ContextPtr {
+    llama_context * p = nullptr;
+    ~ContextPtr() { if (p) llama_free(p); }
+};
+struct DatasetPtr {
+    ggml_opt_dataset_t p = nullptr;
+    ~DatasetPtr() { if (p) ggml_opt_dataset_free(p); }
+};
+struct ResultPtr {
+    ggml_opt_result_t p = ggml_opt_result_init();
+    ~ResultPtr() { ggml_opt_result_free(p); }
+};
+
+void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what) {
+    if (w.tokens.size() != w.labels.size()) {
+        throw Error(std::string(what) + ": tokens and labels differ in length");
+    }
+    if (w.tokens.size() % n_ctx != 0) {
+        throw Error(std::string(what) + ": " + std::to_string(w.tokens.size()) +
+                    " tokens is not a whole number of windows of n_ctx=" + std::to_string(n_ctx));
+    }
+    for (size_t i = 0; i < w.tokens.size(); ++i) {
+        if (w.tokens[i] < 0 || w.tokens[i] >= n_vocab || w.labels[i] < -1 || w.labels[i] >= n_vocab) {
+            throw Error(std::string(what) + ": token or label id at position " + std::to_string(i) +
+                        " is outside the model's vocabulary of " + std::to_string(n_vocab) +
+                        " (was the dataset tokenized with another model?)");
+        }
+    }
+}
+
+// Everything one training run holds: model, context, the one-window dataset and the schedule.
+struct Trainer {
+    const TrainOptions & opts;
+    std::string base_path;
+    ModelPtr model;
+    ContextPtr ctx;
+    DatasetPtr window;
+    Schedule schedule;
+    ParamFilter filter;
+    std::vector<int32_t> pred;
+
+    Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
+        : opts(o), base_path(base), schedule{&o, total_steps} {
+        init();
+        last_log_error();
+        llama_model_params mp = llama_model_default_params();
+        mp.n_gpu_layers = opts.n_gpu_layers;
+        mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
+        model.p = llama_model_load_from_file(base_path.c_str(), mp);
+        if (!model.p) {
+            throw Error("could not load base model " + base_path + ": " + last_log_error());
+        }
+
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = cp.n_batch = cp.n_ubatch = opts.n_ctx;   // n_ubatch == n_ctx: K/V get gradients
+        cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
+        cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
+        ctx.p = llama_init_from_model(model.p, cp);
+        if (!ctx.p) {
+            throw Error("could not create a training context (n_ctx=" + std::to_string(opts.n_ctx) +
+                        "): " + last_log_error() + "\nfix: lower --ctx or free memory");
+        }
+
+        filter.all = opts.trainable.empty();
+        if (!filter.all) {
+            try {
+                filter.pattern = std::regex(opts.trainable);
+            } catch (const std::regex_error & e) {
+                throw Error("trainable-tensor pattern '" + opts.trainable + "' is not a valid regex: " + e.what());
+            }
+        }
+        llama_opt_params lp = {};
+        lp.n_ctx_train = opts.n_ctx;
+        lp.param_filter = param_filter;
+        lp.param_filter_ud = &filter;
+        lp.get_opt_pars = optimizer_params;
+        lp.get_opt_pars_ud = &schedule;
+        lp.optimizer_type = GGML_OPT_OPTIMIZER_TYPE_ADAMW;
+        lp.n_grad_accum = std::max(1, opts.grad_accum);
+        llama_opt_init(ctx.p, model.p, lp);
+        if (filter.n_trainable == 0) {
+            throw Error("no tensor is trainable: only F32 tensors train (the base is quantized or "
+                        "the trainable pattern matches nothing)\nfix: dequantize the base to F32 first");
+        }
+
+        window.p = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1);
+        pred.resize(opts.n_ctx);
+    }
+
+    int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.p)); }
+
+    // Runs one window forward (and backward + maybe an optimizer step when training).
+    // Returns {loss over labelled positions, correct predictions, labelled positions}.
+    std::tuple<double, int64_t, int64_t> run(const Windows & w, int64_t i, bool train) {
+        const size_t n = opts.n_ctx;
+        memcpy(ggml_opt_dataset_data(window.p)->data, w.tokens.data() + i * n, n * sizeof(int32_t));
+        memcpy(ggml_opt_dataset_labels(window.p)->data, w.labels.data() + i * n, n * sizeof(int32_t));
+        ResultPtr result;
+        if (train) {
+            llama_opt_epoch(ctx.p, window.p, result.p, nullptr, 1, nullptr, nullptr);
+        } else {
+            llama_opt_epoch(ctx.p, window.p, nullptr, result.p, 0, nullptr, nullptr);
+        }
+        double loss = 0, unc = 0;
+        ggml_opt_result_loss(result.p, &loss, &unc);
+        ggml_opt_result_pred(result.p, pred.data());
+        int64_t correct = 0, labelled = 0;
+        for (size_t k = 0; k < n; ++k) {
+            const int32_t label = w.labels[i * n + k];
+            if (label >= 0) {
+                labelled += 1;
+                correct += pred[k] == label;
+            }
+        }
+        if (!std::isfinite(loss)) {
+            throw Error("training diverged (loss is " + std::to_string(loss) + ")\nfix: lower --lr");
+        }
+        return {loss, correct, labelled};
+    }
+
+    std::pair<double, double> evaluate(const Windows & w) {
+        double loss_sum = 0;
+        int64_t correct = 0, labelled = 0;
+        for (int64_t i = 0; i < w.count(opts.n_ctx); ++i) {
+            auto [loss, c, l] = run(w, i, false);
+            loss_sum += loss * l;   // window losses are means over their labelled positions
+            correct += c;
+            labelled += l;
+        }
+        return {labelled ? loss_sum / labelled : NAN, labelled ? double(correct) / labelled : NAN};
+    }
+
+    void save(const std::string & path) { save_weights(model.p, base_path, path, opts.kv); }
+};
+
+} // namespace
+
+TrainResult train(const std::string & base_path, const std::string & out_path,
+                  const Windows & train_set, const Windows & val_set,
+                  const TrainOptions & opts, const ProgressFn & progress) {
+    if (opts.n_ctx <= 0 || opts.n_ctx % 256 != 0 || opts.epochs <= 0) {
+        // llama.cpp pads every context to a multiple of 256, and a training window must fill
+        // the whole context for K and V to receive gradients
+        throw Error("n_ctx must be a positive multiple of 256 and epochs positive (got n_ctx=" +
+                    std::to_string(opts.n_ctx) + ", epochs=" + std::to_string(opts.epochs) + ")");
+    }
+    const int64_t n_train = train_set.count(opts.n_ctx);
+    if (n_train == 0) {
+        throw Error("the training set is empty: no window of n_ctx tokens");
+    }
+    const int accum = std::max(1, opts.grad_accum);
+    int64_t total_steps = opts.epochs * n_train / accum;
+    if (opts.max_steps > 0) {
+        total_steps = std::min(total_steps, opts.max_steps);
+    }
+    if (total_steps == 0) {
+        throw Error("fewer windows (" + std::to_string(n_train) + ") than --grad-accum (" +
+                    std::to_string(accum) + "): no optimizer step would run");
+    }
+
+    Trainer trainer(base_path, opts, total_steps);
+    check_windows(train_set, opts.n_ctx, trainer.n_vocab(), "training set");
+    check_windows(val_set, opts.n_ctx, trainer.n_vocab(), "validation set");
+
+    TrainResult res;
+    res.n_trainable = trainer.filter.n_trainable;
+    Progress p;
+    p.epochs = opts.epochs;
+    p.total_steps = total_steps;
+
+    const auto t0 = Clock::now();
+    std::mt19937 rng(opts.seed);
+    std::vector<int64_t> order(n_train);
+    double step_loss = 0;
+    int64_t step_correct = 0, step_labelled = 0, windows_in_step = 0;
+
+    auto report = [&](const char * event) {
+        p.event = event;
+        p.elapsed_s = seconds_since(t0);
+        p.tokens_per_s = res.tokens / std::max(1e-9, p.elapsed_s);
+        p.eta_s = res.steps ? p.elapsed_s / res.steps * (total_steps - res.steps) : 0;
+        if (progress && !progress(p)) {
+            res.cancelled = true;
+        }
+    };
+
+    for (int epoch = 1; epoch <= opts.epochs && !res.cancelled && res.steps < total_steps; ++epoch) {
+        p.epoch = epoch;
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng);
+        for (int64_t i : order) {
+            auto [loss, c, l] = trainer.run(train_set, i, true);
+            res.tokens += opts.n_ctx;
+            step_loss += loss;
+            step_correct += c;
+            step_labelled += l;
+            if (++windows_in_step < accum) {
+                continue;
+            }
+            // ggml-opt has just applied the optimizer step for these `accum` windows
+            res.steps = ++trainer.schedule.step;
+            p.step = res.steps;
+            p.loss = step_loss / windows_in_step;
+            p.accuracy = step_labelled ? double(step_correct) / step_labelled : 0;
+            res.train_loss = p.loss;
+            step_loss = 0;
+            step_correct = step_labelled = windows_in_step = 0;
+            report("step");
+            if (res.cancelled || res.steps >= total_steps) {
+                break;
+            }
+        }
+        if (val_set.count(opts.n_ctx) > 0) {
+            std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
+            res.val_loss = p.val_loss;
+            if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
+                res.best_val_loss = p.val_loss;
+            }
+            report("eval");
+        }
+        if (!opts.checkpoint_dir.empty()) {
+            fs::create_directories(opts.checkpoint_dir);
+            p.checkpoint = (fs::path(opts.checkpoint_dir) / ("epoch-" + std::to_string(epoch) + ".gguf")).string();
+            trainer.save(p.checkpoint);
+            report("checkpoint");
+            p.checkpoint.clear();
+        }
+    }
+
+    if (!out_path.empty()) {
+        trainer.save(out_path);
+    }
+    res.seconds = seconds_since(t0);
+    res.tokens_per_s = res.tokens / std::max(1e-9, res.seconds);
+    report("done");
+    return res;
+}
+
+// ---- evaluation without training: plain llama_decode, cross-entropy on the host ----------------
+
+std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
+                                   int n_ctx, int n_threads, int n_gpu_layers) {
+    init();
+    ModelPtr model;
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = n_gpu_layers;
+    model.p = llama_model_load_from_file(model_path.c_str(), mp);
+    if (!model.p) {
+        throw Error("could not load " + model_path + ": " + last_log_error());
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model.p));
+    check_windows(windows, n_ctx, n_vocab, "evaluation set");
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
+    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    ContextPtr ctx;
+    ctx.p = llama_init_from_model(model.p, cp);
+    if (!ctx.p) {
+        throw Error("could not create an evaluation context: " + last_log_error());
+    }
+
+    double nll = 0;
+    int64_t correct = 0, labelled = 0;
+    llama_batch batch = llama_batch_init(n_ctx, 0, 1);
+    for (int64_t w = 0; w < windows.count(n_ctx); ++w) {
+        llama_memory_clear(llama_get_memory(ctx.p), true);
+        batch.n_tokens = n_ctx;
+        for (int i = 0; i < n_ctx; ++i) {
+            batch.token[i] = windows.tokens[w * n_ctx + i];
+            batch.pos[i] = i;
+            batch.n_seq_id[i] = 1;
+            batch.seq_id[i][0] = 0;
+            batch.logits[i] = windows.labels[w * n_ctx + i] >= 0;
+        }
+        if (llama_decode(ctx.p, batch) != 0) {
+            llama_batch_free(batch);
+            throw Error("evaluation decode failed: " + last_log_error());
+        }
+        for (int i = 0; i < n_ctx; ++i) {
+            const int32_t label = windows.labels[w * n_ctx + i];
+            if (label < 0) {
+                continue;
+            }
+            const float * logits = llama_get_logits_ith(ctx.p, i);
+            const float mx = *std::max_element(logits, logits + n_vocab);
+            double sum = 0;
+            for (int v = 0; v < n_vocab; ++v) {
+                sum += std::exp(double(logits[v]) - mx);
+            }
+            nll += std::log(sum) + mx - logits[label];
+            correct += (std::max_element(logits, logits + n_vocab) - logits) == label;
+            labelled += 1;
+        }
+    }
+    llama_batch_free(batch);
+    return {labelled ? nll / labelled : NAN, labelled ? double(correct) / labelled : NAN};
+}
+
+// ---- gradient checks ------------------------------------------------------------------------
+
+std::pair<double, std::vector<std::vector<float>>> op_gradients(
+    const std::string & op, const std::vector<std::vector<float>> & inputs,
+    const std::vector<int64_t> & shape, const std::vector<float> & weights) {
+    init();
+    if (shape.empty() || shape.size() > 4) {
+        throw Error("shape must have 1 to 4 dimensions");
+    }
+    int64_t ne[4] = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size(); ++i) {
+        ne[i] = shape[i];
+    }
+    const int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
+    size_t mem = 64 * 1024 * 1024 + 16 * n * sizeof(float) * (inputs.size() + 8);
+    ggml_init_params ip = {mem, nullptr, false};
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(ip), ggml_free);
+
+    std::vector<ggml_tensor *> in;
+    for (const auto & values : inputs) {
+        if ((int64_t) values.size() != n) {
+            throw Error("every input must have " + std::to_string(n) + " values");
+        }
+        ggml_tensor * t = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3]);
+        memcpy(t->data, values.data(), n * sizeof(float));
+        in.push_back(t);
+    }
+    auto need = [&](size_t k) {
+        if (in.size() != k) {
+            throw Error(op + " takes " + std::to_string(k) + " inputs");
+        }
+    };
+
+    ggml_tensor * out = nullptr;
+    bool labels_input = false;   // the last input is a label tensor: no gradient
+    if (op == "geglu") {
+        need(2); out = ggml_geglu_split(ctx.get(), in[0], in[1]);
+    } else if (op == "swiglu") {
+        need(2); out = ggml_swiglu_split(ctx.get(), in[0], in[1]);
+    } else if (op == "gelu") {
+        need(1); out = ggml_gelu(ctx.get(), in[0]);
+    } else if (op == "cross_entropy") {
+        // exactly the loss ggml-opt builds (patched): mean over rows that carry a label
+        need(2); labels_input = true;
+        ggml_tensor * ce = ggml_cross_entropy_loss(ctx.get(), in[0], in[1]);
+        ggml_tensor * nl = ggml_clamp(ctx.get(), ggml_sum(ctx.get(), in[1]), 1.0f, INFINITY);
+        out = ggml_scale(ctx.get(), ggml_div(ctx.get(), ce, nl), (float) ggml_nrows(in[0]));
+    } else {
+        throw Error("unknown op '" + op + "' (geglu, swiglu, gelu, cross_entropy)");
+    }
+    for (size_t i = 0; i < in.size() - (labels_input ? 1 : 0); ++i) {
+        ggml_set_param(in[i]);
+    }
+
+    ggml_tensor * loss = out;
+    if (ggml_nelements(out) > 1) {
+        if ((int64_t) weights.size() != ggml_nelements(out)) {
+            throw Error("weights must have one value per output element");
+        }
+        ggml_tensor * w = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, out->ne[0], out->ne[1], out->ne[2], out->ne[3]);
+        memcpy(w->data, weights.data(), weights.size() * sizeof(float));
+        loss = ggml_sum(ctx.get(), ggml_mul(ctx.get(), out, w));
+    }
+    ggml_set_loss(loss);
+
+    ggml_cgraph * gb = ggml_new_graph_custom(ctx.get(), GGML_DEFAULT_GRAPH_SIZE, true);
+    ggml_build_forward_expand(gb, loss);
+    ggml_build_backward_expand(ctx.get(), gb, nullptr);
+    ggml_graph_reset(gb);
+    if (ggml_graph_compute_with_ctx(ctx.get(), gb, 1) != GGML_STATUS_SUCCESS) {
+        throw Error("graph computation failed");
+    }
+
+    std::vector<std::vector<float>> grads;
+    for (size_t i = 0; i < in.size() - (labels_input ? 1 : 0); ++i) {
+        const ggml_tensor * g = ggml_graph_get_grad(gb, in[i]);
+        const float * d = static_cast<const float *>(g->data);
+        grads.emplace_back(d, d + n);
+    }
+    return {double(*static_cast<const float *>(loss->data)), grads};
+}
+
+} // namespace dnd
