@@ -110,7 +110,8 @@ ModelInfo Model::info() const {
     info.n_ctx_train = llama_model_n_ctx_train(model_);
     info.n_embd = llama_model_n_embd(model_);
     info.n_layer = llama_model_n_layer(model_);
-    info.n_head = llama_model_n_head(model_);
+    // a vocab-only load has no layers, and llama.cpp aborts when asked for layer 0's heads
+    info.n_head = info.n_layer > 0 ? llama_model_n_head(model_) : 0;
     info.n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
     const char * tmpl = llama_model_chat_template(model_, nullptr);
     info.chat_template = tmpl ? tmpl : "";

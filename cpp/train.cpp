@@ -308,8 +308,8 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
         }
     }
 
-    if (!out_path.empty()) {
-        trainer.save(out_path);
+    if (!out_path.empty() && !res.cancelled) {
+        trainer.save(out_path);   // a cancelled run keeps its epoch checkpoints, not a final model
     }
     res.seconds = seconds_since(t0);
     res.tokens_per_s = res.tokens / std::max(1e-9, res.seconds);

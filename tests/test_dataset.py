@@ -55,7 +55,19 @@ class CharTokenizer:
 
 # The real llama.cpp tokenizer joins this table once the native core lands: it needs
 # tokenize(text, add_special, parse_special) and detokenize(ids) with special tokens rendered.
-TOKENIZERS = {"char": CharTokenizer}
+def LlamaCppTokenizer():
+    """The real thing: llama.cpp's SentencePiece tokenizer of a tiny Gemma-3 GGUF made here."""
+    import tempfile
+    from pathlib import Path
+
+    from dndllama import _native
+    from tiny_models import make_tiny_model
+
+    path = make_tiny_model(Path(tempfile.mkdtemp()) / "tiny.gguf")
+    return _native.Model(str(path), vocab_only=True)
+
+
+TOKENIZERS = {"char": CharTokenizer, "llama.cpp": LlamaCppTokenizer}
 
 
 @pytest.fixture(params=sorted(TOKENIZERS))

@@ -106,8 +106,15 @@ def _fail(what: str, hint: str) -> int:
 
 
 def _load_tokenizer(base: str | None):
-    """Tokenizer of the base model for token counts; None (count words) until the native core lands."""
-    return None
+    """The base model's own tokenizer (vocabulary only, fast) for token counts; None counts words."""
+    if not base:
+        return None
+    from dndllama import _native
+
+    try:
+        return _native.Model(base, vocab_only=True)
+    except _native.NativeError as e:
+        raise CliError(f"cannot read the tokenizer of '{base}': {e}", "pass a GGUF model file with --base") from e
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

