@@ -36,6 +36,11 @@ Windows to_windows(const py::array_t<int32_t, py::array::c_style | py::array::fo
     return w;
 }
 
+// the native side marks "no value" with a negative number; Python sees None
+py::object optional(double v) {
+    return v < 0 ? py::object(py::none()) : py::object(py::float_(v));
+}
+
 py::dict progress_dict(const Progress & p) {
     py::dict d;
     d["event"] = p.event;
@@ -45,8 +50,8 @@ py::dict progress_dict(const Progress & p) {
     d["total_steps"] = p.total_steps;
     d["loss"] = p.loss;
     d["accuracy"] = p.accuracy;
-    d["val_loss"] = p.val_loss < 0 ? py::object(py::none()) : py::object(py::float_(p.val_loss));
-    d["val_accuracy"] = p.val_accuracy < 0 ? py::object(py::none()) : py::object(py::float_(p.val_accuracy));
+    d["val_loss"] = optional(p.val_loss);
+    d["val_accuracy"] = optional(p.val_accuracy);
     d["tokens_per_s"] = p.tokens_per_s;
     d["eta_s"] = p.eta_s;
     d["elapsed_s"] = p.elapsed_s;
@@ -106,8 +111,8 @@ py::dict train_py(const std::string & base, const std::string & out,
     d["tokens"] = r.tokens;
     d["n_trainable"] = r.n_trainable;
     d["train_loss"] = r.train_loss;
-    d["val_loss"] = r.val_loss < 0 ? py::object(py::none()) : py::object(py::float_(r.val_loss));
-    d["best_val_loss"] = r.best_val_loss < 0 ? py::object(py::none()) : py::object(py::float_(r.best_val_loss));
+    d["val_loss"] = optional(r.val_loss);
+    d["best_val_loss"] = optional(r.best_val_loss);
     d["seconds"] = r.seconds;
     d["tokens_per_s"] = r.tokens_per_s;
     d["cancelled"] = r.cancelled;
