@@ -177,7 +177,7 @@ PYBIND11_MODULE(_native, m) {
              py::arg("messages"), py::arg("add_assistant") = true, py::arg("template") = "")
         .def("save", [](const Model & self, const std::string & out, const std::map<std::string, std::string> & kv) {
                  py::gil_scoped_release release;
-                 save_weights(self.get(), self.path(), out, kv);
+                 save_weights(self.get(), Metadata(self.path()), out, kv);
              },
              py::arg("out_path"), py::arg("kv") = std::map<std::string, std::string>{},
              "Write the model as GGUF with its file's metadata plus `kv` (atomic).")
@@ -229,6 +229,8 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("n_gpu_layers", &TrainOptions::n_gpu_layers)
         .def_readwrite("seed", &TrainOptions::seed)
         .def_readwrite("checkpoint_dir", &TrainOptions::checkpoint_dir)
+        .def_readwrite("save_every", &TrainOptions::save_every)
+        .def_readwrite("start_step", &TrainOptions::start_step)
         .def_readwrite("kv", &TrainOptions::kv);
 
     m.def("train", &train_py, py::arg("base"), py::arg("out"), py::arg("tokens"), py::arg("labels"),

@@ -64,14 +64,24 @@ int default_threads() {
 
 // ---- Model -----------------------------------------------------------------------------------
 
+llama_model_params model_params(int n_gpu_layers) {
+    llama_model_params params = llama_model_default_params();
+    params.n_gpu_layers = n_gpu_layers;
+    // No repacked "extra" weight buffers: on CPUs with AMX (Xeon Sapphire Rapids and newer) the
+    // AMX matmul of the pinned ggml segfaults on Q8_0/Q4 weights (seen here on a tiny model;
+    // upstream ggml-org/llama.cpp#20824). Training uses F32 weights, which AMX never handles, so
+    // this only costs quantized inference some speed on those CPUs.
+    params.use_extra_bufts = false;
+    return params;
+}
+
 Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path_(path) {
     init();
     if (!fs::exists(path)) {
         throw Error("model file not found: " + path);
     }
     last_log_error();
-    llama_model_params params = llama_model_default_params();
-    params.n_gpu_layers = n_gpu_layers;
+    llama_model_params params = model_params(n_gpu_layers);
     params.vocab_only = vocab_only;
     model_ = llama_model_load_from_file(path.c_str(), params);
     if (!model_) {
@@ -204,16 +214,22 @@ std::string Model::apply_chat_template(const std::vector<Message> & messages, bo
 
 // ---- saving ----------------------------------------------------------------------------------
 
-void save_weights(llama_model * model, const std::string & meta_path, const std::string & out_path,
-                  const std::map<std::string, std::string> & kv) {
+Metadata::Metadata(const std::string & path) {
     gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
-    gguf_context * meta = gguf_init_from_file(meta_path.c_str(), gparams);
-    if (!meta) {
-        throw Error("could not re-read the metadata of " + meta_path);
+    ctx_ = gguf_init_from_file(path.c_str(), gparams);
+    if (!ctx_) {
+        throw Error("could not read the metadata of " + path);
     }
+}
+
+Metadata::~Metadata() {
+    gguf_free(ctx_);
+}
+
+void save_weights(llama_model * model, const Metadata & meta, const std::string & out_path,
+                  const std::map<std::string, std::string> & kv) {
     gguf_context * out = gguf_init_empty();
-    gguf_set_kv(out, meta);
-    gguf_free(meta);
+    gguf_set_kv(out, meta.get());
     for (const auto & [key, value] : kv) {
         gguf_set_val_str(out, key.c_str(), value.c_str());
     }

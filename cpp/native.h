@@ -10,6 +10,8 @@
 #include <vector>
 
 struct llama_model;
+struct llama_model_params;
+struct gguf_context;
 
 namespace dnd {
 
@@ -24,6 +26,9 @@ void set_verbose(bool verbose);
 std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
 
 // ---- model.cpp -------------------------------------------------------------------------------
+
+// Load parameters every model load uses (see model.cpp for why extra buffer types are off).
+llama_model_params model_params(int n_gpu_layers);
 
 struct ModelInfo {
     std::string arch, name;
@@ -60,9 +65,23 @@ private:
     llama_model * model_ = nullptr;
 };
 
+// The metadata of a GGUF file, read once: the file may be gone by the time a copy is saved
+// (a resumed run's checkpoint is pruned while training goes on).
+class Metadata {
+public:
+    explicit Metadata(const std::string & path);
+    ~Metadata();
+    Metadata(const Metadata &) = delete;
+    Metadata & operator=(const Metadata &) = delete;
+    const gguf_context * get() const { return ctx_; }
+
+private:
+    gguf_context * ctx_ = nullptr;
+};
+
 // Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
-// with the metadata of `meta_path` (the GGUF it was loaded from) plus `kv` (string values) on top.
-void save_weights(llama_model * model, const std::string & meta_path, const std::string & out_path,
+// with the metadata `meta` (of the GGUF it was loaded from) plus `kv` (string values) on top.
+void save_weights(llama_model * model, const Metadata & meta, const std::string & out_path,
                   const std::map<std::string, std::string> & kv);
 
 // ---- train.cpp -------------------------------------------------------------------------------
@@ -81,7 +100,9 @@ struct TrainOptions {
     int n_threads = 0;                 // 0 = all cores
     int n_gpu_layers = 0;
     uint32_t seed = 42;                // window order per epoch
-    std::string checkpoint_dir;        // "" = no per-epoch checkpoints
+    std::string checkpoint_dir;        // "" = no checkpoints
+    int64_t save_every = 0;            // also checkpoint every N optimizer steps (0 = per epoch only)
+    int64_t start_step = 0;            // resume: skip the windows of the first N steps (same seed)
     std::map<std::string, std::string> kv;   // metadata written into every saved GGUF
 };
 

@@ -112,6 +112,7 @@ void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what)
 struct Trainer {
     const TrainOptions & opts;
     std::string base_path;
+    Metadata meta;
     ModelPtr model;
     ContextPtr ctx;
     DatasetPtr window;
@@ -120,11 +121,10 @@ struct Trainer {
     std::vector<int32_t> pred;
 
     Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
-        : opts(o), base_path(base), schedule{&o, total_steps} {
+        : opts(o), base_path(base), meta(base), schedule{&o, total_steps} {
         init();
         last_log_error();
-        llama_model_params mp = llama_model_default_params();
-        mp.n_gpu_layers = opts.n_gpu_layers;
+        llama_model_params mp = model_params(opts.n_gpu_layers);
         mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
         model.p = llama_model_load_from_file(base_path.c_str(), mp);
         if (!model.p) {
@@ -211,7 +211,7 @@ struct Trainer {
         return {labelled ? loss_sum / labelled : NAN, labelled ? double(correct) / labelled : NAN};
     }
 
-    void save(const std::string & path) { save_weights(model.p, base_path, path, opts.kv); }
+    void save(const std::string & path) { save_weights(model.p, meta, path, opts.kv); }
 };
 
 } // namespace
@@ -254,22 +254,41 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
     std::vector<int64_t> order(n_train);
     double step_loss = 0;
     int64_t step_correct = 0, step_labelled = 0, windows_in_step = 0;
+    // Resuming replays the same shuffles and skips the windows already trained on, so the run
+    // continues where it stopped (the optimizer's moments start afresh).
+    const int64_t start_step = std::clamp<int64_t>(opts.start_step, 0, total_steps);
+    int64_t skip_windows = start_step * accum;
+    res.steps = trainer.schedule.step = start_step;
 
     auto report = [&](const char * event) {
         p.event = event;
         p.elapsed_s = seconds_since(t0);
         p.tokens_per_s = res.tokens / std::max(1e-9, p.elapsed_s);
-        p.eta_s = res.steps ? p.elapsed_s / res.steps * (total_steps - res.steps) : 0;
+        const int64_t done = res.steps - start_step;
+        p.eta_s = done ? p.elapsed_s / done * (total_steps - res.steps) : 0;
         if (progress && !progress(p)) {
             res.cancelled = true;
         }
+    };
+    auto checkpoint = [&](const std::string & name) {
+        fs::create_directories(opts.checkpoint_dir);
+        p.checkpoint = (fs::path(opts.checkpoint_dir) / (name + ".gguf")).string();
+        trainer.save(p.checkpoint);
+        report("checkpoint");
+        p.checkpoint.clear();
     };
 
     for (int epoch = 1; epoch <= opts.epochs && !res.cancelled && res.steps < total_steps; ++epoch) {
         p.epoch = epoch;
         std::iota(order.begin(), order.end(), 0);
         std::shuffle(order.begin(), order.end(), rng);
+        bool trained = false;
         for (int64_t i : order) {
+            if (skip_windows > 0) {
+                --skip_windows;
+                continue;
+            }
+            trained = true;
             auto [loss, c, l] = trainer.run(train_set, i, true);
             res.tokens += opts.n_ctx;
             step_loss += loss;
@@ -290,6 +309,12 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
             if (res.cancelled || res.steps >= total_steps) {
                 break;
             }
+            if (!opts.checkpoint_dir.empty() && opts.save_every > 0 && res.steps % opts.save_every == 0) {
+                checkpoint("step-" + std::to_string(res.steps));
+            }
+        }
+        if (!trained || res.cancelled) {
+            continue;   // an epoch skipped by a resume, or a stop: nothing new to evaluate or save
         }
         if (val_set.count(opts.n_ctx) > 0) {
             std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
@@ -300,11 +325,7 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
             report("eval");
         }
         if (!opts.checkpoint_dir.empty()) {
-            fs::create_directories(opts.checkpoint_dir);
-            p.checkpoint = (fs::path(opts.checkpoint_dir) / ("epoch-" + std::to_string(epoch) + ".gguf")).string();
-            trainer.save(p.checkpoint);
-            report("checkpoint");
-            p.checkpoint.clear();
+            checkpoint("epoch-" + std::to_string(epoch));
         }
     }
 
@@ -323,8 +344,7 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
                                    int n_ctx, int n_threads, int n_gpu_layers) {
     init();
     ModelPtr model;
-    llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = n_gpu_layers;
+    llama_model_params mp = model_params(n_gpu_layers);
     model.p = llama_model_load_from_file(model_path.c_str(), mp);
     if (!model.p) {
         throw Error("could not load " + model_path + ": " + last_log_error());
