@@ -223,6 +223,7 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("beta1", &TrainOptions::beta1)
         .def_readwrite("beta2", &TrainOptions::beta2)
         .def_readwrite("eps", &TrainOptions::eps)
+        .def_readwrite("optimizer", &TrainOptions::optimizer)
         .def_readwrite("grad_accum", &TrainOptions::grad_accum)
         .def_readwrite("trainable", &TrainOptions::trainable)
         .def_readwrite("n_threads", &TrainOptions::n_threads)

@@ -95,6 +95,8 @@ struct TrainOptions {
     int64_t warmup_steps = 0;
     float weight_decay = 0.01f;
     float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+    std::string optimizer = "adamw";   // or "sgd" (w = w * (1 - lr * weight_decay) - lr * grad):
+                                       // one SGD step with weight_decay 0 exposes the gradient
     int grad_accum = 1;                // windows per optimizer step
     std::string trainable = "";        // regex over tensor names; empty = every trainable tensor
     int n_threads = 0;                 // 0 = all cores

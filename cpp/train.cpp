@@ -54,6 +54,8 @@ ggml_opt_optimizer_params optimizer_params(void * ud) {
     p.adamw.beta2 = s->opts->beta2;
     p.adamw.eps = s->opts->eps;
     p.adamw.wd = s->opts->weight_decay;
+    p.sgd.alpha = s->lr();
+    p.sgd.wd = s->opts->weight_decay;
     return p;
 }
 
@@ -156,7 +158,7 @@ struct Trainer {
         lp.param_filter_ud = &filter;
         lp.get_opt_pars = optimizer_params;
         lp.get_opt_pars_ud = &schedule;
-        lp.optimizer_type = GGML_OPT_OPTIMIZER_TYPE_ADAMW;
+        lp.optimizer_type = opts.optimizer == "sgd" ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
         lp.n_grad_accum = std::max(1, opts.grad_accum);
         llama_opt_init(ctx.p, model.p, lp);
         if (filter.n_trainable == 0) {
@@ -224,6 +226,12 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
         // the whole context for K and V to receive gradients
         throw Error("n_ctx must be a positive multiple of 256 and epochs positive (got n_ctx=" +
                     std::to_string(opts.n_ctx) + ", epochs=" + std::to_string(opts.epochs) + ")");
+    }
+    if (opts.optimizer != "adamw" && opts.optimizer != "sgd") {
+        throw Error("unknown optimizer '" + opts.optimizer + "' (adamw, sgd)");
+    }
+    if (opts.optimizer == "sgd" && (opts.weight_decay < 0 || opts.weight_decay > 1)) {
+        throw Error("SGD needs 0 <= weight_decay <= 1");   // ggml-opt asserts it
     }
     const int64_t n_train = train_set.count(opts.n_ctx);
     if (n_train == 0) {
@@ -355,6 +363,10 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
     cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    // the numerics of training (F32 K/V, no flash attention): losses then agree with train()'s to
+    // float rounding, and finite differences of this loss can check train()'s gradients
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
     ContextPtr ctx;
     ctx.p = llama_init_from_model(model.p, cp);
     if (!ctx.p) {

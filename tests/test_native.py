@@ -3,6 +3,8 @@ gemma3 and llama models to memorise a text, saving, quantizing, generating, and 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from gguf import GGUFReader
@@ -95,7 +97,7 @@ def test_masked_cross_entropy_gives_masked_rows_no_loss_and_no_gradient():
     np.testing.assert_array_equal(np.asarray(grad2), grad.ravel())
 
 
-# ---- training -------------------------------------------------------------------------------
+# ---- training helpers -----------------------------------------------------------------------
 
 def windows_for(model, text, repeat=True):
     toks = model.tokenize(text, True, True)
@@ -128,26 +130,99 @@ def tiny(tmp_path_factory):
     return {arch: make_tiny_model(d / f"{arch}.gguf", arch, n_embd=128, n_ff=256) for arch in ("gemma3", "llama")}
 
 
-# The tiny llama (separate, trainable output matrix) lowers its loss well past half in these
-# steps but does not yet memorise exactly enough to say the text back; see the issue notes.
-@pytest.mark.parametrize("arch,lr,steps,says_back", [("gemma3", 1e-2, 500, True), ("llama", 1e-3, 300, False)])
-def test_tiny_model_memorises_a_text_and_says_it_back_after_reload(tiny, tmp_path, arch, lr, steps, says_back):
+# ---- whole-model gradients ------------------------------------------------------------------
+
+# plain SGD at a constant lr: w_after = w_before - lr * grad, so a step's update is its gradient
+SGD = dict(optimizer="sgd", weight_decay=0.0, warmup_steps=0, lr_min_ratio=1.0)
+
+
+def sgd_gradients(path, x, y, out):
+    """The training loss and d loss / d w of every trained tensor, read off one SGD step. Any lr
+    gives the gradient at w_before; lr 1 keeps the float rounding of w - lr * grad smallest."""
+    o = options(1, 1.0, **SGD)
+    r = native.train(str(path), str(out), x, y, x[:0], y[:0], o)
+    before, after = read_tensors(path), read_tensors(out)
+    grads = {n: (before[n].astype(np.float64) - after[n]) / o.lr for n in before if n != "token_embd.weight"}
+    return r["train_loss"], grads
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_whole_model_gradients_match_finite_differences(tmp_path, arch):
+    path = make_tiny_model(tmp_path / "base.gguf", arch, n_embd=32, n_ff=64)
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    y[:, :64] = -1   # both losses are means over labelled positions only
+    loss, grads = sgd_gradients(path, x, y, tmp_path / "sgd.gguf")
+    # evaluate() (plain inference, float64 on the host) computes the same loss as training
+    assert native.evaluate(str(path), x, y, 2)[0] == pytest.approx(loss, rel=1e-5)
+
+    # central differences of evaluate()'s loss, on a copy of the model edited in place; blk.1 is
+    # skipped: blk.0's gradients have already flowed back through every op of blk.1
+    work = tmp_path / "perturbed.gguf"
+    shutil.copy(path, work)
+    reader = GGUFReader(str(work), "r+")
+    errors = {}
+    for t in reader.tensors:
+        if t.name not in grads or t.name.startswith("blk.1."):
+            continue
+        # smaller steps measure float32 rounding (and gemma3's fp16 GELU table), not the slope;
+        # norm weights (1-D, at 1.0) take a larger step, matrices (at ~0.02) a smaller one
+        eps = 3e-2 if t.data.ndim == 1 else 1e-2
+        g = grads[t.name].ravel()
+        w = t.data.reshape(-1)   # a view into the file: the next load sees every write
+        picked = np.argsort(-np.abs(g))[:2]
+        numeric = []
+        for i in picked:
+            v = w[i]
+            w[i] = v + eps
+            reader.data.flush()
+            plus = native.evaluate(str(work), x, y, 2)[0]
+            w[i] = v - eps
+            reader.data.flush()
+            minus = native.evaluate(str(work), x, y, 2)[0]
+            w[i] = v
+            numeric.append((plus - minus) / (2 * eps))
+        numeric = np.array(numeric)
+        errors[t.name] = float(np.linalg.norm(g[picked] - numeric) / np.linalg.norm(numeric))
+    assert len(errors) == (14 if arch == "gemma3" else 11)   # every tensor kind of the architecture
+    assert max(errors.values()) < 0.05, errors
+
+
+def test_each_step_applies_only_the_gradient_of_its_own_windows(tiny, tmp_path):
+    # two SGD steps equal one step, saved, then one more from that file. Stock ggml-opt never cleared
+    # llama.cpp's gradient accumulators: step k applied g_1 + ... + g_k (patch 0003)
+    path = str(tiny["llama"])
+    x, y = windows_for(native.Model(path), TEXT)
+    native.train(path, str(tmp_path / "two.gguf"), x, y, x[:0], y[:0], options(2, 0.1, **SGD))
+    native.train(path, str(tmp_path / "a.gguf"), x, y, x[:0], y[:0], options(1, 0.1, **SGD))
+    native.train(str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf"), x, y, x[:0], y[:0], options(1, 0.1, **SGD))
+    two, b = read_tensors(tmp_path / "two.gguf"), read_tensors(tmp_path / "b.gguf")
+    for name in two:
+        np.testing.assert_allclose(two[name], b[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# ---- training -------------------------------------------------------------------------------
+
+# The text repeats characters ("t" precedes "h", "t" and "a"), so a bigram table is not enough
+# (loss floor 0.26, accuracy 83 %; where the tiny llama stalled before patch 0003): memorising it
+# takes attention to earlier tokens.
+@pytest.mark.parametrize("arch,lr", [("gemma3", 1e-2), ("llama", 3e-3)])
+def test_tiny_model_memorises_a_text_and_says_it_back_after_reload(tiny, tmp_path, arch, lr):
     base = native.Model(str(tiny[arch]))
     x, y = windows_for(base, TEXT)
+    steps = 100
     losses = []
     out = tmp_path / "trained.gguf"
     r = native.train(str(tiny[arch]), str(out), x, y, x, y, options(steps, lr),
                      lambda p: losses.append(p["loss"]) if p["event"] == "step" else None)
     assert r["steps"] == steps and not r["cancelled"]
-    assert losses[-1] < losses[0] / 2, losses[::20]
+    assert losses[-1] < 0.05, losses[::10]
     # the loss ggml-opt reports equals an independent evaluation by plain inference
-    loss, _ = native.evaluate(str(out), x, y, 2)
+    loss, accuracy = native.evaluate(str(out), x, y, 2)
     assert loss == pytest.approx(r["val_loss"], rel=1e-3)
+    assert accuracy == 1.0
 
     trained = native.Model(str(out))
     assert trained.info().n_ctx_train == 512        # the training window did not leak into the file
-    if not says_back:
-        return
     # greedy generation from the first words continues the memorised text, token for token
     prompt = trained.detokenize(x[0, 1:5].tolist(), False)
     g = trained.generate(prompt, max_tokens=8, temperature=0, n_ctx=512)
@@ -216,6 +291,20 @@ def test_accumulation_steps_per_window_group(tiny, tmp_path):
     x4, y4 = np.repeat(x, 4, axis=0), np.repeat(y, 4, axis=0)
     r = native.train(path, "", x4, y4, x[:0], y[:0], options(1, 1e-3, grad_accum=2))
     assert r["steps"] == 2 and r["tokens"] == 4 * CTX and r["val_loss"] is None
+
+
+def test_accumulated_steps_apply_the_mean_gradient_of_their_windows(tiny, tmp_path):
+    # identical windows: two accumulated windows per step must move the weights exactly as one
+    # window per step. The 3-window epochs also put a validation pass inside an accumulation period.
+    path = str(tiny["llama"])
+    x, y = windows_for(native.Model(path), TEXT)
+    r1 = native.train(path, str(tmp_path / "one.gguf"), x, y, x, y, options(3, 0.1, **SGD))
+    x3, y3 = np.repeat(x, 3, axis=0), np.repeat(y, 3, axis=0)
+    r2 = native.train(path, str(tmp_path / "acc.gguf"), x3, y3, x, y, options(2, 0.1, grad_accum=2, **SGD))
+    assert r1["steps"] == r2["steps"] == 3
+    w1, w2 = read_tensors(tmp_path / "one.gguf"), read_tensors(tmp_path / "acc.gguf")
+    for name in w1:
+        np.testing.assert_allclose(w2[name], w1[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 # ---- quantize, info, generate ---------------------------------------------------------------
