@@ -53,3 +53,31 @@ def test_gemma3_270m_trains_quantizes_and_generates(gemma_f32, tmp_path):
     assert m.info().n_ctx_train == 32768
     g = m.generate("The tavern door creaks open and", max_tokens=12, temperature=0, n_ctx=512)
     assert g["n_generated"] > 0 and g["text"].strip()
+
+
+def test_dndllama_train_on_the_embedded_base(tmp_path, capsys):
+    """The README's main job, shortened: `dndllama train` with the default (embedded) base on a
+    slice of ai-training, through to a checked F16 GGUF and the Cactus paths."""
+    import json
+    import shutil
+
+    from dndllama.cli import main
+
+    data = tmp_path / "ai-training"
+    for path in sorted(Path("ai-training").glob("*/*.md"))[::12]:     # 8 scenarios across categories
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / path.parent.name / path.name)
+    args = ["train", "--data", str(data), "--max-steps", "2", "--threads", "2", "--quiet",
+            "--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "chat template: the GGUF's template gives the training tokens exactly" in out
+    config = json.loads((tmp_path / "models" / "cactus.config.json").read_text())
+    assert config["quant"] == "F16" and config["mmprojPath"] is None
+    assert f'modelPath:  "{config["modelPath"]}"' in out
+    info = native.Model(config["modelPath"], vocab_only=True).info()
+    assert info.arch == "gemma3" and info.n_ctx_train == 32768 and "<start_of_turn>" in info.chat_template
+    assert info.metadata["dndllama.base"] == "embedded"
+
+    assert main(args) == 0                                   # unchanged: nothing to do
+    assert "nothing changed" in capsys.readouterr().out

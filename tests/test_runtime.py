@@ -186,7 +186,7 @@ CONFIG = {
     "mmprojPath": None,
     "n_ctx": 4096,
     "sampling": {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "stop": ["<end_of_turn>"], "n_predict": 256},
-    "systemPrompt": 'Role: Dungeon Master\nWorld: "Greyhawk" {braces} `ticks`\n\nTools: [roll: perception]',
+    "toolPrompt": 'Tools: "quoted" {braces} `ticks` [roll: perception]',
     "tools": ["roll", "health", "inventory", "spellcast", "check"],
 }
 VISION = {**CONFIG, "mmprojPath": "/data/models/mmproj-gemma3.gguf"}
@@ -237,7 +237,8 @@ def test_snippets_are_balanced_and_carry_the_config(make, config):
     ts = make(config)
     assert _balanced(ts), ts
     assert '"/data/models/dm-v3.Q4_K_M.gguf"' in ts
-    assert '"Role: Dungeon Master\\nWorld: \\"Greyhawk\\" {braces} `ticks`' in ts  # escaped, verbatim
+    assert '"Tools: \\"quoted\\" {braces} `ticks` [roll: perception]"' in ts  # escaped, verbatim
+    assert "systemPrompt(systemBlock)" in ts
     assert '["roll", "health", "inventory", "spellcast", "check"]' in ts
     assert "jinja: false" in ts  # llama.cpp's built-in template, as training rendered it
     assert _completion_options(ts) <= COMPLETION_OPTIONS

@@ -8,14 +8,24 @@ other exception prints one line plus a hint, and the traceback only with --debug
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
+from .base import BaseModelError
+from .cli_runtime import add_runtime_commands
+from .config import ConfigError, load_config
 from .dataset import DataStats, data_stats
+from .export import TemplateMismatch
+from .pipeline import DataError, DiskFullError
+from .quantize import CapError, human_size
+from .registry import RegistryError
+from .runtime import RuntimeCompatError, UnknownRuntime
 from .scenarios import ERROR, WARNING, load_folder, scenario_files
 from .tools import VocabularyError, load_vocabulary
+from .train import TrainingError
 
 DEFAULT_DATA_DIR = "ai-training"
 
@@ -31,6 +41,21 @@ class CliError(Exception):
 # Exception type -> what to do about it, for failures that are not CliError.
 RECOVERY_HINTS: dict[type, str] = {
     VocabularyError: "fix the tools.toml named above (see docs/scenario-format.md, 'Tool vocabulary')",
+    DataError: "fix the files named above (dndllama data check lists every problem), then rerun",
+    ConfigError: "fix the setting named above in dndllama.toml or on the command line",
+    BaseModelError: "pass another --base (a .gguf file, a Hugging Face folder or id) or leave it out for the "
+                    "embedded Gemma 3 270M",
+    CapError: "raise --size-cap, choose another --quant, or use a smaller base model; the trained weights "
+              "are kept, so the rerun only quantizes",
+    TemplateMismatch: "nothing was shipped; report this as a bug with the lines above (the model was trained "
+                      "and is kept, a rerun only repeats the checks)",
+    TrainingError: "see the message above; the last checkpoint is kept and the same command resumes from it",
+    DiskFullError: "free disk space (dndllama cache clear removes cached runs), then rerun to resume",
+    MemoryError: "lower --ctx, use a smaller base, or close other programs; the same command resumes",
+    UnknownRuntime: "pass one of the runtimes listed (dndllama runtime list)",
+    RegistryError: "see dndllama models list for the versions there are",
+    RuntimeCompatError: "the model was trained and is kept; pick a --base or --quant the runtime supports "
+                        "(dndllama runtime list), or another --runtime",
     FileNotFoundError: "check the path, then run the command again",
     PermissionError: "check the file permissions, then run the command again",
 }
@@ -68,8 +93,59 @@ def _add_data_commands(groups) -> None:
     data.set_defaults(func=lambda args: _usage(data))
 
 
-# Later groups (train, info, quantize, chat, ...) append their register function here.
-COMMAND_GROUPS: list[Callable] = [_add_data_commands]
+def _add_train_command(groups) -> None:
+    train = _command(groups, "train", cmd_train, "train a GGUF from the scenario folder and print the app's config")
+    flags = [
+        ("--data", str, "DIR", f"scenario folder (default: {DEFAULT_DATA_DIR}); its dndllama.toml sets defaults"),
+        ("--base", str, "MODEL", "base model: 'embedded' (Gemma 3 270M), a .gguf, a Hugging Face folder or id"),
+        ("--epochs", int, "N", "passes over the training data"),
+        ("--max-steps", int, "N", "stop after N optimizer steps"),
+        ("--lr", float, "LR", "peak learning rate"),
+        ("--ctx", int, "TOKENS", "training window (multiple of 256)"),
+        ("--size-cap", str, "SIZE", "largest model file the app accepts, e.g. 2GB"),
+        ("--quant", str, "TYPE", "quantization type, or auto (best type under the cap)"),
+        ("--runtime", str, "NAME", "runtime the GGUF must load in (default cactus-0.2)"),
+        ("--models-dir", str, "DIR", "where versions are kept (default: models)"),
+        ("--cache-dir", str, "DIR", "stage cache (default: ~/.cache/dndllama)"),
+        ("--name", str, "NAME", "model name in the GGUF and file names"),
+        ("--threads", int, "N", "CPU threads (default: all cores)"),
+        ("--gpu-layers", int, "N", "layers to offload to the GPU"),
+        ("--patience", int, "N", "epochs without a better validation loss before stopping (0 = off)"),
+        ("--save-every", int, "N", "steps between resume checkpoints"),
+    ]
+    for flag, kind, metavar, text in flags:
+        train.add_argument(flag, type=kind, metavar=metavar, help=text)
+    train.add_argument("--resume", action="store_true", help="require an interrupted run to resume (resuming is "
+                       "automatic; this fails if there is none)")
+    train.add_argument("--force", action="store_true", help="ignore cached stages and retrain from the base")
+    train.add_argument("--quiet", action="store_true", help="no per-step progress")
+
+
+def _add_models_commands(groups) -> None:
+    models = groups.add_parser("models", help="list, inspect and switch trained versions")
+    commands = models.add_subparsers(dest="command", metavar="COMMAND")
+    for name, func, text, takes_version in [
+        ("list", cmd_models_list, "every version, its lineage and which one is current", False),
+        ("show", cmd_models_show, "one version's metadata", True),
+        ("use", cmd_models_use, "make a version current (the app's config follows)", True),
+        ("rollback", cmd_models_rollback, "make the previous version current", False),
+        ("rm", cmd_models_rm, "delete a version that is not current", True),
+    ]:
+        command = _command(commands, name, func, text)
+        if takes_version:
+            command.add_argument("version", help="version name, e.g. v0002 or 2")
+        command.add_argument("--models-dir", default="models", help="where versions are kept (default: models)")
+    models.set_defaults(func=lambda args: _usage(models))
+
+    cache = groups.add_parser("cache", help="the stage cache (datasets, training runs, converted bases)")
+    cache_commands = cache.add_subparsers(dest="command", metavar="COMMAND")
+    clear = _command(cache_commands, "clear", cmd_cache_clear, "delete cached stages; models/ is never touched")
+    clear.add_argument("--cache-dir", default=None, help="default: ~/.cache/dndllama")
+    cache.set_defaults(func=lambda args: _usage(cache))
+
+
+# Later groups (info, quantize, chat, ...) append their register function here.
+COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, _add_models_commands, add_runtime_commands]
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -188,3 +264,116 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
     for row in rows:
         table.add_row(*[str(c) for c in row])
     Console().print(table)
+
+
+# ---------------------------------------------------------------- train
+
+
+TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
+                   "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    config = load_config(args.data or DEFAULT_DATA_DIR, {k: getattr(args, k) for k in TRAIN_OVERRIDES})
+    try:
+        outcome = pipeline.run(config, force=args.force, quiet=args.quiet, require_resume=args.resume)
+    except KeyboardInterrupt:
+        raise CliError("training interrupted; checkpoints are kept",
+                       "run the same command again to resume from the last checkpoint") from None
+    except OSError as e:
+        if e.errno == 28:   # ENOSPC
+            raise CliError(f"disk full: {e}", RECOVERY_HINTS[DiskFullError]) from None
+        raise
+    _print_outcome(outcome)
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    version, cactus = outcome.version, outcome.cactus
+    meta = version.metadata
+    print()
+    print(f"{version.name} is current ({meta['quant']['type']}, {human_size(meta['quant']['size'])}). "
+          "For the app's cactus.ts:")
+    print(f"  modelPath:  {json.dumps(cactus['modelPath'])}")
+    print(f"  mmprojPath: {json.dumps(cactus['mmprojPath'])}"
+          + ("  (text-only model: no projector)" if cactus["mmprojPath"] is None else ""))
+    print(f"  snippet:    {version.path / 'cactus.ts'}")
+    print(f"  config:     {version.path / 'cactus.config.json'} (also {version.path.parent / 'cactus.config.json'})")
+
+
+# ---------------------------------------------------------------- models, cache
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from . import registry
+
+    root = Path(args.models_dir)
+    found = registry.versions(root)
+    if not found:
+        print(f"no versions in {root} yet: run dndllama train")
+        return 0
+    active = registry.current(root)
+    rows = []
+    for v in found:
+        m = v.metadata
+        parent = m.get("warm_start_from") or m.get("parent") or "-"
+        rows.append(["*" if active and active.name == v.name else "", v.name, m.get("created", "?"),
+                     m.get("quant", {}).get("type", "?"), human_size(m.get("quant", {}).get("size", 0)),
+                     _loss(m.get("training", {}).get("best_val_loss")), parent, m.get("base", {}).get("source", "?")])
+    _plain_table(f"Versions in {root} (* = current)",
+                 ["", "version", "created", "quant", "size", "best val loss", "parent", "base"], rows)
+    return 0
+
+
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from . import registry
+
+    version = registry.get(Path(args.models_dir), args.version)
+    print(json.dumps({**version.metadata, "path": str(version.path)}, indent=2, default=str))
+    return 0
+
+
+def cmd_models_use(args: argparse.Namespace) -> int:
+    from . import registry
+
+    version = registry.set_current(Path(args.models_dir), args.version)
+    print(f"{version.name} is current: {version.model.resolve()}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from . import registry
+
+    version = registry.rollback(Path(args.models_dir))
+    print(f"rolled back: {version.name} is current: {version.model.resolve()}")
+    return 0
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    from . import registry
+
+    registry.remove(Path(args.models_dir), args.version)
+    print(f"removed {args.version}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .config import Config
+
+    cache = Path(args.cache_dir or Config().cache_dir).expanduser()
+    removed = 0
+    for part in ("datasets", "runs", "bases", "converted"):
+        target = cache / part
+        if target.exists():
+            removed += sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+            shutil.rmtree(target)
+    print(f"cleared {human_size(removed)} from {cache}")
+    return 0

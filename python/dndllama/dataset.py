@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Protocol
 
+import numpy as np
+
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -241,6 +243,22 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
 
 def dataset_windows(conversations: Iterable[Conversation], tokenizer: Tokenizer, ctx: int) -> list[Window]:
     return [w for c in conversations for w in conversation_windows(c, tokenizer, ctx)]
+
+
+def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, labels) int32 arrays of shape (n, ctx) for the native trainer.
+
+    labels[i] is the token the model should predict after tokens[i]: tokens[i + 1] where that
+    token is a training target, else -1 (no loss). Short windows are padded with `pad_id`.
+    """
+    tokens = np.full((len(windows), ctx), pad_id, dtype=np.int32)
+    labels = np.full((len(windows), ctx), -1, dtype=np.int32)
+    for row, window in enumerate(windows):
+        ids = np.asarray(window.tokens[:ctx], dtype=np.int32)
+        target = np.asarray(window.mask[:ctx], dtype=bool)
+        tokens[row, : len(ids)] = ids
+        labels[row, : len(ids) - 1] = np.where(target[1:], ids[1:], -1)
+    return tokens, labels
 
 
 # ---------------------------------------------------------------- JSONL (`messages` format)

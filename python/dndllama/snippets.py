@@ -17,7 +17,8 @@ Config keys:
   mmprojPath    the multimodal projector GGUF, or None for a text-only model (must be present)
   n_ctx         context length
   sampling      {temperature, top_k, top_p, stop[, n_predict]}
-  systemPrompt  the system message, exactly as in training (dataset.system_prompt)
+  toolPrompt    the tool list that follows the scenario's SYSTEM block in the system message
+                (dataset.system_prompt: SYSTEM block, a blank line, this prompt)
   tools         tool names the DM writes as `[name: args]` in its text (parsed by the app)
   adapterPath   optional LoRA adapter GGUF, loaded at init with lora_list
   n_gpu_layers  optional, default 99 (all layers on the GPU where there is one)
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 
-REQUIRED_KEYS = ("modelPath", "mmprojPath", "n_ctx", "sampling", "systemPrompt", "tools")
+REQUIRED_KEYS = ("modelPath", "mmprojPath", "n_ctx", "sampling", "toolPrompt", "tools")
 # config["sampling"] key -> completion option (the same names in both packages)
 SAMPLING_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "stop": "stop",
                     "n_predict": "n_predict"}
@@ -66,7 +67,12 @@ def _constants(config: dict, package: str) -> str:
     if config.get("adapterPath"):
         lines.append(f"export const ADAPTER_PATH = {_ts(config['adapterPath'])};")
     lines += [
-        f"export const SYSTEM_PROMPT = {_ts(config['systemPrompt'])};",
+        f"export const TOOL_PROMPT = {_ts(config['toolPrompt'])};",
+        "// The system message the model was trained with: the scenario's SYSTEM block (Role, World,",
+        "// Location, Party lines), a blank line, then the tool prompt.",
+        "export function systemPrompt(systemBlock: string): string {",
+        "  return `${systemBlock.trim()}\\n\\n${TOOL_PROMPT}`;",
+        "}",
         "// Tool calls are text, `[name: args]` inside the DM's reply; the app parses and runs them.",
         f"export const TOOLS = {_ts(list(config['tools']))};",
         "export const COMPLETION_PARAMS = " + _object(_completion_entries(config), "") + ";",
@@ -108,8 +114,8 @@ export async function initModel() {{
 }}
 
 // history: the conversation so far, without the system message
-export async function reply(model: {cls}, history: {{ role: string; content: string }}[]) {{
-  const messages = [{{ role: 'system', content: SYSTEM_PROMPT }}, ...history];
+export async function reply(model: {cls}, systemBlock: string, history: {{ role: string; content: string }}[]) {{
+  const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await model.completion(messages, COMPLETION_PARAMS);
   return result.text;
 }}
@@ -132,8 +138,8 @@ export async function initModel() {{
 }}
 
 // history: the conversation so far, without the system message
-export async function reply(context: LlamaContext, history: {{ role: string; content: string }}[]) {{
-  const messages = [{{ role: 'system', content: SYSTEM_PROMPT }}, ...history];
+export async function reply(context: LlamaContext, systemBlock: string, history: {{ role: string; content: string }}[]) {{
+  const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await context.completion({{ messages, ...COMPLETION_PARAMS }});
   return result.text;
 }}

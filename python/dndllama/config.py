@@ -1,0 +1,155 @@
+"""One Config for a training run: defaults here, then `dndllama.toml` in the data folder, then CLI flags.
+
+    # ai-training/dndllama.toml
+    base = "embedded"        # or a .gguf path, a Hugging Face folder or id
+    epochs = 3
+    size_cap = "2GB"
+    [sampling]
+    temperature = 0.7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+CONFIG_FILE = "dndllama.toml"
+EMBEDDED_BASE = "embedded"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the file or flag and the accepted values."""
+
+
+@dataclass
+class Sampling:
+    """What the app should sample with; written into the Cactus config."""
+
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    max_tokens: int = 256
+
+
+@dataclass
+class Config:
+    data: str = "ai-training"
+    base: str = EMBEDDED_BASE
+    runtime: str = "cactus-0.2"          # the runtime the exported GGUF must load in
+    name: str = "dndllama-dm"            # general.name of the output and the registry's label
+    models_dir: str = "models"
+    cache_dir: str = field(default_factory=lambda: os.environ.get("DNDLLAMA_CACHE", "~/.cache/dndllama"))
+    # dataset
+    ctx: int = 768                       # training window in tokens, a multiple of 256 (fits the corpus uncut)
+    val_fraction: float = 0.1
+    augment: int = 0                     # extra renamed copies of each training scenario
+    seed: int = 0
+    # training
+    epochs: int = 2
+    max_steps: int = 0                   # 0 = the epochs decide
+    lr: float = 1e-4
+    lr_min_ratio: float = 0.1
+    warmup: float = 0.05                 # fraction of the steps spent warming up
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    trainable: str = ""                  # regex over tensor names; "" = every trainable tensor
+    patience: int = 2                    # epochs without a better validation loss before stopping
+    save_every: int = 50                 # steps between checkpoints (resume points)
+    threads: int = 0                     # 0 = all cores
+    gpu_layers: int = 0
+    # export
+    size_cap: str = "2GB"
+    quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
+    app_ctx: int = 2048                  # n_ctx the app should use
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def size_cap_bytes(self) -> int:
+        return parse_size(self.size_cap)
+
+    def training_settings(self) -> dict:
+        """The settings a trained model depends on (part of the training stage's cache key)."""
+        keys = ("ctx", "val_fraction", "augment", "seed", "epochs", "max_steps", "lr", "lr_min_ratio",
+                "warmup", "weight_decay", "grad_accum", "trainable", "patience")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str | int) -> int:
+    """'2GB' -> 2_000_000_000 (decimal, like phone storage); 'GiB' units are binary."""
+    if isinstance(text, int):
+        return text
+    match = SIZE.match(str(text))
+    unit = (match.group(2) or "").lower() if match else None
+    if not match or unit not in UNITS:
+        raise ConfigError(f"size '{text}' is not understood; write it like 2GB, 1.5GiB or 800MB")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def load_config(data_dir: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then `<data_dir>/dndllama.toml` if present, then `overrides` (None values skipped)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data_dir = Path(overrides.get("data") or data_dir or Config.data)
+    values: dict = {}
+    path = data_dir / CONFIG_FILE
+    if path.is_file():
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    values.update(overrides)
+    values["data"] = str(data_dir)
+    return _build(values, str(path))
+
+
+def _build(values: dict, where: str) -> Config:
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    sampling = values.pop("sampling", {})
+    if isinstance(sampling, dict):
+        sampling_fields = {f.name for f in fields(Sampling)}
+        if set(sampling) - sampling_fields:
+            raise ConfigError(f"{where}: unknown [sampling] setting(s) {', '.join(sorted(set(sampling) - sampling_fields))}")
+        sampling = Sampling(**sampling)
+    config = Config(**{k: _coerce(known[k], v, where) for k, v in values.items()}, sampling=sampling)
+    _validate(config, where)
+    return config
+
+
+def _coerce(f: dataclasses.Field, value, where: str):
+    kind = type(f.default) if f.default is not dataclasses.MISSING else str
+    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+        return kind(value)
+    raise ConfigError(f"{where}: '{f.name}' must be a {kind.__name__}, got {value!r}")
+
+
+def _validate(c: Config, where: str) -> None:
+    checks = [
+        (c.ctx > 0 and c.ctx % 256 == 0, "ctx must be a positive multiple of 256 (llama.cpp pads contexts to 256)"),
+        (0 <= c.val_fraction < 1, "val_fraction must be in [0, 1)"),
+        (c.epochs > 0, "epochs must be positive"),
+        (c.max_steps >= 0, "max_steps must be 0 (no limit) or positive"),
+        (c.lr > 0, "lr must be positive"),
+        (0 <= c.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
+        (c.grad_accum > 0, "grad_accum must be positive"),
+        (c.patience >= 0, "patience must be 0 (off) or positive"),
+        (c.save_every >= 0, "save_every must be 0 (per epoch only) or positive"),
+        (c.app_ctx > 0, "app_ctx must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+    parse_size(c.size_cap)

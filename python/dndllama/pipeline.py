@@ -1,0 +1,345 @@
+"""`dndllama train` from end to end: scenarios -> dataset -> training -> quantization -> checks ->
+a new registry version and the app's Cactus config.
+
+Every stage is keyed by a content hash of what it depends on, and its output is cached under that
+key, so a rerun does only what changed:
+  data key     scenario files (by content), tool vocabulary
+  dataset key  data key, base model (its tokenizer), ctx, split, augmentation
+  train key    dataset key, base model, training settings, warm-start parent, stage version
+  export key   train key, quant type, size cap, runtime, app settings
+An unchanged rerun finds its export key on the current version and stops in seconds. When data
+was only added (no file changed or removed) and nothing else changed, training warm-starts from the
+current version's weights and runs one epoch over all data (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, registry
+from .base import BaseModel, resolve_base
+from .config import Config
+from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
+from .export import check_chat_template, smoke_test
+from .files import disk_free, read_json, write_json, write_text
+from .quantize import QuantChoice, candidates, choose_quant, human_size
+from .runtime import RuntimeCompatError
+from .scenarios import ERROR, load_folder, scenario_files
+from .tools import Vocabulary, load_vocabulary, render_tool_prompt
+from .train import Arrays, TrainingError, TrainOutcome, train_model
+
+STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
+LLAMA_CPP = "llama-cpp-python==0.3.36 vendor/llama.cpp"
+WARM_START_EPOCHS = 1
+KEPT_RUNS = 3
+MAX_ERRORS_SHOWN = 20
+
+
+class DataError(ValueError):
+    """The scenarios cannot be trained on; the message lists file:line problems."""
+
+
+class DiskFullError(OSError):
+    """Not enough free space for the stage about to run."""
+
+
+@dataclass
+class Data:
+    root: Path
+    vocab: Vocabulary
+    files: dict[str, str]          # relative path -> sha256 of its bytes
+    train: list[Conversation]
+    validation: list[Conversation]
+
+
+@dataclass
+class Outcome:
+    version: registry.Version
+    cactus: dict
+    unchanged: bool = False
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def load_data(config: Config) -> Data:
+    root = Path(config.data)
+    if not root.is_dir():
+        raise DataError(f"data folder '{root}' not found; pass --data with your scenario folder")
+    files = scenario_files(root)
+    if not files:
+        raise DataError(f"no scenario files (*.md) under '{root}'; add scenarios (see docs/scenario-format.md)")
+    vocab = load_vocabulary(root)
+    check = load_folder(root, vocab)
+    errors = [d for d in check.diagnostics if d.severity == ERROR]
+    if errors:
+        shown = "\n".join(f"  {d}" for d in sorted(errors, key=lambda d: (d.path, d.line))[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise DataError(f"{len(errors)} error(s) in the scenarios; nothing was trained:\n{shown}{more}")
+    split = build_dataset(check, config.val_fraction, augment_copies=config.augment, seed=config.seed)
+    hashes = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return Data(root, vocab, hashes, split.train, split.validation)
+
+
+def vocabulary_fingerprint(vocab: Vocabulary) -> str:
+    return digest(render_tool_prompt(vocab), repr(sorted(vocab.tools.items())))
+
+
+def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: str, say) -> tuple[Arrays, dict]:
+    """Token windows with DM-only labels, cached as .npz by the dataset key."""
+    import numpy as np
+
+    from . import _native
+
+    path = cache / "datasets" / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            arrays = Arrays(z["tokens"], z["labels"], z["val_tokens"], z["val_labels"])
+        return arrays, read_json(path.with_suffix(".json"), {})
+    tokenizer = _native.Model(str(base.gguf), vocab_only=True)
+    pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
+    with warnings.catch_warnings(record=True) as cut:
+        warnings.simplefilter("always", TruncationWarning)
+        train = dataset_windows(data.train, tokenizer, config.ctx)
+        validation = dataset_windows(data.validation, tokenizer, config.ctx)
+    for w in cut[:5]:
+        say(f"warning: {w.message} (raise --ctx to keep it whole)")
+    if not train:
+        raise DataError("no training window has a DM token; add scenarios with DM turns")
+    tokens, labels = window_arrays(train, config.ctx, pad)
+    val_tokens, val_labels = window_arrays(validation, config.ctx, pad)
+    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": len(cut),
+             "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), stats)
+    return Arrays(tokens, labels, val_tokens, val_labels), stats
+
+
+def lineage(config: Config, base: BaseModel, data: Data, data_key: str) -> dict[str, str]:
+    """GGUF metadata every output carries: template, name, and where it came from."""
+    return {
+        "general.name": config.name,
+        "tokenizer.chat_template": GEMMA_CHAT_TEMPLATE,
+        "dndllama.version": __version__,
+        "dndllama.base": base.source,
+        "dndllama.base_sha256": base.sha256,
+        "dndllama.dataset_hash": data_key,
+        "dndllama.config": json.dumps(config.training_settings(), sort_keys=True),
+        "dndllama.tools": json.dumps(sorted(data.vocab.tools)),
+        "dndllama.llama_cpp": LLAMA_CPP,
+    }
+
+
+def warm_start_parent(previous: registry.Version | None, data: Data, base: BaseModel, config: Config) -> dict | None:
+    """The previous version's metadata when data was only added and nothing else changed."""
+    if previous is None:
+        return None
+    meta = previous.metadata
+    old_files = meta.get("data_files", {})
+    only_added = old_files and len(data.files) > len(old_files) and all(
+        data.files.get(path) == sha for path, sha in old_files.items())
+    same = (meta.get("base", {}).get("sha256") == base.sha256
+            and meta.get("training_settings") == config.training_settings())
+    f32 = Path(meta.get("run_dir", "")) / "model-f32.gguf"
+    return meta if only_added and same and f32.exists() else None
+
+
+def ensure_disk(path: Path, need: int, what: str) -> None:
+    free = disk_free(path)
+    if free < need:
+        raise DiskFullError(f"{what} needs about {human_size(need)} free under {path}, only {human_size(free)} "
+                            "is free; free some space (dndllama cache clear removes old runs) and rerun")
+
+
+# ---------------------------------------------------------------- the whole command
+
+
+def run(config: Config, force: bool = False, quiet: bool = False, require_resume: bool = False,
+        say: Callable[[str], None] = print) -> Outcome:
+    t0 = time.monotonic()
+    cache, models_dir = Path(config.cache_dir).expanduser(), Path(config.models_dir)
+    runtime = _runtime(config.runtime)
+
+    data = load_data(config)
+    say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
+    base = resolve_base(config.base, cache, say)
+    runtime.check_architecture(base.arch)
+    data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
+    dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
+                         config.seed, STAGE_VERSION)
+    previous = registry.current(models_dir)
+    parent = None if force else warm_start_parent(previous, data, base, config)
+    train_key = digest("train", dataset_key, base.sha256, config.training_settings(), config.name,
+                       parent and parent["train_key"], STAGE_VERSION)
+    export_key = digest("export", train_key, config.quant, config.size_cap_bytes, config.runtime, config.app_ctx,
+                        config.sampling, STAGE_VERSION)
+
+    if not force and previous and previous.metadata.get("export_key") == export_key and previous.model.exists():
+        say(f"nothing changed since {previous.name} (data, base and settings are the same): "
+            f"checked in {time.monotonic() - t0:.1f} s; use --force to retrain")
+        return Outcome(previous, read_json(previous.path / registry.CACTUS_CONFIG, {}), unchanged=True)
+
+    arrays, stats = build_arrays(data, base, config, cache, dataset_key, say)
+    say(f"dataset: {stats['train_windows']} training and {stats['val_windows']} validation windows of "
+        f"{config.ctx} tokens, {stats['train_targets']} DM target tokens")
+
+    run_dir = cache / "runs" / train_key
+    if require_resume and not (run_dir / "checkpoints").is_dir():
+        raise TrainingError("--resume: no interrupted run for this data and these settings; "
+                            "leave out --resume to start one")
+    trained = _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say)
+
+    ensure_disk(run_dir, trained.model.stat().st_size // 2, "quantization")
+    choice = choose_quant(trained.model, run_dir / "quant", config.size_cap_bytes,
+                          candidates(config.quant, runtime.supports_quant), config.threads, say)
+    say(f"quantization: {choice.reason}")
+
+    return _ship(config, base, data, data_key, stats, trained, choice, run_dir, models_dir,
+                 {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
+                 previous, parent, say)
+
+
+def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say) -> TrainOutcome:
+    from .train import MODEL_FILE, PLOT_FILE, LOG_FILE, SUMMARY_FILE
+
+    model = run_dir / MODEL_FILE
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if model.exists():
+        say("training: unchanged since the last run, reusing its weights")
+        plot = run_dir / PLOT_FILE
+        return TrainOutcome(model, read_json(run_dir / SUMMARY_FILE, {}), run_dir / LOG_FILE,
+                            plot if plot.exists() else None)
+    start = base.train_path
+    if parent:
+        start = Path(parent["run_dir"]) / MODEL_FILE
+        config = replace(config, epochs=WARM_START_EPOCHS)
+        say(f"training: data was only added since {parent['version']}: warm start from its weights, "
+            f"{WARM_START_EPOCHS} epoch over all data")
+    ensure_disk(run_dir, 3 * start.stat().st_size, "training (two checkpoints and the final model)")
+    say(f"training {base.arch} from {start.name}: ctx {config.ctx}, lr {config.lr}, "
+        f"{config.epochs} epoch(s){f', at most {config.max_steps} steps' if config.max_steps else ''}")
+    outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say)
+    s = outcome.summary
+    say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
+        f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
+        + (", stopped early" if s["stopped_early"] else ""))
+    return outcome
+
+
+def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run_dir, models_dir, keys, previous,
+          parent, say) -> Outcome:
+    """Check the quantized model, then publish it as a new version and make it current."""
+    from . import _native
+    from .cactus import cactus_config
+    from .snippets import cactus_ts, llama_rn_ts
+
+    model = _native.Model(str(choice.path))
+    checked = check_chat_template(model, data.validation or data.train, config.ctx)
+    say(f"chat template: the GGUF's template gives the training tokens exactly ({checked} conversations)")
+    smoke = smoke_test(model, (data.validation or data.train)[0], config.app_ctx)
+    say(f"loads and answers: {smoke.reply[:100]!r} ({smoke.gen_tokens_per_s:.0f} tokens/s)")
+    runtime_check = old_runtime_check(model, choice.path, (data.validation or data.train)[0], config, say)
+    del model
+
+    name = registry.next_name(models_dir)
+    staged = registry.staging_dir(models_dir, name)
+    model_file = f"{config.name}-{name}-{choice.type.lower()}.gguf"
+    _link_or_copy(choice.path, staged / model_file)
+    for extra in (trained.log, trained.plot):
+        if extra and extra.exists():
+            shutil.copy2(extra, staged / extra.name)
+    final_model = models_dir / name / model_file
+    cactus = cactus_config(final_model, base.mmproj, config, data.vocab, choice.type, name)
+    write_json(staged / registry.CACTUS_CONFIG, cactus)
+    write_text(staged / "cactus.ts", cactus_ts(cactus))
+    write_text(staged / "llama.rn.ts", llama_rn_ts(cactus))
+    write_json(staged / registry.METADATA, {
+        "name": config.name, "version": name, "model_file": model_file,
+        "parent": previous.name if previous else None,
+        "warm_start_from": parent["version"] if parent else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base": {"source": base.source, "arch": base.arch, "sha256": base.sha256,
+                 "mmproj": str(base.mmproj) if base.mmproj else None},
+        "dataset_hash": keys["data"], "data_files": data.files, "dataset": stats,
+        "train_key": keys["train"], "export_key": keys["export"], "run_dir": str(run_dir),
+        "training": trained.summary, "training_settings": config.training_settings(),
+        "quant": {"type": choice.type, "size": choice.size, "reason": choice.reason, "tried": choice.tried,
+                  "size_cap": config.size_cap_bytes},
+        "runtime": config.runtime, "runtime_check": runtime_check,
+        "template_check": {"conversations": checked, "identical": True},
+        "smoke_test": {"reply": smoke.reply, "gen_tokens_per_s": smoke.gen_tokens_per_s},
+        "tools": sorted(data.vocab.tools), "config": config.to_dict(),
+        "dndllama": __version__, "llama_cpp": LLAMA_CPP,
+    })
+    registry.commit(models_dir, staged, name)
+    version = registry.set_current(models_dir, name)
+    prune_runs(run_dir.parent, keep=run_dir)
+    return Outcome(version, cactus)
+
+
+def prune_runs(runs: Path, keep: Path, count: int = KEPT_RUNS) -> None:
+    """Cached runs hold ~4 bytes per parameter: keep the newest few (warm starts and requantizing
+    use them); shipped models live on in models/, so nothing is lost."""
+    old = sorted((p for p in runs.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime)
+    for run in old[: max(0, len(old) - (count - 1))]:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def old_runtime_check(model, path: Path, conversation: Conversation, config: Config, say) -> dict:
+    """Load the GGUF in the app's own (older) llama.cpp, when that runtime is installed, and check it
+    renders the first prompt exactly as training did and answers. Refuses to ship on failure."""
+    from .compat import check_runtime, find_runtime_env, report_json
+    from .export import first_prompt
+
+    if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
+        reason = (f"the {config.runtime} runtime is not installed; `dndllama runtime install {config.runtime}` "
+                  "(about 2 minutes, once) enables it" if config.runtime.startswith("cactus")
+                  else f"{config.runtime} is the llama.cpp this tool runs, checked above")
+        say(f"app-runtime check skipped: {reason}")
+        return {"skipped": reason}
+    messages, tokens = first_prompt(model, conversation, config.ctx)
+    report = check_runtime(path, config.runtime, messages, expected_tokens=tokens, n_ctx=config.app_ctx,
+                           max_tokens=24)
+    if not report.ok:
+        raise RuntimeCompatError(f"the GGUF does not work in {config.runtime} ({report.runtime_version}): "
+                                 + (report.error or f"its prompt tokens differ from training at token "
+                                                    f"{report.first_token_difference}"))
+    calls = ", ".join(c.raw for c in report.tool_calls) or "none"
+    say(f"{config.runtime} ({report.runtime_version}) loads it, renders the prompt token for token as in "
+        f"training and answers ({report.tokens_per_s:.0f} tokens/s; tool calls: {calls})")
+    return report_json(report)
+
+
+def _runtime(name: str):
+    from .runtime import load_runtime
+
+    return load_runtime(name)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)   # same file system: no second copy of a large model
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+

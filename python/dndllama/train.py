@@ -1,0 +1,280 @@
+"""The training stage: native fine-tuning with a live display, a JSONL log, a loss plot,
+checkpoints, resume after any interruption, early stopping and the best checkpoint kept.
+
+A run lives in one folder:
+  train-log.jsonl     one JSON object per step / eval / checkpoint event (the resume record)
+  checkpoints/        epoch-N.gguf and step-N.gguf (only the newest resume point and the best are kept)
+  loss.png            the loss curves
+  model-f32.gguf      the chosen model: best validation loss, else the last
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .files import atomic_path, write_json
+
+LOG_FILE, PLOT_FILE, MODEL_FILE, SUMMARY_FILE = "train-log.jsonl", "loss.png", "model-f32.gguf", "summary.json"
+MIN_IMPROVEMENT = 1e-4   # a validation loss must beat the best by this much to count as better
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish; the message says what to do."""
+
+
+@dataclass
+class Arrays:
+    tokens: np.ndarray
+    labels: np.ndarray
+    val_tokens: np.ndarray
+    val_labels: np.ndarray
+
+
+@dataclass
+class TrainOutcome:
+    model: Path
+    summary: dict
+    log: Path
+    plot: Path | None
+
+
+@dataclass
+class _State:
+    """What the log says so far: enough to resume and to pick the best checkpoint."""
+
+    resume_step: int = 0
+    resume_from: Path | None = None
+    best_val: float = math.inf
+    best_checkpoint: Path | None = None
+    evals_since_best: int = 0
+    pending_best: bool = False    # the last eval was a new best; its epoch checkpoint comes next
+
+
+def total_steps(n_windows: int, config: Config) -> int:
+    steps = config.epochs * n_windows // config.grad_accum
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[str, str]):
+    from . import _native
+
+    o = _native.TrainOptions()
+    o.n_ctx, o.epochs, o.max_steps = config.ctx, config.epochs, config.max_steps or -1
+    o.lr, o.lr_min_ratio, o.weight_decay = config.lr, config.lr_min_ratio, config.weight_decay
+    o.warmup_steps = int(config.warmup * steps)
+    o.grad_accum, o.trainable, o.seed = config.grad_accum, config.trainable, config.seed
+    o.n_threads, o.n_gpu_layers = config.threads, config.gpu_layers
+    o.checkpoint_dir, o.save_every, o.kv = str(checkpoint_dir), config.save_every, kv
+    return o
+
+
+def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, kv: dict[str, str],
+                quiet: bool = False, say=print) -> TrainOutcome:
+    """Train (or resume training) in `run_dir`; returns the chosen model. Safe to kill at any time."""
+    from . import _native
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path, checkpoints = run_dir / LOG_FILE, run_dir / "checkpoints"
+    state = _read_log(log_path)
+    steps = total_steps(len(arrays.tokens), config)
+    options = native_options(config, steps, checkpoints, kv)
+    start = base_path
+    if state.resume_from:
+        start, options.start_step = state.resume_from, state.resume_step
+        say(f"resuming from {state.resume_from.name} at step {state.resume_step}/{steps} "
+            "(optimizer moments restart)")
+    view = _ProgressView(steps, state.resume_step, quiet)
+    log = open(log_path, "a", encoding="utf-8")
+
+    def on_event(event: dict):
+        record = {k: v for k, v in event.items() if v is not None}
+        record["time"] = round(time.time(), 3)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        keep_going = _update(state, event, config, checkpoints)
+        view.update(event, state)
+        return keep_going
+
+    try:
+        with view:
+            result = _native.train(str(start), "", arrays.tokens, arrays.labels, arrays.val_tokens,
+                                   arrays.val_labels, options, on_event)
+    except _native.NativeError as e:
+        raise TrainingError(str(e)) from None
+    finally:
+        log.close()
+    chosen = state.best_checkpoint or state.resume_from
+    if chosen is None or not chosen.exists():
+        raise TrainingError("training produced no checkpoint; run again with --debug")
+    model = run_dir / MODEL_FILE
+    os.replace(chosen, model)
+    for leftover in checkpoints.glob("*.gguf"):
+        leftover.unlink()
+    records = _log_records(log_path)
+    summary = _summary(records, state, result, chosen)
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return TrainOutcome(model, summary, log_path, plot_losses(records, run_dir / PLOT_FILE))
+
+
+def _update(state: _State, event: dict, config: Config, checkpoints: Path) -> bool:
+    """Apply one event; returns False to stop early (patience exhausted)."""
+    kind = event["event"]
+    if kind == "eval":
+        if event["val_loss"] < state.best_val - MIN_IMPROVEMENT:
+            state.best_val, state.evals_since_best, state.pending_best = event["val_loss"], 0, True
+        else:
+            state.evals_since_best += 1
+            if config.patience and state.evals_since_best >= config.patience:
+                return False
+    elif kind == "checkpoint":
+        path = Path(event["checkpoint"])
+        previous = state.resume_from
+        state.resume_from, state.resume_step = path, event["step"]
+        epoch_end = path.name.startswith("epoch-")
+        if epoch_end and (state.pending_best or math.isinf(state.best_val)):
+            old_best, state.best_checkpoint, state.pending_best = state.best_checkpoint, path, False
+            _remove(old_best, keep=path)
+        _remove(previous, keep=state.best_checkpoint)
+    return True
+
+
+def _remove(path: Path | None, keep: Path | None) -> None:
+    # checkpoints are ~4 bytes per parameter: keep only the resume point and the best one
+    if path is not None and path != keep:
+        path.unlink(missing_ok=True)
+
+
+def _read_log(path: Path) -> _State:
+    """Replay a run's log up to its last checkpoint that still exists, and cut the log there:
+    what happened after it (before a kill -9, say) is redone by the resumed run."""
+    state = _State()
+    if not path.exists():
+        return state
+    records = _log_records(path)
+    resumable = [i for i, r in enumerate(records) if r.get("event") == "checkpoint" and Path(r["checkpoint"]).exists()]
+    records = records[: resumable[-1] + 1] if resumable else []
+    for record in records:
+        if record.get("event") != "checkpoint" or Path(record["checkpoint"]).exists():
+            _update(state, record, Config(patience=0), path.parent / "checkpoints")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return state
+
+
+def _log_records(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue   # a line cut by a crash
+    return records
+
+
+def _summary(records: list[dict], state: _State, result: dict, chosen: Path) -> dict:
+    steps = [r for r in records if r.get("event") == "step"]
+    evals = [r for r in records if r.get("event") == "eval"]
+    return {
+        "steps": steps[-1]["step"] if steps else 0,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
+        "chosen_checkpoint": chosen.name,
+        "stopped_early": bool(result.get("cancelled")),
+        "tokens_per_s": result.get("tokens_per_s"),
+        "seconds": result.get("seconds"),
+        "n_trainable": result.get("n_trainable"),
+    }
+
+
+# ---------------------------------------------------------------- display
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class _ProgressView:
+    """A rich progress bar on a terminal, plain lines in logs and CI."""
+
+    def __init__(self, total: int, done: int, quiet: bool):
+        self.total, self.done, self.quiet = total, done, quiet
+        self.rich = sys.stdout.isatty() and not quiet
+        self.last_val = None
+        self.progress = None
+
+    def __enter__(self):
+        if self.rich:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.total, completed=self.done, stats="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+
+    def update(self, event: dict, state: _State) -> None:
+        kind = event["event"]
+        if kind == "eval":
+            self.last_val = event["val_loss"]
+        val = f"val {self.last_val:.3f}" if self.last_val is not None else "val -"
+        stats = (f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.3f}  {val}  "
+                 f"{event['tokens_per_s']:.0f} tok/s")
+        if self.progress:
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+            if kind in ("eval", "checkpoint"):
+                self.progress.console.print(_event_line(event, val))
+        elif not self.quiet and kind in ("step", "eval", "checkpoint"):
+            line = (f"step {event['step']}/{event['total_steps']}  {stats}  eta {_eta(event['eta_s'])}"
+                    if kind == "step" else _event_line(event, val))
+            print(line, flush=True)
+
+
+def _event_line(event: dict, val: str) -> str:
+    if event["event"] == "eval":
+        return f"epoch {event['epoch']}: {val}, accuracy {event['val_accuracy']:.1%}"
+    return f"checkpoint {Path(event['checkpoint']).name} (step {event['step']})"
+
+
+# ---------------------------------------------------------------- loss plot
+
+
+def plot_losses(records: list[dict], path: Path) -> Path | None:
+    """Training and validation loss against steps as a PNG; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
+    evals = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if steps:
+        ax.plot(*zip(*steps), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (DM tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

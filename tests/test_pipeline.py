@@ -1,0 +1,257 @@
+"""`dndllama train` end to end on a tiny real Gemma-3-architecture GGUF: stages, caching, warm
+start, resume after kill -9, quantization under a cap, the template check, the registry and the
+Cactus config; and every failure class ending in a clear error with earlier models intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import gguf
+import numpy as np
+import pytest
+
+from dndllama import _native as native
+from dndllama import pipeline, registry
+from dndllama.base import BaseModelError
+from dndllama.cli import main
+from dndllama.compat import find_runtime_env
+from dndllama.config import ConfigError, load_config, parse_size
+from dndllama.dataset import GEMMA_CHAT_TEMPLATE
+from dndllama.export import TemplateMismatch, check_chat_template
+from dndllama.quantize import CapError
+from tiny_models import make_tiny_model
+
+INDEPENDENT = Path(__file__).parent / "data" / "independent"
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    # the scenarios' system prompt is ~1,700 characters, and this tiny vocabulary is mostly characters
+    # 6 layers: the app's May-2025 llama.cpp crashes on gemma3 models with fewer (see runtimes.toml)
+    return make_tiny_model(tmp_path_factory.mktemp("base") / "tiny.gguf", n_ctx=4096, n_layer=6)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_base):
+    data = tmp_path / "data"
+    shutil.copytree(INDEPENDENT, data)
+    settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
+                "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models")}
+    return SimpleNamespace(root=tmp_path, data=data, models=tmp_path / "models", settings=settings)
+
+
+def train(project, force=False, **changes):
+    said: list[str] = []
+    config = load_config(project.data, {**project.settings, **changes})
+    outcome = pipeline.run(config, force=force, quiet=True, say=said.append)
+    return outcome, "\n".join(said)
+
+
+def steps_logged(version) -> list[int]:
+    log = version.path / "train-log.jsonl"
+    return [r["step"] for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "step"]
+
+
+# ---- the whole command ------------------------------------------------------------------------
+
+def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, tiny_base):
+    outcome, said = train(project)
+    version = outcome.version
+    assert version.name == "v0001" and outcome.cactus["version"] == "v0001"
+    assert "chat template: the GGUF's template gives the training tokens exactly" in said
+
+    model = native.Model(str(version.model))
+    info = model.info()
+    assert info.chat_template == GEMMA_CHAT_TEMPLATE and info.name == "dndllama-dm"
+    assert info.metadata["dndllama.dataset_hash"] == version.metadata["dataset_hash"]
+    assert info.metadata["dndllama.base_sha256"] == version.metadata["base"]["sha256"]
+    assert info.n_ctx_train == 4096                     # the base's context, not the training window
+    assert model.generate("<start_of_turn>user\nhi<end_of_turn>\n", max_tokens=4, temperature=0)["n_generated"] > 0
+
+    cactus = json.loads((project.models / "cactus.config.json").read_text())
+    assert cactus == outcome.cactus == json.loads((version.path / "cactus.config.json").read_text())
+    assert Path(cactus["modelPath"]) == version.model.resolve() and cactus["mmprojPath"] is None
+    assert cactus["quant"] == "F16"                     # best type under the default 2 GB cap
+    assert os.readlink(project.models / "current") == "v0001"
+    assert "CactusLM.init" in (version.path / "cactus.ts").read_text()
+
+    check = version.metadata["runtime_check"]      # the app's own (May 2025) llama.cpp, when installed
+    if find_runtime_env("cactus-0.2") is None:
+        assert "not installed" in check["skipped"] and "app-runtime check skipped" in said
+    else:
+        assert check["loaded"] and check["tokens_identical"] and check["generated_tokens"] > 0
+        assert "cactus-0.2 (0.3.9) loads it" in said
+
+    summary = version.metadata["training"]
+    assert summary["steps"] == 4 and summary["final_loss"] < summary["first_loss"]
+    assert steps_logged(version) == [1, 2, 3, 4]
+    assert (version.path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reruns_do_only_what_changed(project):
+    first, _ = train(project)
+
+    start = time.monotonic()
+    again, said = train(project)
+    assert again.unchanged and again.version.name == "v0001" and "nothing changed" in said
+    assert time.monotonic() - start < 10
+
+    requantized, said = train(project, quant="Q8_0")
+    assert requantized.version.name == "v0002" and requantized.cactus["quant"] == "Q8_0"
+    assert "training: unchanged" in said and "training gemma3" not in said
+
+    scenario = project.data / "combat" / "wolves_at_the_ford.md"
+    scenario.write_text(scenario.read_text().replace("## DM\n", "## DM\nThe river roars.\n", 1))
+    retrained, said = train(project, quant="Q8_0")
+    assert retrained.version.name == "v0003" and "training gemma3" in said
+    assert retrained.version.metadata["parent"] == "v0002"
+    assert retrained.version.metadata["dataset_hash"] != first.version.metadata["dataset_hash"]
+
+
+def test_added_data_warm_starts_from_the_current_version(project):
+    train(project)
+    shutil.copy(INDEPENDENT.parent / "seed_tavern.md", project.data / "roleplay" / "seed_tavern.md")
+    outcome, said = train(project)
+    assert "warm start from its weights" in said
+    assert outcome.version.metadata["warm_start_from"] == "v0001"
+
+
+def test_kill_minus_nine_then_the_same_command_resumes(project):
+    args = [sys.executable, "-m", "dndllama", "train", "--data", str(project.data), "--quiet",
+            "--max-steps", "8", "--save-every", "1", "--patience", "0"]
+    for key in ("base", "ctx", "lr", "threads", "cache_dir", "models_dir"):
+        args += [f"--{key.replace('_', '-')}", str(project.settings[key])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    logs = project.root / "cache" / "runs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = [p for p in logs.glob("*/train-log.jsonl") if '"checkpoint"' in p.read_text()]
+        if found:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert found, proc.stdout.read()
+    assert not (project.models / "current").exists()      # nothing half-shipped
+
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from step-" in done.stdout
+    version = registry.current(project.models)
+    steps = steps_logged(version)
+    assert steps[-1] == 8 and steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+# ---- quantization under a cap -------------------------------------------------------------------
+
+def test_cap_too_small_fails_and_keeps_the_current_model(project):
+    first, _ = train(project)
+    before = first.version.model.read_bytes()
+    with pytest.raises(CapError, match="no quantization fits"):
+        train(project, size_cap="10kB")
+    assert registry.current(project.models).name == "v0001" and first.version.model.read_bytes() == before
+    outcome, said = train(project, size_cap="180kB")    # the trained weights were kept: only requantizes
+    assert "training: unchanged" in said and outcome.cactus["quant"] != "F16"
+
+
+def test_size_parsing():
+    assert parse_size("2GB") == 2_000_000_000 and parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("800 MB") == 800_000_000
+    with pytest.raises(ConfigError, match="2GB"):
+        parse_size("two gigs")
+
+
+# ---- failures end in clear errors ----------------------------------------------------------------
+
+def test_data_problems_name_the_file_and_line(project):
+    bad = project.data / "combat" / "broken.md"
+    bad.write_text("# SYSTEM\nRole: DM\n\n# CONVERSATION\n## DM\nYou see [fly: away].\n")
+    with pytest.raises(pipeline.DataError, match=r"combat/broken\.md:\d+"):
+        train(project)
+    empty = project.root / "empty"
+    empty.mkdir()
+    with pytest.raises(pipeline.DataError, match="no scenario files"):
+        train(project, data=str(empty))
+
+
+def test_bad_bases_are_refused_before_training(project, tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("hello")
+    with pytest.raises(BaseModelError, match="not a GGUF"):
+        train(project, base=str(not_gguf))
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(Path(project.settings["base"]).read_bytes()[:5000])
+    with pytest.raises(BaseModelError, match="cut.gguf"):
+        train(project, base=str(truncated))
+
+    gemma3n = tmp_path / "gemma3n.gguf"
+    writer = gguf.GGUFWriter(str(gemma3n), "gemma3n")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(BaseModelError, match="Gemma 3n.*Supported architectures: gemma3"):
+        train(project, base=str(gemma3n))
+    assert not (project.root / "cache" / "runs").exists()
+
+
+def test_a_different_template_in_the_gguf_is_refused(tmp_path, project):
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    other = make_tiny_model(tmp_path / "chatml.gguf", n_ctx=4096, chat_template=chatml)
+    data = pipeline.load_data(load_config(project.data, project.settings))
+    with pytest.raises(TemplateMismatch, match="differently from training at token"):
+        check_chat_template(native.Model(str(other)), data.validation, 2048)
+
+
+def test_config_file_and_flags(project):
+    (project.data / "dndllama.toml").write_text('epochs = 3\nsize_cap = "1GB"\n[sampling]\ntemperature = 0.5\n')
+    config = load_config(project.data, {"epochs": 5})
+    assert config.epochs == 5 and config.size_cap_bytes == 10**9 and config.sampling.temperature == 0.5
+    (project.data / "dndllama.toml").write_text("epoch = 3\n")
+    with pytest.raises(ConfigError, match="dndllama.toml: unknown setting"):
+        load_config(project.data)
+    with pytest.raises(ConfigError, match="multiple of 256"):
+        load_config(project.root, {"ctx": 300})
+
+
+# ---- the command line and the registry ----------------------------------------------------------
+
+def test_cli_train_prints_model_path_and_models_commands_switch_versions(project, capsys):
+    flags = ["--data", str(project.data)]
+    for key in ("base", "ctx", "max_steps", "lr", "threads", "cache_dir", "models_dir"):
+        flags += [f"--{key.replace('_', '-')}", str(project.settings[key])]
+    assert main(["train", "--quiet", *flags]) == 0
+    out = capsys.readouterr().out
+    model = registry.get(project.models, "v0001").model.resolve()
+    assert f'modelPath:  "{model}"' in out and "mmprojPath: null" in out
+    assert main(["train", "--quiet", *flags, "--quant", "Q8_0"]) == 0
+
+    models = ["--models-dir", str(project.models)]
+    capsys.readouterr()
+    assert main(["models", "list", *models]) == 0
+    listing = capsys.readouterr().out
+    assert "v0001" in listing and "* " in listing and "Q8_0" in listing
+    assert main(["models", "rollback", *models]) == 0
+    assert registry.current(project.models).name == "v0001"
+    assert json.loads((project.models / "cactus.config.json").read_text())["version"] == "v0001"
+    assert main(["models", "rm", "v0001", *models]) == 1         # the current version is protected
+    assert "switch first" in capsys.readouterr().err
+    assert main(["models", "use", "2", *models]) == 0 and main(["models", "rm", "v0001", *models]) == 0
+    assert [v.name for v in registry.versions(project.models)] == ["v0002"]
+
+
+def test_pnpm_script_is_wired(tmp_path):
+    package = json.loads((REPO / "package.json").read_text())
+    script = package["scripts"]["train"]
+    assert "scripts/train.sh" in script
+    assert os.access(REPO / "scripts" / "train.sh", os.X_OK)
