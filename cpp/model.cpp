@@ -134,6 +134,17 @@ ModelInfo Model::info() const {
         }
         info.metadata[key] = meta_value(model_, key);
     }
+    // a vocab-only load reads no hyperparameters: take them from the metadata instead
+    auto from_meta = [&](int & field, const std::string & suffix) {
+        auto it = info.metadata.find(info.arch + suffix);
+        if (field == 0 && it != info.metadata.end()) {
+            field = std::atoi(it->second.c_str());
+        }
+    };
+    from_meta(info.n_ctx_train, ".context_length");
+    from_meta(info.n_embd, ".embedding_length");
+    from_meta(info.n_layer, ".block_count");
+    from_meta(info.n_head, ".attention.head_count");
 
     // tensor types come from the file itself: the loaded model may have repacked them
     gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};

@@ -324,7 +324,8 @@ def test_quantize_then_load_and_generate(tiny, tmp_path, qtype):
 
 def test_chat_template_and_tokens_roundtrip(tiny):
     m = native.Model(str(tiny["gemma3"]), vocab_only=True)
-    assert m.info().n_vocab > 256                # info() works on a vocabulary-only load
+    info = m.info()                              # info() works on a vocabulary-only load, hyperparameters
+    assert info.n_vocab > 256 and (info.n_ctx_train, info.n_embd, info.n_layer) == (512, 128, 2)  # from metadata
     text = m.apply_chat_template([{"role": "system", "content": "Be the DM."}, {"role": "user", "content": "Hi"},
                                   {"role": "assistant", "content": "Hello"}], False)
     assert text == "<start_of_turn>user\nBe the DM.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"

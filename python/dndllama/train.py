@@ -257,15 +257,13 @@ def _event_line(event: dict, val: str) -> str:
 def plot_losses(records: list[dict], path: Path) -> Path | None:
     """Training and validation loss against steps as a PNG; None when matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure   # no pyplot: no global backend switch, safe in threads
     except ImportError:
         return None
     steps = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
     evals = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if steps:
         ax.plot(*zip(*steps), label="train loss", linewidth=1)
     if evals:
@@ -276,5 +274,4 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
