@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import __version__
 from .base import BaseModelError
+from .cli_chat import add_chat_command
 from .cli_runtime import add_runtime_commands
 from .config import ConfigError, load_config
 from .dataset import DataStats, data_stats
@@ -145,7 +146,8 @@ def _add_models_commands(groups) -> None:
 
 
 # Later groups (info, quantize, chat, ...) append their register function here.
-COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, _add_models_commands, add_runtime_commands]
+COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, _add_models_commands, add_runtime_commands,
+                                  add_chat_command]
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
