@@ -49,7 +49,7 @@ def test_the_notebook_trains_a_tiny_model_top_to_bottom(tmp_path, monkeypatch):
     base = make_tiny_model(tmp_path / "tiny.gguf", n_ctx=4096, n_layer=6)
     models = tmp_path / "models"
     for name, value in {"DATA": data, "BASE": base, "MAX_STEPS": 2, "CTX": 2048, "MODELS": models,
-                        "CACHE": tmp_path / "cache", "THREADS": 2, "VALIDATION_TURNS": 1}.items():
+                        "CACHE": tmp_path / "cache", "THREADS": 2, "VALIDATION_TURNS": 1, "GATE": 0}.items():
         monkeypatch.setenv(f"DNDLLAMA_NB_{name}", str(value))
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)

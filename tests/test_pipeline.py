@@ -45,7 +45,8 @@ def project(tmp_path, tiny_base):
     data = tmp_path / "data"
     shutil.copytree(INDEPENDENT, data)
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
-                "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models")}
+                "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
+                "validate_turns": 2, "validate_max_tokens": 16, "gate": False}
     return SimpleNamespace(root=tmp_path, data=data, models=tmp_path / "models", settings=settings)
 
 
@@ -91,6 +92,10 @@ def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, 
         assert check["loaded"] and check["tokens_identical"] and check["generated_tokens"] > 0
         assert "cactus-0.2 (0.3.9) loads it" in said
 
+    validation = version.metadata["validation"]            # model and base model replayed side by side
+    assert validation["model"]["turns"] == validation["baseline"]["turns"] == 2
+    assert (version.path / "report.md").exists() and (version.path / "report.json").exists()
+
     summary = version.metadata["training"]
     assert summary["steps"] == 4 and summary["final_loss"] < summary["first_loss"]
     assert steps_logged(version) == [1, 2, 3, 4]
@@ -127,7 +132,7 @@ def test_added_data_warm_starts_from_the_current_version(project):
 
 def test_kill_minus_nine_then_the_same_command_resumes(project):
     args = [sys.executable, "-m", "dndllama", "train", "--data", str(project.data), "--quiet",
-            "--max-steps", "8", "--save-every", "1", "--patience", "0"]
+            "--max-steps", "8", "--save-every", "1", "--patience", "0", "--validate-turns", "1", "--no-gate"]
     for key in ("base", "ctx", "lr", "threads", "cache_dir", "models_dir"):
         args += [f"--{key.replace('_', '-')}", str(project.settings[key])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -149,6 +154,15 @@ def test_kill_minus_nine_then_the_same_command_resumes(project):
     version = registry.current(project.models)
     steps = steps_logged(version)
     assert steps[-1] == 8 and steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_a_version_that_fails_the_quality_gate_is_kept_but_not_promoted(project, capsys):
+    first, _ = train(project)                               # promoted (gate off)
+    second, said = train(project, gate=True, quant="Q8_0")  # random weights call no tool: F1 0 vs 0 fails
+    assert not second.promoted and "quality gate failed" in said and "kept but not promoted" in said
+    assert second.version.metadata["gate"]["passed"] is False
+    assert registry.current(project.models).name == first.version.name == "v0001"
+    assert second.version.model.exists() and (second.version.path / "report.md").exists()
 
 
 # ---- quantization under a cap -------------------------------------------------------------------
@@ -227,7 +241,7 @@ def test_config_file_and_flags(project):
 # ---- the command line and the registry ----------------------------------------------------------
 
 def test_cli_train_prints_model_path_and_models_commands_switch_versions(project, capsys):
-    flags = ["--data", str(project.data)]
+    flags = ["--data", str(project.data), "--validate-turns", "1", "--no-gate"]
     for key in ("base", "ctx", "max_steps", "lr", "threads", "cache_dir", "models_dir"):
         flags += [f"--{key.replace('_', '-')}", str(project.settings[key])]
     assert main(["train", "--quiet", *flags]) == 0

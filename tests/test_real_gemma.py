@@ -67,8 +67,8 @@ def test_dndllama_train_on_the_embedded_base(tmp_path, capsys):
     for path in sorted(Path("ai-training").glob("*/*.md"))[::12]:     # 8 scenarios across categories
         (data / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / path.parent.name / path.name)
-    args = ["train", "--data", str(data), "--max-steps", "2", "--threads", "2", "--quiet",
-            "--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
+    args = ["train", "--data", str(data), "--max-steps", "2", "--threads", "2", "--quiet", "--validate-turns", "2",
+            "--no-gate", "--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "chat template: the GGUF's template gives the training tokens exactly" in out

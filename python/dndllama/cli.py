@@ -17,6 +17,7 @@ from . import __version__
 from .base import BaseModelError
 from .cli_chat import add_chat_command
 from .cli_runtime import add_runtime_commands
+from .cli_validate import add_validate_command
 from .config import ConfigError, load_config
 from .dataset import DataStats, data_stats
 from .export import TemplateMismatch
@@ -113,12 +114,16 @@ def _add_train_command(groups) -> None:
         ("--gpu-layers", int, "N", "layers to offload to the GPU"),
         ("--patience", int, "N", "epochs without a better validation loss before stopping (0 = off)"),
         ("--save-every", int, "N", "steps between resume checkpoints"),
+        ("--validate-turns", int, "N", "validation DM turns to replay for the report and the gate (0 = all)"),
+        ("--min-f1-gain", float, "F", "the gate: tool-call F1 must beat the base model's by more than F (default 0)"),
     ]
     for flag, kind, metavar, text in flags:
         train.add_argument(flag, type=kind, metavar=metavar, help=text)
     train.add_argument("--resume", action="store_true", help="require an interrupted run to resume (resuming is "
                        "automatic; this fails if there is none)")
     train.add_argument("--force", action="store_true", help="ignore cached stages and retrain from the base")
+    train.add_argument("--no-gate", dest="gate", action="store_const", const=False, default=None,
+                       help="promote the new version even when it does not beat the base model")
     train.add_argument("--quiet", action="store_true", help="no per-step progress")
 
 
@@ -146,8 +151,8 @@ def _add_models_commands(groups) -> None:
 
 
 # Later groups (info, quantize, chat, ...) append their register function here.
-COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, _add_models_commands, add_runtime_commands,
-                                  add_chat_command]
+COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, add_validate_command, _add_models_commands,
+                                  add_runtime_commands, add_chat_command]
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -272,7 +277,9 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
-                   "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every")
+                   "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every",
+                   "validate_turns", "min_f1_gain", "gate")
+GATE_FAILED = 3   # exit status: trained and kept, but not promoted
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -289,20 +296,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"disk full: {e}", RECOVERY_HINTS[DiskFullError]) from None
         raise
     _print_outcome(outcome)
-    return 0
+    return 0 if outcome.promoted else GATE_FAILED
 
 
 def _print_outcome(outcome) -> None:
     version, cactus = outcome.version, outcome.cactus
     meta = version.metadata
     print()
-    print(f"{version.name} is current ({meta['quant']['type']}, {human_size(meta['quant']['size'])}). "
+    state = "is current" if outcome.promoted else "is NOT current (it failed the quality gate)"
+    print(f"{version.name} {state} ({meta['quant']['type']}, {human_size(meta['quant']['size'])}). "
           "For the app's cactus.ts:")
     print(f"  modelPath:  {json.dumps(cactus['modelPath'])}")
     print(f"  mmprojPath: {json.dumps(cactus['mmprojPath'])}"
           + ("  (text-only model: no projector)" if cactus["mmprojPath"] is None else ""))
     print(f"  snippet:    {version.path / 'cactus.ts'}")
-    print(f"  config:     {version.path / 'cactus.config.json'} (also {version.path.parent / 'cactus.config.json'})")
+    print(f"  config:     {version.path / 'cactus.config.json'}"
+          + (f" (also {version.path.parent / 'cactus.config.json'})" if outcome.promoted else ""))
+    if (version.path / "report.md").exists():
+        print(f"  report:     {version.path / 'report.md'}")
 
 
 # ---------------------------------------------------------------- models, cache

@@ -61,6 +61,11 @@ class Config:
     save_every: int = 50                 # steps between checkpoints (resume points)
     threads: int = 0                     # 0 = all cores
     gpu_layers: int = 0
+    # validation and the quality gate
+    validate_turns: int = 24             # DM turns of the validation scenarios to replay (0 = all)
+    validate_max_tokens: int = 128       # the longest DM turn of ai-training is ~110 tokens
+    gate: bool = True                    # promote a version only when it passes the gate
+    min_f1_gain: float = 0.0             # ... its tool-call F1 beats the base model's by more than this
     # export
     size_cap: str = "2GB"
     quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
@@ -148,6 +153,8 @@ def _validate(c: Config, where: str) -> None:
         (c.patience >= 0, "patience must be 0 (off) or positive"),
         (c.save_every >= 0, "save_every must be 0 (per epoch only) or positive"),
         (c.app_ctx > 0, "app_ctx must be positive"),
+        (c.validate_turns >= 0, "validate_turns must be 0 (all) or positive"),
+        (c.validate_max_tokens > 0, "validate_max_tokens must be positive"),
     ]
     for ok, message in checks:
         if not ok:

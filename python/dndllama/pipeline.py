@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -30,7 +31,7 @@ from .base import BaseModel, resolve_base
 from .config import Config
 from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
 from .export import check_chat_template, smoke_test
-from .files import disk_free, read_json, write_json, write_text
+from .files import atomic_path, disk_free, read_json, write_json, write_text
 from .quantize import QuantChoice, candidates, choose_quant, human_size
 from .runtime import RuntimeCompatError
 from .scenarios import ERROR, load_folder, scenario_files
@@ -66,6 +67,14 @@ class Outcome:
     version: registry.Version
     cactus: dict
     unchanged: bool = False
+    promoted: bool = True
+
+
+def code_version() -> str:
+    """Stage outputs depend on the native code (patched llama.cpp + our C++) and the stage logic."""
+    from . import _native
+
+    return f"{STAGE_VERSION}:{_native.build_stamp[:16]}"
 
 
 def digest(*parts) -> str:
@@ -182,13 +191,14 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     runtime.check_architecture(base.arch)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
     dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
-                         config.seed, STAGE_VERSION)
+                         config.seed, code_version())
     previous = registry.current(models_dir)
     parent = None if force else warm_start_parent(previous, data, base, config)
     train_key = digest("train", dataset_key, base.sha256, config.training_settings(), config.name,
-                       parent and parent["train_key"], STAGE_VERSION)
+                       parent and parent["train_key"], code_version())
     export_key = digest("export", train_key, config.quant, config.size_cap_bytes, config.runtime, config.app_ctx,
-                        config.sampling, STAGE_VERSION)
+                        config.sampling, config.validate_turns, config.validate_max_tokens, config.gate,
+                        config.min_f1_gain, code_version())
 
     if not force and previous and previous.metadata.get("export_key") == export_key and previous.model.exists():
         say(f"nothing changed since {previous.name} (data, base and settings are the same): "
@@ -210,7 +220,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                           candidates(config.quant, runtime.supports_quant), config.threads, say)
     say(f"quantization: {choice.reason}")
 
-    return _ship(config, base, data, data_key, stats, trained, choice, run_dir, models_dir,
+    return _ship(config, base, data, data_key, stats, trained, choice, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
                  previous, parent, say)
 
@@ -243,12 +253,13 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     return outcome
 
 
-def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run_dir, models_dir, keys, previous,
-          parent, say) -> Outcome:
+def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run_dir, models_dir, cache, keys,
+          previous, parent, say) -> Outcome:
     """Check the quantized model, then publish it as a new version and make it current."""
     from . import _native
     from .cactus import cactus_config
     from .snippets import cactus_ts, llama_rn_ts
+    from .validate import gate, write_report
 
     model = _native.Model(str(choice.path))
     checked = check_chat_template(model, data.validation or data.train, config.ctx)
@@ -257,6 +268,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     say(f"loads and answers: {smoke.reply[:100]!r} ({smoke.gen_tokens_per_s:.0f} tokens/s)")
     runtime_check = old_runtime_check(model, choice.path, (data.validation or data.train)[0], config, say)
     del model
+    report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], say)
+    passed, verdict = gate(report, config.min_f1_gain) if config.gate else (True, "quality gate off")
 
     name = registry.next_name(models_dir)
     staged = registry.staging_dir(models_dir, name)
@@ -270,6 +283,7 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     write_json(staged / registry.CACTUS_CONFIG, cactus)
     write_text(staged / "cactus.ts", cactus_ts(cactus))
     write_text(staged / "llama.rn.ts", llama_rn_ts(cactus))
+    write_report(report, staged, train_log=trained.log)
     write_json(staged / registry.METADATA, {
         "name": config.name, "version": name, "model_file": model_file,
         "parent": previous.name if previous else None,
@@ -285,13 +299,56 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
         "runtime": config.runtime, "runtime_check": runtime_check,
         "template_check": {"conversations": checked, "identical": True},
         "smoke_test": {"reply": smoke.reply, "gen_tokens_per_s": smoke.gen_tokens_per_s},
+        "validation": validation_summary(report), "gate": {"passed": passed, "reason": verdict},
         "tools": sorted(data.vocab.tools), "config": config.to_dict(),
         "dndllama": __version__, "llama_cpp": LLAMA_CPP,
     })
-    registry.commit(models_dir, staged, name)
-    version = registry.set_current(models_dir, name)
+    version = registry.commit(models_dir, staged, name)
     prune_runs(run_dir.parent, keep=run_dir)
-    return Outcome(version, cactus)
+    if not passed:
+        say(f"quality gate failed: {verdict}. {name} is kept but not promoted; "
+            f"promote it anyway with: dndllama models use {name}")
+        return Outcome(version, cactus, promoted=False)
+    say(f"quality gate passed: {verdict}")
+    return Outcome(registry.set_current(models_dir, name), cactus)
+
+
+def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, train_log: Path, cache: Path,
+                   dataset_key: str, say):
+    """Replay the validation scenarios' DM turns with the new model and with the base model (whose
+    results are cached: they only change with the base, the data and these settings)."""
+    from .validate import validate_model
+
+    conversations = data.validation or data.train
+    settings = dict(max_tokens=config.validate_max_tokens, n_ctx=config.app_ctx, loss_ctx=config.ctx,
+                    seed=config.seed, max_turns=config.validate_turns or None, n_threads=config.threads,
+                    n_gpu_layers=config.gpu_layers)
+    say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} scenarios ...")
+    quiet = lambda line: None  # noqa: E731 - per-turn lines would drown the summary
+    report = validate_model(model, conversations, data.vocab, train_log=train_log, say=quiet, **settings)
+    baseline_file = cache / "baselines" / f"{digest(base.sha256, dataset_key, settings, code_version())}.pickle"
+    baseline = _load_pickle(baseline_file)
+    if baseline is None:
+        say(f"validating the base model {base.gguf.name} as the baseline (once) ...")
+        baseline = replace(validate_model(base.gguf, conversations, data.vocab, say=quiet, **settings).model,
+                           label="baseline")
+        with atomic_path(baseline_file) as tmp:
+            tmp.write_bytes(pickle.dumps(baseline))
+    return replace(report, baseline=baseline)
+
+
+def validation_summary(report) -> dict:
+    pick = lambda r: {"tool_name_f1": r.tools.name_f1, "exact_call_f1": r.tools.exact_f1,  # noqa: E731
+                      "format_validity": r.tools.format_validity, "no_call_accuracy": r.tools.no_call_accuracy,
+                      "loss": r.loss.loss, "gen_tokens_per_s": r.gen_tokens_per_s, "turns": len(r.turns)}
+    return {"model": pick(report.model), "baseline": pick(report.baseline) if report.baseline else None}
+
+
+def _load_pickle(path: Path):
+    try:
+        return pickle.loads(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        return None
 
 
 def prune_runs(runs: Path, keep: Path, count: int = KEPT_RUNS) -> None:

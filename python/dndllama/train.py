@@ -84,7 +84,7 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, checkpoints = run_dir / LOG_FILE, run_dir / "checkpoints"
-    state = _read_log(log_path)
+    state = _resume_state(log_path)
     steps = total_steps(len(arrays.tokens), config)
     options = native_options(config, steps, checkpoints, kv)
     start = base_path
@@ -119,7 +119,7 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     os.replace(chosen, model)
     for leftover in checkpoints.glob("*.gguf"):
         leftover.unlink()
-    records = _log_records(log_path)
+    records = read_log(log_path)
     summary = _summary(records, state, result, chosen)
     write_json(run_dir / SUMMARY_FILE, summary)
     return TrainOutcome(model, summary, log_path, plot_losses(records, run_dir / PLOT_FILE))
@@ -153,13 +153,13 @@ def _remove(path: Path | None, keep: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def _read_log(path: Path) -> _State:
+def _resume_state(path: Path) -> _State:
     """Replay a run's log up to its last checkpoint that still exists, and cut the log there:
     what happened after it (before a kill -9, say) is redone by the resumed run."""
     state = _State()
     if not path.exists():
         return state
-    records = _log_records(path)
+    records = read_log(path)
     resumable = [i for i, r in enumerate(records) if r.get("event") == "checkpoint" and Path(r["checkpoint"]).exists()]
     records = records[: resumable[-1] + 1] if resumable else []
     for record in records:
@@ -170,7 +170,8 @@ def _read_log(path: Path) -> _State:
     return state
 
 
-def _log_records(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict]:
+    """The records of a train-log.jsonl."""
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
