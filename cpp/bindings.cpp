@@ -126,6 +126,7 @@ PYBIND11_MODULE(_native, m) {
     init();
 
     py::register_exception<Error>(m, "NativeError", PyExc_RuntimeError);
+    m.attr("build_stamp") = DNDLLAMA_BUILD_STAMP;   // patched llama.cpp + our sources: part of cache keys
 
     m.def("set_verbose", &set_verbose, "Echo llama.cpp's log to stderr.");
     m.def("cancel", [] { g_cancel = true; }, "Ask a running train() to stop at its next step.");
