@@ -163,6 +163,8 @@ def test_a_version_that_fails_the_quality_gate_is_kept_but_not_promoted(project,
     assert second.version.metadata["gate"]["passed"] is False
     assert registry.current(project.models).name == first.version.name == "v0001"
     assert second.version.model.exists() and (second.version.path / "report.md").exists()
+    again, said = train(project, gate=True, quant="Q8_0")   # unchanged: no new version, still not promoted
+    assert again.unchanged and not again.promoted and again.version.name == "v0002"
 
 
 # ---- quantization under a cap -------------------------------------------------------------------

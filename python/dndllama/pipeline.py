@@ -200,10 +200,13 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                         config.sampling, config.validate_turns, config.validate_max_tokens, config.gate,
                         config.min_f1_gain, code_version())
 
-    if not force and previous and previous.metadata.get("export_key") == export_key and previous.model.exists():
-        say(f"nothing changed since {previous.name} (data, base and settings are the same): "
+    latest = (registry.versions(models_dir) or [None])[-1]
+    if not force and latest and latest.metadata.get("export_key") == export_key and latest.model.exists():
+        promoted = previous is not None and previous.name == latest.name
+        say(f"nothing changed since {latest.name} (data, base and settings are the same): "
             f"checked in {time.monotonic() - t0:.1f} s; use --force to retrain")
-        return Outcome(previous, read_json(previous.path / registry.CACTUS_CONFIG, {}), unchanged=True)
+        return Outcome(latest, read_json(latest.path / registry.CACTUS_CONFIG, {}), unchanged=True,
+                       promoted=promoted)
 
     arrays, stats = build_arrays(data, base, config, cache, dataset_key, say)
     say(f"dataset: {stats['train_windows']} training and {stats['val_windows']} validation windows of "
