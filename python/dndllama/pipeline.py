@@ -286,7 +286,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     write_json(staged / registry.CACTUS_CONFIG, cactus)
     write_text(staged / "cactus.ts", cactus_ts(cactus))
     write_text(staged / "llama.rn.ts", llama_rn_ts(cactus))
-    write_report(report, staged, train_log=trained.log)
+    # the report names the file as published, not its place in the cache
+    write_report(replace(report, model=replace(report.model, path=str(final_model))), staged, train_log=trained.log)
     write_json(staged / registry.METADATA, {
         "name": config.name, "version": name, "model_file": model_file,
         "parent": previous.name if previous else None,
