@@ -19,7 +19,8 @@ import pytest
 
 from dndllama import _native, cli
 from dndllama.chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, ContextFull, load_system
-from dndllama.cli_chat import Output, add_chat_command, interactive, resolve_model, scripted
+from dndllama.cli import resolve_model
+from dndllama.cli_chat import Output, add_chat_command, interactive, scripted
 from dndllama.dataset import check_alternation, render_gemma, to_conversation
 from dndllama.scenarios import parse_scenario
 from tiny_models import make_tiny_model
@@ -207,7 +208,7 @@ def test_rich_output_highlights_tool_calls(model):
 def test_resolve_model_needs_a_trained_version_or_a_file(tmp_path, tiny_path):
     with pytest.raises(cli.CliError) as excinfo:
         resolve_model(None, tmp_path / "models")
-    assert "no current model" in excinfo.value.what and "dndllama train" in excinfo.value.hint
+    assert "no current version" in excinfo.value.what and "dndllama train" in excinfo.value.what
     with pytest.raises(cli.CliError, match="not found"):
         resolve_model("nowhere.gguf", tmp_path)
     assert resolve_model(str(tiny_path), tmp_path) == tiny_path
@@ -275,4 +276,4 @@ def test_chat_from_stdin_fails_with_the_line_number(tmp_path, tiny_path):
     assert done.stdout.startswith("DM: ")
 
     done = run_chat("--models-dir", str(tmp_path / "none"), stdin="Hello.\n")
-    assert done.returncode == 1 and "no current model" in done.stderr and "dndllama train" in done.stderr
+    assert done.returncode == 1 and "no current version" in done.stderr and "dndllama train" in done.stderr

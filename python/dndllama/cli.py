@@ -155,6 +155,16 @@ COMMAND_GROUPS: list[Callable] = [_add_data_commands, _add_train_command, add_va
                                   add_runtime_commands, add_chat_command]
 
 
+def resolve_model(spec: str | None, models_dir: Path) -> Path:
+    """A MODEL argument (a .gguf, a version such as v0002 or 2, `current` or nothing) as a file."""
+    from . import registry
+
+    try:
+        return registry.resolve(models_dir, spec)
+    except registry.RegistryError as exc:
+        raise CliError(str(exc), "pick a version from `dndllama models list`, or pass a .gguf file") from None
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
@@ -200,20 +210,24 @@ def _load_tokenizer(base: str | None):
         raise CliError(f"cannot read the tokenizer of '{base}': {e}", "pass a GGUF model file with --base") from e
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
-    root = Path(args.dir)
+def load_scenarios(root: Path, usage: str = "--data DIR"):
+    """Every scenario of a data folder, parsed and checked (FolderCheck), or a CliError saying why not."""
     if not root.is_dir():
-        raise CliError(f"data folder '{root}' not found",
-                       "pass the folder with your scenario files: dndllama data check PATH")
-    files = scenario_files(root)
-    if not files:
+        raise CliError(f"data folder '{root}' not found", f"pass the folder with your scenario files: {usage}")
+    if not scenario_files(root):
         raise CliError(f"no scenario files (*.md) under '{root}'",
                        "add markdown scenarios in category folders, see docs/scenario-format.md")
     try:
         vocab = load_vocabulary(root)
     except VocabularyError as exc:
         raise CliError(str(exc), RECOVERY_HINTS[VocabularyError]) from None
-    check = load_folder(root, vocab)
+    return load_folder(root, vocab)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    check = load_scenarios(root, "dndllama data check PATH")
+    files, vocab = scenario_files(root), check.vocab
     for diagnostic in sorted(check.diagnostics, key=lambda d: (d.path, d.line)):
         print(diagnostic)
     if check.diagnostics:

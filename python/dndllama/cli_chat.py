@@ -33,7 +33,7 @@ from typing import NoReturn
 from . import cli  # used at call time, so cli.py may import this module at its top
 from .chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, Reply, load_system, result_example
 from .files import read_json
-from .registry import CACTUS_CONFIG, METADATA, VERSION_NAME
+from .registry import CACTUS_CONFIG, METADATA
 from .tools import VocabularyError, default_vocabulary, load_vocabulary, render_tool_prompt
 
 COMMANDS = {"/quit": "leave", "/reset": "start the conversation over", "/system": "show the system prompt"}
@@ -69,7 +69,7 @@ def add_chat_command(groups) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    model_path = resolve_model(args.model, Path(args.models_dir))
+    model_path = cli.resolve_model(args.model, Path(args.models_dir))
     app = read_json(model_path.parent / CACTUS_CONFIG, {})
     vocab = _vocabulary(args.data, read_json(model_path.parent / METADATA, {}))
     if app.get("toolPrompt") and app["toolPrompt"] != render_tool_prompt(vocab):
@@ -84,28 +84,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         return interactive(session, out, model_path)
     return scripted(session, out, sys.stdin)
-
-
-def resolve_model(name: str | None, models_dir: Path) -> Path:
-    """A .gguf path, a version name (v0002, 2), or the registry's current version (no name, or `current`)."""
-    from . import registry
-
-    if name is None or name == registry.CURRENT:
-        version = registry.current(models_dir)
-        if version is None:
-            raise cli.CliError(f"no current model in '{models_dir}'",
-                               "run `dndllama train` first, or pass a GGUF: dndllama chat MODEL.gguf")
-        return version.model
-    path = Path(name)
-    if path.is_file():
-        return path
-    if VERSION_NAME.match(name) or name.isdigit():
-        try:
-            return registry.get(models_dir, name).model
-        except registry.RegistryError as exc:
-            raise cli.CliError(str(exc), "pick a version from `dndllama models list`") from None
-    raise cli.CliError(f"model '{name}' not found",
-                       "pass a .gguf file, a version name (dndllama models list), or nothing for the current version")
 
 
 def _vocabulary(data: str | None, metadata: dict):

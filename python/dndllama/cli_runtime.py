@@ -16,8 +16,6 @@ from .compat import (CompatReport, RuntimeInstallError, RuntimeNotInstalled, che
                      find_runtime_env, report_json)
 from .dataset import Message, render_gemma, split_scenarios, to_conversation
 from .runtime import DEFAULT_RUNTIME, RUNTIMES, UnknownRuntime, load_runtime
-from .scenarios import load_folder
-from .tools import VocabularyError, load_vocabulary
 
 TEXT_PREVIEW = 300  # characters of the reply shown
 
@@ -100,13 +98,8 @@ def cmd_check_runtime(args: argparse.Namespace) -> int:
 
 def _test_chat(data: Path) -> tuple[list[Message], str]:
     """System + first user message of the first validation scenario: the prompt before the first DM turn."""
-    if not data.is_dir():
-        raise cli.CliError(f"data folder '{data}' not found", "pass your scenario folder with --data DIR")
-    try:
-        vocab = load_vocabulary(data)
-    except VocabularyError as exc:
-        raise cli.CliError(str(exc), "fix the tools.toml named above") from None
-    check = load_folder(data, vocab)
+    check = cli.load_scenarios(data)
+    vocab = check.vocab
     if not check.scenarios:
         raise cli.CliError(f"no usable scenario in '{data}'", "run `dndllama data check` and fix what it reports")
     by_path = {s.path: s for s in check.scenarios}

@@ -13,8 +13,8 @@ from pathlib import Path
 from . import cli  # used at call time, so cli.py may import this module at its top
 from .config import load_config
 from .dataset import Conversation, build_dataset
-from .scenarios import ScenarioError, load_folder
-from .tools import Vocabulary, VocabularyError, load_vocabulary
+from .scenarios import ScenarioError
+from .tools import Vocabulary
 from .validate import (DEFAULT_MAX_TOKENS, ValidationError, dm_turns, gate, metric_rows, validate_model,
                        write_report)
 
@@ -52,7 +52,7 @@ def add_validate_command(groups) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import _native
 
-    model = resolve_model(args.model, Path(args.models_dir))
+    model = cli.resolve_model(args.model, Path(args.models_dir))
     config = load_config(args.data, {})
     vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all)
     baseline = _baseline(args.baseline, model)
@@ -84,34 +84,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_model(spec: str, models_dir: Path) -> Path:
-    """A GGUF path as given, or the model file of a registry version (v0002, 2, current)."""
-    path = Path(spec)
-    if path.is_file():
-        return path
-    from . import registry
-
-    if spec == registry.CURRENT:
-        version = registry.current(models_dir)
-        if version is None:
-            raise cli.CliError(f"no current version in {models_dir}", "run dndllama train, or pass a .gguf file")
-        return version.model
-    if spec.removeprefix("v").isdigit():
-        try:
-            return registry.get(models_dir, spec).model
-        except registry.RegistryError as exc:
-            raise cli.CliError(str(exc), "pick a version from dndllama models list, or pass a .gguf file") from None
-    raise cli.CliError(f"model '{spec}' not found", "pass a .gguf file or a version name from dndllama models list")
-
-
 def _conversations(data: Path, val_fraction: float, every: bool) -> tuple[Vocabulary, list[Conversation], str]:
-    if not data.is_dir():
-        raise cli.CliError(f"data folder '{data}' not found", "pass your scenario folder with --data DIR")
-    try:
-        vocab = load_vocabulary(data)
-    except VocabularyError as exc:
-        raise cli.CliError(str(exc), "fix the tools.toml named above") from None
-    check = load_folder(data, vocab)
+    check = cli.load_scenarios(data)
+    vocab = check.vocab
     try:
         split = build_dataset(check, 1.0 if every else val_fraction)
     except ScenarioError as exc:

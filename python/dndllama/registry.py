@@ -68,6 +68,22 @@ def current(models_dir: Path) -> Version | None:
         return None
 
 
+def resolve(models_dir: Path, spec: str | None) -> Path:
+    """The model file a command-line argument means: a .gguf path, a version (v0002, 2), or the
+    current version (`current`, or nothing)."""
+    if spec is None or spec == CURRENT:
+        version = current(models_dir)
+        if version is None:
+            raise RegistryError(f"no current version in '{models_dir}': run `dndllama train` first, or pass a .gguf file")
+        return version.model
+    if Path(spec).is_file():
+        return Path(spec)
+    if VERSION_NAME.match(spec) or spec.isdigit():
+        return get(models_dir, spec).model
+    raise RegistryError(f"model '{spec}' not found: pass a .gguf file, a version name (dndllama models list), "
+                        "or nothing for the current version")
+
+
 def next_name(models_dir: Path) -> str:
     """One past the highest version folder ever made here (removed ones' names are not reused)."""
     taken = [_number(p) for p in models_dir.glob("v*")] if models_dir.is_dir() else []

@@ -29,7 +29,6 @@ Undefined ratios (a denominator of 0) are None, never NaN, so report.json stays 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import resource
