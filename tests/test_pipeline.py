@@ -271,3 +271,23 @@ def test_pnpm_script_is_wired(tmp_path):
     script = package["scripts"]["train"]
     assert "scripts/train.sh" in script
     assert os.access(REPO / "scripts" / "train.sh", os.X_OK)
+
+
+def test_early_stopping_and_the_best_checkpoint_follow_the_validation_loss(tmp_path):
+    from dndllama.config import Config
+    from dndllama.train import _State, _update
+
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    state, config = _State(), Config(patience=1)
+
+    def checkpoint(name, step):
+        (ckpt / name).write_bytes(b"gguf")
+        return _update(state, {"event": "checkpoint", "checkpoint": str(ckpt / name), "step": step}, config, ckpt)
+
+    assert _update(state, {"event": "eval", "val_loss": 3.0}, config, ckpt)
+    checkpoint("epoch-1.gguf", 10)
+    checkpoint("step-15.gguf", 15)                     # a resume point; the best stays epoch-1
+    assert state.best_checkpoint.name == "epoch-1.gguf" and state.resume_from.name == "step-15.gguf"
+    assert not _update(state, {"event": "eval", "val_loss": 3.2}, config, ckpt)   # worse: patience 1 spent
+    assert state.best_checkpoint.exists() and sorted(p.name for p in ckpt.iterdir()) == ["epoch-1.gguf", "step-15.gguf"]
