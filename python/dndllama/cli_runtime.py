@@ -15,6 +15,7 @@ from . import cli  # used at call time, so cli.py may import this module at its 
 from .compat import (CompatReport, RuntimeInstallError, RuntimeNotInstalled, check_runtime, ensure_runtime_env,
                      find_runtime_env, report_json)
 from .dataset import Message, render_gemma, split_scenarios, to_conversation
+from .export import first_exchange
 from .runtime import DEFAULT_RUNTIME, RUNTIMES, UnknownRuntime, load_runtime
 
 TEXT_PREVIEW = 300  # characters of the reply shown
@@ -105,9 +106,7 @@ def _test_chat(data: Path) -> tuple[list[Message], str]:
     by_path = {s.path: s for s in check.scenarios}
     train, validation = split_scenarios(by_path)
     path = (validation or train)[0]
-    messages = to_conversation(by_path[path], vocab).messages
-    first_dm = next(i for i, m in enumerate(messages) if m.role == "assistant")
-    return messages[:first_dm], path
+    return first_exchange(to_conversation(by_path[path], vocab).messages)[:-1], path
 
 
 def _bos_text(model: Path) -> str:

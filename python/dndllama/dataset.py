@@ -15,10 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from .files import atomic_path
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -285,18 +284,10 @@ def conversation_from_json(data: dict) -> Conversation:
 
 def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> Path:
     """Write one JSON object per line; written to a temp file and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for conversation in conversations:
-                out.write(json.dumps(conversation_to_json(conversation), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:
+        for conversation in conversations:
+            out.write(json.dumps(conversation_to_json(conversation), ensure_ascii=False) + "\n")
+    return Path(path)
 
 
 def read_jsonl(path: str | Path) -> list[Conversation]:

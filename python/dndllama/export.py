@@ -34,10 +34,10 @@ def check_chat_template(model, conversations: list[Conversation], ctx: int) -> i
     for conversation in conversations[:CHECKED_CONVERSATIONS]:
         window = conversation_windows(conversation, model, ctx)[0]
         answer_start = window.mask.index(True)
-        first_exchange = _first_exchange(conversation.messages)
-        prompt = model.apply_chat_template(_as_dicts(first_exchange[:-1]), add_assistant=True)
+        exchange = first_exchange(conversation.messages)
+        prompt = model.apply_chat_template(_as_dicts(exchange[:-1]), add_assistant=True)
         _compare(model, window.tokens[:answer_start], _tokens(model, prompt), conversation.scenario, "prompt")
-        whole = model.apply_chat_template(_as_dicts(first_exchange), add_assistant=False)
+        whole = model.apply_chat_template(_as_dicts(exchange), add_assistant=False)
         answer_end = answer_start + window.mask[answer_start:].index(False) + 1   # + the newline after <end_of_turn>
         _compare(model, window.tokens[:answer_end], _tokens(model, whole), conversation.scenario, "exchange")
         checked += 1
@@ -47,10 +47,10 @@ def check_chat_template(model, conversations: list[Conversation], ctx: int) -> i
 def first_prompt(model, conversation: Conversation, ctx: int) -> tuple[list[Message], list[int]]:
     """The messages before the first DM reply, and the tokens training put before that reply."""
     window = conversation_windows(conversation, model, ctx)[0]
-    return _first_exchange(conversation.messages)[:-1], window.tokens[: window.mask.index(True)]
+    return first_exchange(conversation.messages)[:-1], window.tokens[: window.mask.index(True)]
 
 
-def _first_exchange(messages: list[Message]) -> list[Message]:
+def first_exchange(messages: list[Message]) -> list[Message]:
     """System (if any), the first user message and the DM's reply to it."""
     first_assistant = next(i for i, m in enumerate(messages) if m.role == "assistant")
     return messages[: first_assistant + 1]
@@ -78,7 +78,7 @@ def _compare(model, trained: list[int], runtime: list[int], where: str, what: st
 
 def smoke_test(model, conversation: Conversation, n_ctx: int, max_tokens: int = 32, seed: int = 0) -> SmokeTest:
     """Load-and-answer proof: the first user turn of a scenario, prompted through the GGUF's template."""
-    prompt_messages = _first_exchange(conversation.messages)[:-1]
+    prompt_messages = first_exchange(conversation.messages)[:-1]
     prompt = model.apply_chat_template(_as_dicts(prompt_messages), add_assistant=True)
     result = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, seed=seed, n_ctx=n_ctx,
                             stop=["<end_of_turn>"])

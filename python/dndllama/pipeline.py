@@ -132,10 +132,8 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
     val_tokens, val_labels = window_arrays(validation, config.ctx, pad)
     stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": len(cut),
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
+        np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
     write_json(path.with_suffix(".json"), stats)
     return Arrays(tokens, labels, val_tokens, val_labels), stats
 
