@@ -232,6 +232,7 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("seed", &TrainOptions::seed)
         .def_readwrite("checkpoint_dir", &TrainOptions::checkpoint_dir)
         .def_readwrite("save_every", &TrainOptions::save_every)
+        .def_readwrite("eval_every", &TrainOptions::eval_every)
         .def_readwrite("start_step", &TrainOptions::start_step)
         .def_readwrite("kv", &TrainOptions::kv);
 

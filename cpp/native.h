@@ -104,6 +104,7 @@ struct TrainOptions {
     uint32_t seed = 42;                // window order per epoch
     std::string checkpoint_dir;        // "" = no checkpoints
     int64_t save_every = 0;            // also checkpoint every N optimizer steps (0 = per epoch only)
+    int64_t eval_every = 0;            // also evaluate (then checkpoint) every N steps (0 = per epoch only)
     int64_t start_step = 0;            // resume: skip the windows of the first N steps (same seed)
     std::map<std::string, std::string> kv;   // metadata written into every saved GGUF
 };

@@ -286,12 +286,23 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
         p.checkpoint.clear();
     };
 
+    const bool has_val = val_set.count(opts.n_ctx) > 0;
+    auto evaluate = [&]() {
+        std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
+        res.val_loss = p.val_loss;
+        if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
+            res.best_val_loss = p.val_loss;
+        }
+        report("eval");
+    };
+
     for (int epoch = 1; epoch <= opts.epochs && !res.cancelled && res.steps < total_steps; ++epoch) {
         p.epoch = epoch;
         std::iota(order.begin(), order.end(), 0);
         std::shuffle(order.begin(), order.end(), rng);
         bool trained = false;
-        for (int64_t i : order) {
+        for (int64_t k = 0; k < n_train; ++k) {
+            const int64_t i = order[k];
             if (skip_windows > 0) {
                 --skip_windows;
                 continue;
@@ -317,20 +328,25 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
             if (res.cancelled || res.steps >= total_steps) {
                 break;
             }
-            if (!opts.checkpoint_dir.empty() && opts.save_every > 0 && res.steps % opts.save_every == 0) {
+            // a mid-epoch evaluation is followed by its checkpoint, so it can be chosen later
+            const bool epoch_end = k == n_train - 1;   // evaluated below anyway
+            const bool eval_now = opts.eval_every > 0 && res.steps % opts.eval_every == 0 && has_val && !epoch_end;
+            if (eval_now) {
+                evaluate();
+            }
+            const bool save_now = opts.save_every > 0 && res.steps % opts.save_every == 0;
+            if (!opts.checkpoint_dir.empty() && !res.cancelled && (eval_now || save_now)) {
                 checkpoint("step-" + std::to_string(res.steps));
+            }
+            if (res.cancelled) {
+                break;
             }
         }
         if (!trained || res.cancelled) {
             continue;   // an epoch skipped by a resume, or a stop: nothing new to evaluate or save
         }
-        if (val_set.count(opts.n_ctx) > 0) {
-            std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
-            res.val_loss = p.val_loss;
-            if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
-                res.best_val_loss = p.val_loss;
-            }
-            report("eval");
+        if (has_val) {
+            evaluate();
         }
         if (!opts.checkpoint_dir.empty()) {
             checkpoint("epoch-" + std::to_string(epoch));

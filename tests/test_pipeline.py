@@ -46,7 +46,10 @@ def project(tmp_path, tiny_base):
     shutil.copytree(INDEPENDENT, data)
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
                 "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
-                "validate_turns": 2, "validate_max_tokens": 16, "gate": False}
+                "validate_turns": 2, "validate_max_tokens": 16, "gate": False,
+                # the best type under the cap, without replaying every candidate: the tests on choosing
+                # by tool calls ask for select_by="tool_f1" (the default)
+                "select_by": "loss"}
     return SimpleNamespace(root=tmp_path, data=data, models=tmp_path / "models", settings=settings)
 
 
@@ -81,7 +84,7 @@ def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, 
     cactus = json.loads((project.models / "cactus.config.json").read_text())
     assert cactus == outcome.cactus == json.loads((version.path / "cactus.config.json").read_text())
     assert Path(cactus["modelPath"]) == version.model.resolve() and cactus["mmprojPath"] is None
-    assert cactus["quant"] == "F16"                     # best type under the default 2 GB cap
+    assert cactus["quant"] == "F16"                     # best type under the default 2 GB cap (select_by loss)
     assert os.readlink(project.models / "current") == "v0001"
     assert "CactusLM.init" in (version.path / "cactus.ts").read_text()
 
@@ -291,3 +294,60 @@ def test_early_stopping_and_the_best_checkpoint_follow_the_validation_loss(tmp_p
     assert state.best_checkpoint.name == "epoch-1.gguf" and state.resume_from.name == "step-15.gguf"
     assert not _update(state, {"event": "eval", "val_loss": 3.2}, config, ckpt)   # worse: patience 1 spent
     assert state.best_checkpoint.exists() and sorted(p.name for p in ckpt.iterdir()) == ["epoch-1.gguf", "step-15.gguf"]
+
+
+# ---- choosing by the task: checkpoint and quant type by replayed tool calls ----------------------
+
+def test_checkpoint_and_quant_type_are_chosen_by_tool_calls(project):
+    outcome, said = train(project, select_by="tool_f1", eval_every=2, max_steps=6)
+    meta = outcome.version.metadata
+    checkpoints = meta["selection"]["checkpoints"]
+    assert [c["step"] for c in sorted(checkpoints, key=lambda c: c["step"])] == [2, 4, 6]   # one per evaluation
+    assert sum(c["chosen"] for c in checkpoints) == 1
+    best = max(checkpoints, key=lambda c: (c["exact_call_f1"], c["tool_name_f1"], -c["val_loss"]))
+    assert best["chosen"] and f"{best['checkpoint']}: exact-call F1" in said
+
+    quant = meta["selection"]["quant"]              # every type tried while the quality held, best first
+    assert [q["type"] for q in quant] == ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"][:len(quant)]
+    chosen = [q for q in quant if q["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["type"] == meta["quant"]["type"] == outcome.cactus["quant"]
+    kept = [q for q in quant if q["kept_quality"]]
+    assert chosen[0] == kept[-1]                    # the smallest type that kept the quality
+    best_f1, best_loss = max(q["tool_name_f1"] for q in kept), min(q["val_loss"] for q in kept)
+    assert chosen[0]["tool_name_f1"] >= best_f1 - 0.02 and chosen[0]["val_loss"] <= best_loss + 0.05
+    assert sorted(p.name for p in outcome.version.path.glob("*.gguf")) == [outcome.version.model.name]
+
+    report = (outcome.version.path / "report.md").read_text()
+    assert "## Checkpoint choice" in report and "## Quantization choice" in report
+    assert json.loads((outcome.version.path / "report.json").read_text())["choices"]["quant"] == quant
+
+    again, said = train(project, select_by="tool_f1", eval_every=2, max_steps=6)   # all cached
+    assert again.unchanged and again.version.name == outcome.version.name
+
+
+def test_a_tight_loss_tolerance_keeps_the_larger_type(project):
+    outcome, said = train(project, select_by="tool_f1", quant_loss_tolerance=0.0, quant_f1_tolerance=0.0)
+    quant = outcome.version.metadata["selection"]["quant"]
+    rejected = [q for q in quant if not q["kept_quality"]]
+    assert len(rejected) <= 1 and (not rejected or rejected[0] == quant[-1])   # the descent stops at the first loss
+    assert "smaller types not tried" in said or len(quant) == 7
+    losses = [q["val_loss"] for q in quant if q["kept_quality"]]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))    # no loss given up at all
+
+
+def test_the_best_evaluated_checkpoints_are_kept_as_candidates(tmp_path):
+    from dndllama.config import Config
+    from dndllama.train import _State, _update
+
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    state, config = _State(), Config(patience=0, checkpoint_candidates=2)
+    for step, val_loss in ((10, 3.0), (20, 2.5), (30, 2.8), (40, 2.9)):
+        _update(state, {"event": "eval", "val_loss": val_loss}, config, ckpt)
+        (ckpt / f"step-{step}.gguf").write_bytes(b"gguf")
+        _update(state, {"event": "checkpoint", "checkpoint": str(ckpt / f"step-{step}.gguf"), "step": step}, config, ckpt)
+    (ckpt / "step-45.gguf").write_bytes(b"gguf")       # a resume point after no evaluation: no candidate
+    _update(state, {"event": "checkpoint", "checkpoint": str(ckpt / "step-45.gguf"), "step": 45}, config, ckpt)
+    assert [(loss, step) for loss, step, _ in state.candidates] == [(2.5, 20), (2.8, 30)]
+    assert state.best_checkpoint.name == "step-20.gguf"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-20.gguf", "step-30.gguf", "step-45.gguf"]

@@ -112,8 +112,13 @@ def _add_train_command(groups) -> None:
         ("--name", str, "NAME", "model name in the GGUF and file names"),
         ("--threads", int, "N", "CPU threads (default: all cores)"),
         ("--gpu-layers", int, "N", "layers to offload to the GPU"),
-        ("--patience", int, "N", "epochs without a better validation loss before stopping (0 = off)"),
+        ("--patience", int, "N", "evaluations without a better validation loss before stopping (0 = off)"),
         ("--save-every", int, "N", "steps between resume checkpoints"),
+        ("--eval-every", int, "N", "steps between evaluations, each a checkpoint candidate (default: epoch ends)"),
+        ("--select-by", str, "WHAT", "tool_f1 (default): checkpoint and quant type by replayed tool calls; "
+                                     "loss: best validation loss and best type under the cap (faster)"),
+        ("--quant-f1-tolerance", float, "F1", "the smallest quant type within this tool-call F1 of the best wins "
+                                           "(default 0.02)"),
         ("--validate-turns", int, "N", "validation DM turns to replay for the report and the gate (0 = all)"),
         ("--min-f1-gain", float, "F", "the gate: tool-call F1 must beat the base model's by more than F (default 0)"),
     ]
@@ -292,7 +297,7 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
                    "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every",
-                   "validate_turns", "min_f1_gain", "gate")
+                   "eval_every", "select_by", "quant_f1_tolerance", "validate_turns", "min_f1_gain", "gate")
 GATE_FAILED = 3   # exit status: trained and kept, but not promoted
 
 

@@ -35,6 +35,9 @@ class Sampling:
     max_tokens: int = 256
 
 
+SELECT_BY = ("tool_f1", "loss")
+
+
 @dataclass
 class Config:
     data: str = "ai-training"
@@ -57,8 +60,10 @@ class Config:
     weight_decay: float = 0.01
     grad_accum: int = 1
     trainable: str = ""                  # regex over tensor names; "" = every trainable tensor
-    patience: int = 2                    # epochs without a better validation loss before stopping
+    patience: int = 2                    # evaluations without a better validation loss before stopping
     save_every: int = 50                 # steps between checkpoints (resume points)
+    eval_every: int = 0                  # steps between evaluations (0 = at each epoch's end only)
+    checkpoint_candidates: int = 3       # checkpoints kept after the best evaluations, to choose from
     threads: int = 0                     # 0 = all cores
     gpu_layers: int = 0
     # validation and the quality gate
@@ -66,6 +71,9 @@ class Config:
     validate_max_tokens: int = 128       # the longest DM turn of ai-training is ~110 tokens
     gate: bool = True                    # promote a version only when it passes the gate
     min_f1_gain: float = 0.0             # ... its tool-call F1 beats the base model's by more than this
+    select_by: str = "tool_f1"           # "tool_f1": checkpoint and quant type by replayed tool calls; "loss"
+    quant_f1_tolerance: float = 0.02     # the smallest quant type within this tool-call F1 of the best ...
+    quant_loss_tolerance: float = 0.05   # ... and within this validation loss (nats) of the best wins
     # export
     size_cap: str = "2GB"
     quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
@@ -79,7 +87,8 @@ class Config:
     def training_settings(self) -> dict:
         """The settings a trained model depends on (part of the training stage's cache key)."""
         keys = ("ctx", "val_fraction", "augment", "seed", "epochs", "max_steps", "lr", "lr_min_ratio",
-                "warmup", "weight_decay", "grad_accum", "trainable", "patience")
+                "warmup", "weight_decay", "grad_accum", "trainable", "patience", "eval_every",
+                "checkpoint_candidates")
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:
@@ -152,6 +161,10 @@ def _validate(c: Config, where: str) -> None:
         (c.grad_accum > 0, "grad_accum must be positive"),
         (c.patience >= 0, "patience must be 0 (off) or positive"),
         (c.save_every >= 0, "save_every must be 0 (per epoch only) or positive"),
+        (c.eval_every >= 0, "eval_every must be 0 (per epoch only) or positive"),
+        (c.checkpoint_candidates > 0, "checkpoint_candidates must be positive"),
+        (c.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
+        (c.quant_f1_tolerance >= 0 and c.quant_loss_tolerance >= 0, "the quant tolerances must be 0 or positive"),
         (c.app_ctx > 0, "app_ctx must be positive"),
         (c.validate_turns >= 0, "validate_turns must be 0 (all) or positive"),
         (c.validate_max_tokens > 0, "validate_max_tokens must be positive"),

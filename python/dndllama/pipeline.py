@@ -34,11 +34,14 @@ from .export import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
 from .quantize import QuantChoice, candidates, choose_quant, human_size
 from .runtime import RuntimeCompatError
+from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
 from .scenarios import ERROR, load_folder, scenario_files
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, train_model
+from .validate import make_report, validate_one
 
 STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
+EXPORT_VERSION = 2           # ... or only the export stages' (choosing, quantizing, checking, publishing)
 LLAMA_CPP = "llama-cpp-python==0.3.36 vendor/llama.cpp"
 WARM_START_EPOCHS = 1
 KEPT_RUNS = 3
@@ -196,7 +199,8 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                        parent and parent["train_key"], code_version())
     export_key = digest("export", train_key, config.quant, config.size_cap_bytes, config.runtime, config.app_ctx,
                         config.sampling, config.validate_turns, config.validate_max_tokens, config.gate,
-                        config.min_f1_gain, code_version())
+                        config.min_f1_gain, config.select_by, config.quant_f1_tolerance,
+                        config.quant_loss_tolerance, EXPORT_VERSION, code_version())
 
     latest = (registry.versions(models_dir) or [None])[-1]
     if not force and latest and latest.metadata.get("export_key") == export_key and latest.model.exists():
@@ -216,14 +220,54 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                             "leave out --resume to start one")
     trained = _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say)
 
-    ensure_disk(run_dir, trained.model.stat().st_size // 2, "quantization")
-    choice = choose_quant(trained.model, run_dir / "quant", config.size_cap_bytes,
-                          candidates(config.quant, runtime.supports_quant), config.threads, say)
-    say(f"quantization: {choice.reason}")
+    judge = Judge(data.validation or data.train, data.vocab, validation_settings(config), run_dir / "judged", say)
+    by_task = config.select_by == "tool_f1"
+    checkpoint, checkpoint_rows = trained.model, []
+    if by_task:
+        checkpoint, checkpoint_rows = select_checkpoint(run_dir, _candidates(trained), judge, say)
+    choice, quant_rows = quantize_stage(config, runtime, checkpoint, run_dir, judge if by_task else None, say)
 
     return _ship(config, base, data, data_key, stats, trained, choice, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
-                 previous, parent, say)
+                 previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, say)
+
+
+def _candidates(trained: TrainOutcome) -> list[dict]:
+    from .train import MODEL_FILE
+
+    return trained.summary.get("candidates") or [{"file": MODEL_FILE, "checkpoint": MODEL_FILE, "step": None,
+                                                  "val_loss": trained.summary.get("best_val_loss")}]
+
+
+def quantize_stage(config: Config, runtime, checkpoint: Path, run_dir: Path, judge: Judge | None,
+                   say) -> tuple[QuantChoice, list[dict]]:
+    """The quant type under the cap; with a judge, the smallest one that keeps the tool calls of the
+    best (see selection.quality_within). Returns the choice and every judged type's scores."""
+    ensure_disk(run_dir, checkpoint.stat().st_size // 2, "quantization")
+    rows: list[dict] = []
+    seen: list[Quality] = []
+
+    def judge_type(qtype: str, path: Path) -> tuple[bool, str]:
+        say(f"{qtype}: replaying the validation turns ...")
+        result = judge(path)
+        seen.append(quality(result))
+        ok = quality_within(seen[-1], seen, config.quant_f1_tolerance, config.quant_loss_tolerance)
+        rows.append({"type": qtype, "size": path.stat().st_size, "val_loss": result.loss.loss, "kept_quality": ok,
+                     **tool_scores(result)})
+        note = (f"  {qtype} {human_size(path.stat().st_size)}: tool-call F1 {_fmt(seen[-1].f1)}, "
+                f"validation loss {_fmt(seen[-1].loss)}, {result.gen_tokens_per_s or 0:.0f} tokens/s"
+                + ("" if ok else f" (beyond the tolerance: F1 {config.quant_f1_tolerance}, "
+                                 f"loss {config.quant_loss_tolerance}; smaller types not tried)"))
+        say(note)
+        return ok, note
+
+    types = candidates(config.quant, runtime.supports_quant)
+    choice = choose_quant(checkpoint, run_dir / "quant" / checkpoint.stem, config.size_cap_bytes, types,
+                          config.threads, say, judge_type if judge and len(types) > 1 else None)
+    for row in rows:
+        row["chosen"] = row["type"] == choice.type
+    say(f"quantization: {choice.reason}")
+    return choice, rows
 
 
 def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say) -> TrainOutcome:
@@ -255,7 +299,7 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
 
 
 def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run_dir, models_dir, cache, keys,
-          previous, parent, say) -> Outcome:
+          previous, parent, judge: Judge, choices: dict, say) -> Outcome:
     """Check the quantized model, then publish it as a new version and make it current."""
     from . import _native
     from .cactus import cactus_config
@@ -269,7 +313,7 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     say(f"loads and answers: {smoke.reply[:100]!r} ({smoke.gen_tokens_per_s:.0f} tokens/s)")
     runtime_check = old_runtime_check(model, choice.path, (data.validation or data.train)[0], config, say)
     del model
-    report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], say)
+    report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], judge, choices, say)
     passed, verdict = gate(report, config.min_f1_gain)
 
     name = registry.next_name(models_dir)
@@ -302,6 +346,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
         "template_check": {"conversations": checked, "identical": True},
         "smoke_test": {"reply": smoke.reply, "gen_tokens_per_s": smoke.gen_tokens_per_s},
         "validation": validation_summary(report), "gate": {"passed": passed, "reason": verdict},
+        "selection": {"by": config.select_by, "quant_f1_tolerance": config.quant_f1_tolerance,
+                      "quant_loss_tolerance": config.quant_loss_tolerance, **choices},
         "tools": sorted(data.vocab.tools), "config": config.to_dict(),
         "dndllama": __version__, "llama_cpp": LLAMA_CPP,
     })
@@ -315,28 +361,27 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     return Outcome(registry.set_current(models_dir, name), cactus)
 
 
-def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, train_log: Path, cache: Path,
-                   dataset_key: str, say):
-    """Replay the validation scenarios' DM turns with the new model and with the base model (whose
-    results are cached: they only change with the base, the data and these settings)."""
-    from .validate import validate_model
+def validation_settings(config: Config) -> dict:
+    return dict(max_tokens=config.validate_max_tokens, n_ctx=config.app_ctx, loss_ctx=config.ctx, seed=config.seed,
+                max_turns=config.validate_turns or None, n_threads=config.threads, n_gpu_layers=config.gpu_layers)
 
+
+def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, train_log: Path, cache: Path,
+                   dataset_key: str, judge: Judge, choices: dict, say):
+    """The shipped file's validation (already done if it was judged) next to the base model's (cached
+    across runs: it only changes with the base, the data and these settings)."""
     conversations = data.validation or data.train
-    settings = dict(max_tokens=config.validate_max_tokens, n_ctx=config.app_ctx, loss_ctx=config.ctx,
-                    seed=config.seed, max_turns=config.validate_turns or None, n_threads=config.threads,
-                    n_gpu_layers=config.gpu_layers)
+    settings = validation_settings(config)
     say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} scenarios ...")
-    quiet = lambda line: None  # noqa: E731 - per-turn lines would drown the summary
-    report = validate_model(model, conversations, data.vocab, train_log=train_log, say=quiet, **settings)
+    result = judge(model)
     baseline_file = cache / "baselines" / f"{digest(base.sha256, dataset_key, settings, code_version())}.pickle"
     baseline = _load_pickle(baseline_file)
     if baseline is None:
         say(f"validating the base model {base.gguf.name} as the baseline (once) ...")
-        baseline = replace(validate_model(base.gguf, conversations, data.vocab, say=quiet, **settings).model,
-                           label="baseline")
+        baseline = validate_one("baseline", base.gguf, conversations=conversations, vocab=data.vocab, **settings)
         with atomic_path(baseline_file) as tmp:
             tmp.write_bytes(pickle.dumps(baseline))
-    return replace(report, baseline=baseline)
+    return make_report(result, baseline, conversations, settings, train_log, choices)
 
 
 def validation_summary(report) -> dict:

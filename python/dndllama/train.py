@@ -1,11 +1,13 @@
 """The training stage: native fine-tuning with a live display, a JSONL log, a loss plot,
-checkpoints, resume after any interruption, early stopping and the best checkpoint kept.
+checkpoints, resume after any interruption, early stopping and the best checkpoints kept.
 
 A run lives in one folder:
   train-log.jsonl     one JSON object per step / eval / checkpoint event (the resume record)
-  checkpoints/        epoch-N.gguf and step-N.gguf (only the newest resume point and the best are kept)
+  checkpoints/        epoch-N.gguf and step-N.gguf while training (the newest resume point and the
+                      candidates: the checkpoints after the best few evaluations)
   loss.png            the loss curves
-  model-f32.gguf      the chosen model: best validation loss, else the last
+  model-f32.gguf      the best checkpoint by validation loss, else the last
+  candidates/         the other candidates, for choosing by tool-call F1 (pipeline.select_checkpoint)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from .config import Config
 from .files import atomic_path, write_json
 
 LOG_FILE, PLOT_FILE, MODEL_FILE, SUMMARY_FILE = "train-log.jsonl", "loss.png", "model-f32.gguf", "summary.json"
+CANDIDATES_DIR = "candidates"
 MIN_IMPROVEMENT = 1e-4   # a validation loss must beat the best by this much to count as better
 
 
@@ -49,14 +52,18 @@ class TrainOutcome:
 
 @dataclass
 class _State:
-    """What the log says so far: enough to resume and to pick the best checkpoint."""
+    """What the log says so far: enough to resume, to stop early and to keep the candidate checkpoints."""
 
     resume_step: int = 0
     resume_from: Path | None = None
     best_val: float = math.inf
-    best_checkpoint: Path | None = None
     evals_since_best: int = 0
-    pending_best: bool = False    # the last eval was a new best; its epoch checkpoint comes next
+    last_eval: float | None = None          # its checkpoint comes next and becomes a candidate
+    candidates: list[tuple[float, int, Path]] = field(default_factory=list)   # (val loss, step, file), best first
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        return self.candidates[0][2] if self.candidates else None
 
 
 def total_steps(n_windows: int, config: Config) -> int:
@@ -73,7 +80,7 @@ def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[st
     o.warmup_steps = int(config.warmup * steps)
     o.grad_accum, o.trainable, o.seed = config.grad_accum, config.trainable, config.seed
     o.n_threads, o.n_gpu_layers = config.threads, config.gpu_layers
-    o.checkpoint_dir, o.save_every, o.kv = str(checkpoint_dir), config.save_every, kv
+    o.checkpoint_dir, o.save_every, o.eval_every, o.kv = str(checkpoint_dir), config.save_every, config.eval_every, kv
     return o
 
 
@@ -84,7 +91,7 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, checkpoints = run_dir / LOG_FILE, run_dir / "checkpoints"
-    state = _resume_state(log_path)
+    state = _resume_state(log_path, config)
     steps = total_steps(len(arrays.tokens), config)
     options = native_options(config, steps, checkpoints, kv)
     start = base_path
@@ -115,22 +122,36 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     chosen = state.best_checkpoint or state.resume_from
     if chosen is None or not chosen.exists():
         raise TrainingError("training produced no checkpoint; run again with --debug")
-    model = run_dir / MODEL_FILE
-    os.replace(chosen, model)
+    candidates = _keep_candidates(state, chosen, run_dir)
     for leftover in checkpoints.glob("*.gguf"):
         leftover.unlink()
     records = read_log(log_path)
-    summary = _summary(records, state, result, chosen)
+    summary = _summary(records, state, result, chosen, candidates)
     write_json(run_dir / SUMMARY_FILE, summary)
-    return TrainOutcome(model, summary, log_path, plot_losses(records, run_dir / PLOT_FILE))
+    return TrainOutcome(run_dir / MODEL_FILE, summary, log_path, plot_losses(records, run_dir / PLOT_FILE))
+
+
+def _keep_candidates(state: _State, chosen: Path, run_dir: Path) -> list[dict]:
+    """The best checkpoint by validation loss becomes model-f32.gguf; the other candidates move to
+    candidates/, where a later stage may prefer one of them by tool-call F1."""
+    os.replace(chosen, run_dir / MODEL_FILE)
+    kept = []
+    for val_loss, step, path in state.candidates or [(None, state.resume_step, chosen)]:
+        name = MODEL_FILE if path == chosen else f"{CANDIDATES_DIR}/{path.name}"
+        if path != chosen:
+            (run_dir / CANDIDATES_DIR).mkdir(exist_ok=True)
+            os.replace(path, run_dir / name)
+        kept.append({"file": name, "step": step, "val_loss": val_loss, "checkpoint": path.name})
+    return kept
 
 
 def _update(state: _State, event: dict, config: Config, checkpoints: Path) -> bool:
     """Apply one event; returns False to stop early (patience exhausted)."""
     kind = event["event"]
     if kind == "eval":
+        state.last_eval = event["val_loss"]
         if event["val_loss"] < state.best_val - MIN_IMPROVEMENT:
-            state.best_val, state.evals_since_best, state.pending_best = event["val_loss"], 0, True
+            state.best_val, state.evals_since_best = event["val_loss"], 0
         else:
             state.evals_since_best += 1
             if config.patience and state.evals_since_best >= config.patience:
@@ -139,21 +160,25 @@ def _update(state: _State, event: dict, config: Config, checkpoints: Path) -> bo
         path = Path(event["checkpoint"])
         previous = state.resume_from
         state.resume_from, state.resume_step = path, event["step"]
-        epoch_end = path.name.startswith("epoch-")
-        if epoch_end and (state.pending_best or math.isinf(state.best_val)):
-            old_best, state.best_checkpoint, state.pending_best = state.best_checkpoint, path, False
-            _remove(old_best, keep=path)
-        _remove(previous, keep=state.best_checkpoint)
+        if state.last_eval is not None:
+            state.candidates.append((state.last_eval, event["step"], path))
+            state.candidates.sort(key=lambda c: (c[0], -c[1]))
+            for _, _, dropped in state.candidates[config.checkpoint_candidates:]:
+                _remove(dropped, keep=path)
+            del state.candidates[config.checkpoint_candidates:]
+            state.last_eval = None
+        if previous not in {c[2] for c in state.candidates}:
+            _remove(previous, keep=path)
     return True
 
 
 def _remove(path: Path | None, keep: Path | None) -> None:
-    # checkpoints are ~4 bytes per parameter: keep only the resume point and the best one
+    # checkpoints are ~4 bytes per parameter: keep only the resume point and the candidates
     if path is not None and path != keep:
         path.unlink(missing_ok=True)
 
 
-def _resume_state(path: Path) -> _State:
+def _resume_state(path: Path, config: Config) -> _State:
     """Replay a run's log up to its last checkpoint that still exists, and cut the log there:
     what happened after it (before a kill -9, say) is redone by the resumed run."""
     state = _State()
@@ -163,8 +188,10 @@ def _resume_state(path: Path) -> _State:
     resumable = [i for i, r in enumerate(records) if r.get("event") == "checkpoint" and Path(r["checkpoint"]).exists()]
     records = records[: resumable[-1] + 1] if resumable else []
     for record in records:
-        if record.get("event") != "checkpoint" or Path(record["checkpoint"]).exists():
-            _update(state, record, Config(patience=0), path.parent / "checkpoints")
+        if record.get("event") == "checkpoint" and not Path(record["checkpoint"]).exists():
+            state.last_eval = None   # a candidate dropped back then
+            continue
+        _update(state, record, replace(config, patience=0), path.parent / "checkpoints")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return state
@@ -181,7 +208,7 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-def _summary(records: list[dict], state: _State, result: dict, chosen: Path) -> dict:
+def _summary(records: list[dict], state: _State, result: dict, chosen: Path, candidates: list[dict]) -> dict:
     steps = [r for r in records if r.get("event") == "step"]
     evals = [r for r in records if r.get("event") == "eval"]
     return {
@@ -191,6 +218,7 @@ def _summary(records: list[dict], state: _State, result: dict, chosen: Path) -> 
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
         "best_val_loss": None if math.isinf(state.best_val) else state.best_val,
         "chosen_checkpoint": chosen.name,
+        "candidates": candidates,
         "stopped_early": bool(result.get("cancelled")),
         "tokens_per_s": result.get("tokens_per_s"),
         "seconds": result.get("seconds"),

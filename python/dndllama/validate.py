@@ -398,6 +398,7 @@ class Report:
     scenarios: list[str]
     train_log: str | None = None
     created: str = ""
+    choices: dict = field(default_factory=dict)   # "checkpoints" / "quant": rows of what `train` chose from
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -413,18 +414,27 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
     total = len(dm_turns(conversations)[:max_turns])
     if not total:
         raise ValidationError("the conversations hold no DM turn to replay; pass scenarios with DM turns")
-    settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed, "decoding": "greedy",
-                "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers, "dm_turns": total}
+    settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed,
+                "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers}
     run = dict(conversations=conversations, vocab=vocab, max_tokens=max_tokens, n_ctx=n_ctx, loss_ctx=loss_ctx,
                seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say)
-    model = _validate_one("model", model_path, **run)
-    baseline = _validate_one("baseline", baseline_path, **run) if baseline_path else None
+    model = validate_one("model", model_path, **run)
+    baseline = validate_one("baseline", baseline_path, **run) if baseline_path else None
+    return make_report(model, baseline, conversations, settings, train_log)
+
+
+def make_report(model: ModelResult, baseline: ModelResult | None, conversations: list[Conversation],
+                settings: dict, train_log: str | Path | None = None, choices: dict | None = None) -> Report:
+    settings = {"decoding": "greedy", "dm_turns": len(dm_turns(conversations)[:settings.get("max_turns")]),
+                **settings}
     return Report(model, baseline, settings, sorted({c.scenario for c in conversations}),
-                  str(train_log) if train_log else None, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                  str(train_log) if train_log else None, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  choices or {})
 
 
-def _validate_one(label: str, path: str | Path, *, conversations, vocab, max_tokens, n_ctx, loss_ctx, seed,
-                  max_turns, n_threads, n_gpu_layers, say) -> ModelResult:
+def validate_one(label: str, path: str | Path, *, conversations, vocab, max_tokens, n_ctx, loss_ctx, seed,
+                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True) -> ModelResult:
+    """One file's replay, scores, speed and memory (and its reference loss unless `with_loss` is off)."""
     from . import _native
 
     say = say or (lambda line: None)
@@ -447,8 +457,11 @@ def _validate_one(label: str, path: str | Path, *, conversations, vocab, max_tok
         raise ValidationError(f"{label} {path.name}: none of the {replayed.skipped} DM turns fits n_ctx={n_ctx} "
                               f"with max_tokens={max_tokens}; raise the context or lower max_tokens")
     # outside the memory measurement: evaluate() holds every position's logits, which inference never does
-    say(f"{label}: loss on the reference DM tokens (windows of {loss_ctx} tokens)")
-    loss = reference_loss(path, conversations, loss_ctx, n_threads, n_gpu_layers)
+    if with_loss:
+        say(f"{label}: loss on the reference DM tokens (windows of {loss_ctx} tokens)")
+        loss = reference_loss(path, conversations, loss_ctx, n_threads, n_gpu_layers)
+    else:
+        loss = LossResult(None, None, None, 0, 0, 0)
     n = len(replayed.turns)
     return ModelResult(
         label=label, path=str(path), name=info.name, arch=info.arch, n_params=info.n_params,
@@ -530,9 +543,36 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     for key, title in (("tools", "Tool metrics"), ("loss", "Training loss")):
         if key in charts:
             lines += ["", f"![{title}]({charts[key]})"]
+    lines += _choice_sections(report.choices)
     lines += ["", "## Example turns", ""]
     lines += _examples(report)
     return "\n".join(lines) + "\n"
+
+
+CHOICE_COLUMNS = (("size", "size (MB)"), ("step", "step"), ("tool_name_f1", "tool-call F1"), ("exact_call_f1", "exact-call F1"),
+                  ("format_validity", "format validity"), ("val_loss", "validation loss"),
+                  ("gen_tokens_per_s", "generation tokens/s"))
+
+
+def _choice_sections(choices: dict) -> list[str]:
+    """What `train` chose from: checkpoints and quant types with their tool-call scores."""
+    lines = []
+    for key, title, first in (("checkpoints", "Checkpoint choice", "checkpoint"), ("quant", "Quantization choice", "type")):
+        rows = choices.get(key) or []
+        if not rows:
+            continue
+        columns = [(k, label) for k, label in CHOICE_COLUMNS if any(r.get(k) is not None for r in rows)]
+        table = [[r[first], *[_choice_cell(k, r.get(k)) for k, _ in columns], "chosen" if r.get("chosen") else ""]
+                 for r in rows]
+        lines += ["", f"## {title}", ""]
+        lines += _md_table([first, *[label for _, label in columns], ""], table)
+    return lines
+
+
+def _choice_cell(key: str, value) -> str:
+    if key == "size" and value is not None:
+        return f"{value / 1e6:.1f}"
+    return _fmt(value, {"gen_tokens_per_s": "{:.1f}", "step": "{}"}.get(key, "{:.3f}"))
 
 
 def _count(n: int, word: str) -> str:
