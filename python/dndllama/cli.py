@@ -341,6 +341,7 @@ def _print_outcome(outcome) -> None:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from . import registry
 
+    _repair(args.models_dir)
     root = Path(args.models_dir)
     found = registry.versions(root)
     if not found:
@@ -351,12 +352,21 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for v in found:
         m = v.metadata
         parent = m.get("warm_start_from") or m.get("parent") or "-"
+        f1 = (m.get("validation") or {}).get("model", {}).get("tool_name_f1")
         rows.append(["*" if active and active.name == v.name else "", v.name, m.get("created", "?"),
                      m.get("quant", {}).get("type", "?"), human_size(m.get("quant", {}).get("size", 0)),
-                     _loss(m.get("training", {}).get("best_val_loss")), parent, m.get("base", {}).get("source", "?")])
+                     _loss(m.get("training", {}).get("best_val_loss")), _loss(f1), parent,
+                     m.get("base", {}).get("source", "?")])
     _plain_table(f"Versions in {root} (* = current)",
-                 ["", "version", "created", "quant", "size", "best val loss", "parent", "base"], rows)
+                 ["", "version", "created", "quant", "size", "best val loss", "tool F1", "parent", "base"], rows)
     return 0
+
+
+def _repair(models_dir: str) -> None:
+    from . import registry
+
+    for line in registry.repair(Path(models_dir)):
+        print(f"repaired: {line}", file=sys.stderr)
 
 
 def _loss(value) -> str:
@@ -366,6 +376,7 @@ def _loss(value) -> str:
 def cmd_models_show(args: argparse.Namespace) -> int:
     from . import registry
 
+    _repair(args.models_dir)
     version = registry.get(Path(args.models_dir), args.version)
     print(json.dumps({**version.metadata, "path": str(version.path)}, indent=2, default=str))
     return 0
@@ -374,6 +385,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def cmd_models_use(args: argparse.Namespace) -> int:
     from . import registry
 
+    _repair(args.models_dir)
     version = registry.set_current(Path(args.models_dir), args.version)
     print(f"{version.name} is current: {version.model.resolve()}")
     return 0
@@ -382,6 +394,7 @@ def cmd_models_use(args: argparse.Namespace) -> int:
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     from . import registry
 
+    _repair(args.models_dir)
     version = registry.rollback(Path(args.models_dir))
     print(f"rolled back: {version.name} is current: {version.model.resolve()}")
     return 0
@@ -390,6 +403,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def cmd_models_rm(args: argparse.Namespace) -> int:
     from . import registry
 
+    _repair(args.models_dir)
     registry.remove(Path(args.models_dir), args.version)
     print(f"removed {args.version}")
     return 0

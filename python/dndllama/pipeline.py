@@ -193,6 +193,8 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
     dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
                          config.seed, code_version())
+    for line in registry.repair(models_dir):
+        say(f"repaired: {line}")
     previous = registry.current(models_dir)
     parent = None if force else warm_start_parent(previous, data, base, config)
     train_key = digest("train", dataset_key, base.sha256, config.training_settings(), config.name,

@@ -7,7 +7,9 @@
     cactus.config.json        the current version's Cactus config (rewritten atomically on every switch)
 
 A version folder is built under a temporary name and renamed into place, so a crash never leaves a
-half-written version; versions are never deleted except by `dndllama models rm`.
+half-written version; versions are never deleted except by `dndllama models rm`. A crash during a
+switch leaves `current` on the old or the new version; `repair` (run by every models command and
+by train) then brings cactus.config.json in line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .files import read_json, write_json
 CURRENT = "current"
 METADATA = "metadata.json"
 CACTUS_CONFIG = "cactus.config.json"
+CURRENT_TMP = f".{CURRENT}.tmp"
 VERSION_NAME = re.compile(r"^v(\d{4,})$")
 
 
@@ -105,16 +108,53 @@ def commit(models_dir: Path, staged: Path, name: str) -> Version:
 
 
 def set_current(models_dir: Path, name: str) -> Version:
-    """Point `current` at a version (symlink swap: readers see the old or the new, never neither)."""
+    """Point `current` at a version. The symlink swap is the commit point (readers see the old or the
+    new version, never neither); the top-level Cactus config follows it, and `repair` finishes that
+    step if a crash came in between."""
     version = get(models_dir, name)
-    tmp = models_dir / f".{CURRENT}.tmp"
+    tmp = models_dir / CURRENT_TMP
     tmp.unlink(missing_ok=True)
     os.symlink(version.name, tmp)
     os.replace(tmp, models_dir / CURRENT)
-    config = read_json(version.path / CACTUS_CONFIG)
-    if config is not None:
-        write_json(models_dir / CACTUS_CONFIG, config)
+    _sync_config(models_dir, version)
     return version
+
+
+def repair(models_dir: Path) -> list[str]:
+    """Finish what an interrupted `use`, `rollback` or `train` left half done; returns what was fixed."""
+    fixed = []
+    tmp = models_dir / CURRENT_TMP
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+        fixed.append(f"removed {tmp.name}, left by an interrupted switch")
+    for stale in models_dir.glob(f".{CACTUS_CONFIG}.*.tmp"):
+        if not _alive(stale.name.split(".")[-2]):
+            stale.unlink(missing_ok=True)
+            fixed.append(f"removed {stale.name}, left by an interrupted write")
+    version = current(models_dir)
+    if version is not None and _sync_config(models_dir, version):
+        fixed.append(f"{CACTUS_CONFIG} did not follow {CURRENT} ({version.name}); rewritten")
+    return fixed
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that owns a temporary file (files.atomic_path names it) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sync_config(models_dir: Path, version: Version) -> bool:
+    """Make models/cactus.config.json the version's own; True when it had to be written."""
+    config = read_json(version.path / CACTUS_CONFIG)
+    if config is None or read_json(models_dir / CACTUS_CONFIG) == config:
+        return False
+    write_json(models_dir / CACTUS_CONFIG, config)
+    return True
 
 
 def update_metadata(version: Version, **changes) -> None:
