@@ -1,10 +1,12 @@
 """Training throughput of the native core on Gemma 3 270M (F32, ctx 256, AdamW, token embedding
-frozen), optionally next to the same step in PyTorch measured in the same run.
+frozen), optionally next to the same step in PyTorch, and next to the native core with the
+original OUT_PROD loop (patch 0004 off), each measured in the same run in its own process.
 
-    python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch]
+    python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-loop]
 
-The last line is `tokens_per_s=<x> peak_rss_gb=<y>` (plus `ratio_vs_torch=<r>` with --compare-torch):
-absolute times drift on shared machines, the ratio measured in one run does not.
+The last line is `tokens_per_s=<x> peak_rss_gb=<y>` (plus `ratio_vs_torch=<r>` with --compare-torch
+and `ratio_vs_loop=<r>` with --compare-loop): absolute times drift on shared machines, the ratio
+measured in one run does not.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def bench_native(path: Path, steps: int, threads: int) -> dict:
     def on_step(p):
         if p["event"] == "step":
             times.append(time.perf_counter())
-            print(f"  native step {p['step']}/{p['total_steps']} loss={p['loss']:.3f}", flush=True)
+            print(f"  native step {p['step']}/{p['total_steps']} loss={p['loss']:.3f}", file=sys.stderr, flush=True)
 
     native.train(str(path), "", x, y, x[:0], y[:0], o, on_step)
     # the first step pays for graph allocation; measure the steady state
@@ -103,23 +105,42 @@ def bench_torch(steps: int, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, str]) -> dict:
+    """The native core in a fresh process (its own peak RSS; GGML_* switches read at start-up)."""
+    proc = subprocess.run([sys.executable, __file__, "--native-only", "--steps", str(steps), "--threads",
+                           str(threads), "--model", str(path)], capture_output=True, text=True,
+                          env={**os.environ, **env})
+    if proc.returncode != 0:
+        raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--compare-loop", action="store_true", help="also time the original OUT_PROD loop")
+    ap.add_argument("--native-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", Path.home() / ".cache/dndllama")))
     args = ap.parse_args()
 
+    if args.native_only:
+        print(json.dumps(bench_native(args.model, args.steps, args.threads)))
+        return
     args.cache.mkdir(parents=True, exist_ok=True)
     path = base_f32(args.cache)
     print(f"Gemma 3 270M F32, ctx {CTX}, {args.threads} threads, {args.steps} timed steps", flush=True)
     torch_res = bench_torch(args.steps, args.threads) if args.compare_torch else None
-    res = bench_native(path, args.steps, args.threads)
+    loop_res = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"}) if args.compare_loop else None
+    res = bench_native_process(path, args.steps, args.threads, {})
     line = f"tokens_per_s={res['tokens_per_s']:.1f} peak_rss_gb={res['peak_rss_gb']:.2f}"
-    if torch_res:
-        print(f"torch: tokens_per_s={torch_res['tokens_per_s']:.1f} peak_rss_gb={torch_res['peak_rss_gb']:.2f}")
-        line += f" torch_tokens_per_s={torch_res['tokens_per_s']:.1f} ratio_vs_torch={res['tokens_per_s'] / torch_res['tokens_per_s']:.2f}"
+    for label, other in (("torch", torch_res), ("loop", loop_res)):
+        if other:
+            print(f"{label}: tokens_per_s={other['tokens_per_s']:.1f} peak_rss_gb={other['peak_rss_gb']:.2f}")
+            line += (f" {label}_tokens_per_s={other['tokens_per_s']:.1f}"
+                     f" ratio_vs_{label}={res['tokens_per_s'] / other['tokens_per_s']:.2f}")
     print(line)
 
 

@@ -3,7 +3,10 @@ gemma3 and llama models to memorise a text, saving, quantizing, generating, and 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -185,6 +188,37 @@ def test_whole_model_gradients_match_finite_differences(tmp_path, arch):
         errors[t.name] = float(np.linalg.norm(g[picked] - numeric) / np.linalg.norm(numeric))
     assert len(errors) == (14 if arch == "gemma3" else 11)   # every tensor kind of the architecture
     assert max(errors.values()) < 0.05, errors
+
+
+STEP_IN_A_LOOP_PROCESS = """
+import sys, numpy as np
+from dndllama import _native as native
+path, out, ctx = sys.argv[1], sys.argv[2], int(sys.argv[3])
+z = np.load(sys.argv[4])
+o = native.TrainOptions()
+o.n_ctx, o.epochs, o.lr, o.n_threads = ctx, 1, 1.0, 2
+o.optimizer, o.weight_decay, o.warmup_steps, o.lr_min_ratio = "sgd", 0.0, 0, 1.0
+native.train(path, out, z["x"], z["y"], z["x"][:0], z["y"][:0], o)
+"""
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
+    # OUT_PROD (every MUL_MAT's weight and input gradient) runs through tinyBLAS (patch 0004); the
+    # original rank-1 loop, kept behind GGML_OUT_PROD_LOOP, must give the same gradients
+    path = tiny[arch]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    _, fast = sgd_gradients(path, x, y, tmp_path / "gemm.gguf")
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    subprocess.run([sys.executable, "-c", STEP_IN_A_LOOP_PROCESS, str(path), str(tmp_path / "loop.gguf"), str(CTX),
+                    str(tmp_path / "xy.npz")], check=True, env={**os.environ, "GGML_OUT_PROD_LOOP": "1"})
+    before, after = read_tensors(path), read_tensors(tmp_path / "loop.gguf")
+    differs = False
+    for name, g in fast.items():
+        loop = before[name].astype(np.float64) - after[name]
+        assert np.linalg.norm(g - loop) <= 1e-4 * np.linalg.norm(loop) + 1e-9, name
+        differs |= not np.array_equal(g, loop)
+    assert differs   # the same bits everywhere would mean the GEMM path never ran
 
 
 def test_each_step_applies_only_the_gradient_of_its_own_windows(tiny, tmp_path):
