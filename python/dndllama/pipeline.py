@@ -222,7 +222,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                             "leave out --resume to start one")
     trained = _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say)
 
-    judge = Judge(data.validation or data.train, data.vocab, validation_settings(config), run_dir / "judged", say)
+    judge = Judge(data.validation or data.train, data.vocab, validation_settings(config), run_dir / "judged")
     by_task = config.select_by == "tool_f1"
     checkpoint, checkpoint_rows = trained.model, []
     if by_task:

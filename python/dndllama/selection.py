@@ -3,7 +3,7 @@ tools best on the validation scenarios.
 
   Judge                 replays the validation turns through a file, once (results cached on disk)
   select_checkpoint     the training candidate with the best tool calls (exact F1, then name F1),
-                        the validation loss breaking ties
+                        the validation loss breaking ties; replayed through Q8_0 copies
   quality_within        whether a quant type stays within the tolerances of the best one tried
 
 Tool-call F1 over a couple of dozen turns is coarse: a model that calls no tool scores 0 whatever
@@ -26,6 +26,11 @@ from .tools import Vocabulary
 from .validate import ModelResult, validate_one
 
 
+# F32 checkpoints are replayed through a Q8_0 copy: generation reads every weight per token, so
+# F32 is ~4x slower on a CPU, and 8-bit weights leave greedy tool calls as they are
+CHECKPOINT_STAND_IN = "Q8_0"
+
+
 @dataclass
 class Judge:
     """Validates GGUF files on the same turns and settings; each result is kept in `cache_dir`
@@ -35,17 +40,24 @@ class Judge:
     vocab: Vocabulary
     settings: dict          # validate_one's max_tokens, n_ctx, loss_ctx, seed, max_turns, n_threads, n_gpu_layers
     cache_dir: Path
-    say: Callable[[str], None] = print
 
-    def __call__(self, path: Path, label: str = "model", with_loss: bool = True) -> ModelResult:
-        key = json.dumps([path.parent.name, path.name, path.stat().st_size, self.settings, with_loss], sort_keys=True)
+    def __call__(self, path: Path, label: str = "model", with_loss: bool = True,
+                 stand_in: Callable[[Path], Path] | None = None) -> ModelResult:
+        """`stand_in(path)`, when given, writes a file replayed in place of `path` (removed after)."""
+        key = json.dumps([path.parent.name, path.name, path.stat().st_size, self.settings, with_loss,
+                          stand_in is not None], sort_keys=True)
         cached = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle"
         try:
             return pickle.loads(cached.read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
             pass
-        result = validate_one(label, path, conversations=self.conversations, vocab=self.vocab,
-                              with_loss=with_loss, **self.settings)
+        replayed = stand_in(path) if stand_in else path
+        try:
+            result = validate_one(label, replayed, conversations=self.conversations, vocab=self.vocab,
+                                  with_loss=with_loss, **self.settings)
+        finally:
+            if stand_in:
+                replayed.unlink(missing_ok=True)
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             tmp.write_bytes(pickle.dumps(result))
@@ -62,10 +74,19 @@ def select_checkpoint(run_dir: Path, candidates: list[dict], judge: Judge, say) 
     """The candidate with the best tool calls; returns its file and every candidate's scores."""
     if len(candidates) < 2:
         return run_dir / candidates[0]["file"], []
+    from . import _native
+
+    def in_q8_0(path: Path) -> Path:
+        out = judge.cache_dir / f"{path.stem}-{CHECKPOINT_STAND_IN.lower()}.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _native.quantize(str(path), str(out), CHECKPOINT_STAND_IN, judge.settings.get("n_threads", 0))
+        return out
+
     rows = []
     for candidate in candidates:
-        say(f"checkpoint {candidate['checkpoint']} (step {candidate['step']}): replaying the validation turns ...")
-        result = judge(run_dir / candidate["file"], label=candidate["checkpoint"], with_loss=False)
+        say(f"checkpoint {candidate['checkpoint']} (step {candidate['step']}): replaying the validation turns "
+            f"(as {CHECKPOINT_STAND_IN}) ...")
+        result = judge(run_dir / candidate["file"], label=candidate["checkpoint"], with_loss=False, stand_in=in_q8_0)
         rows.append({**candidate, **tool_scores(result)})
     best = max(rows, key=lambda r: (r["exact_call_f1"] or 0.0, r["tool_name_f1"] or 0.0,
                                     -(r["val_loss"] if r["val_loss"] is not None else float("inf"))))
