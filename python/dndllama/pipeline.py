@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import time
 import warnings
@@ -38,7 +37,7 @@ from .selection import Judge, Quality, quality, quality_within, select_checkpoin
 from .scenarios import ERROR, load_folder, scenario_files
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, train_model
-from .validate import make_report, validate_one
+from .validate import make_report
 
 STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
 EXPORT_VERSION = 2           # ... or only the export stages' (choosing, quantizing, checking, publishing)
@@ -376,13 +375,11 @@ def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, tra
     settings = validation_settings(config)
     say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} scenarios ...")
     result = judge(model)
-    baseline_file = cache / "baselines" / f"{digest(base.sha256, dataset_key, settings, code_version())}.pickle"
-    baseline = _load_pickle(baseline_file)
-    if baseline is None:
+    baselines = Judge(conversations, data.vocab, settings, cache / "baselines",
+                      scope=digest(base.sha256, dataset_key, code_version()))
+    if not baselines.cached(base.gguf):
         say(f"validating the base model {base.gguf.name} as the baseline (once) ...")
-        baseline = validate_one("baseline", base.gguf, conversations=conversations, vocab=data.vocab, **settings)
-        with atomic_path(baseline_file) as tmp:
-            tmp.write_bytes(pickle.dumps(baseline))
+    baseline = baselines(base.gguf, label="baseline")
     return make_report(result, baseline, conversations, settings, train_log, choices)
 
 
@@ -391,13 +388,6 @@ def validation_summary(report) -> dict:
                       "format_validity": r.tools.format_validity, "no_call_accuracy": r.tools.no_call_accuracy,
                       "loss": r.loss.loss, "gen_tokens_per_s": r.gen_tokens_per_s, "turns": len(r.turns)}
     return {"model": pick(report.model), "baseline": pick(report.baseline) if report.baseline else None}
-
-
-def _load_pickle(path: Path):
-    try:
-        return pickle.loads(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-        return None
 
 
 def prune_runs(runs: Path, keep: Path, count: int = KEPT_RUNS) -> None:

@@ -40,17 +40,15 @@ class Judge:
     vocab: Vocabulary
     settings: dict          # validate_one's max_tokens, n_ctx, loss_ctx, seed, max_turns, n_threads, n_gpu_layers
     cache_dir: Path
+    scope: str = ""         # what else the results depend on, for a cache shared across runs
 
     def __call__(self, path: Path, label: str = "model", with_loss: bool = True,
                  stand_in: Callable[[Path], Path] | None = None) -> ModelResult:
         """`stand_in(path)`, when given, writes a file replayed in place of `path` (removed after)."""
-        key = json.dumps([path.parent.name, path.name, path.stat().st_size, self.settings, with_loss,
-                          stand_in is not None], sort_keys=True)
-        cached = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle"
-        try:
-            return pickle.loads(cached.read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            pass
+        cached = self._cache_file(path, with_loss, stand_in is not None)
+        result = _load(cached)
+        if result is not None:
+            return result
         replayed = stand_in(path) if stand_in else path
         try:
             result = validate_one(label, replayed, conversations=self.conversations, vocab=self.vocab,
@@ -58,10 +56,24 @@ class Judge:
         finally:
             if stand_in:
                 replayed.unlink(missing_ok=True)
-        cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             tmp.write_bytes(pickle.dumps(result))
         return result
+
+    def cached(self, path: Path, with_loss: bool = True) -> bool:
+        return _load(self._cache_file(path, with_loss, False)) is not None
+
+    def _cache_file(self, path: Path, with_loss: bool, stand_in: bool) -> Path:
+        key = json.dumps([self.scope, path.parent.name, path.name, path.stat().st_size, self.settings, with_loss,
+                          stand_in], sort_keys=True)
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle"
+
+
+def _load(cached: Path) -> ModelResult | None:
+    try:
+        return pickle.loads(cached.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        return None
 
 
 def tool_scores(result: ModelResult) -> dict:
