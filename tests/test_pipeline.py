@@ -116,6 +116,7 @@ def test_reruns_do_only_what_changed(project):
     requantized, said = train(project, quant="Q8_0")
     assert requantized.version.name == "v0002" and requantized.cactus["quant"] == "Q8_0"
     assert "training: unchanged" in said and "training gemma3" not in said
+    assert "as the baseline" not in said               # the base model's validation is cached across runs
 
     scenario = project.data / "combat" / "wolves_at_the_ford.md"
     scenario.write_text(scenario.read_text().replace("## DM\n", "## DM\nThe river roars.\n", 1))
