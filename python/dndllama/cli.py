@@ -352,13 +352,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for v in found:
         m = v.metadata
         parent = m.get("warm_start_from") or m.get("parent") or "-"
-        f1 = (m.get("validation") or {}).get("model", {}).get("tool_name_f1")
+        shipped = (m.get("validation") or {}).get("model", {})   # the published file's own validation
+        loss = shipped.get("loss", m.get("training", {}).get("best_val_loss"))
         rows.append(["*" if active and active.name == v.name else "", v.name, m.get("created", "?"),
                      m.get("quant", {}).get("type", "?"), human_size(m.get("quant", {}).get("size", 0)),
-                     _loss(m.get("training", {}).get("best_val_loss")), _loss(f1), parent,
-                     m.get("base", {}).get("source", "?")])
+                     _loss(loss), _loss(shipped.get("tool_name_f1")), parent, m.get("base", {}).get("source", "?")])
     _plain_table(f"Versions in {root} (* = current)",
-                 ["", "version", "created", "quant", "size", "best val loss", "tool F1", "parent", "base"], rows)
+                 ["", "version", "created", "quant", "size", "val loss", "tool F1", "parent", "base"], rows)
     return 0
 
 
