@@ -253,9 +253,10 @@ def quantize_stage(config: Config, runtime, checkpoint: Path, run_dir: Path, jud
         result = judge(path)
         seen.append(quality(result))
         ok = quality_within(seen[-1], seen, config.quant_f1_tolerance, config.quant_loss_tolerance)
-        rows.append({"type": qtype, "size": path.stat().st_size, "val_loss": result.loss.loss, "kept_quality": ok,
+        size = path.stat().st_size
+        rows.append({"type": qtype, "size": size, "val_loss": result.loss.loss, "kept_quality": ok,
                      **tool_scores(result)})
-        note = (f"  {qtype} {human_size(path.stat().st_size)}: tool-call F1 {_fmt(seen[-1].f1)}, "
+        note = (f"  {qtype} {human_size(size)}: tool-call F1 {_fmt(seen[-1].f1)}, "
                 f"validation loss {_fmt(seen[-1].loss)}, {result.gen_tokens_per_s or 0:.0f} tokens/s"
                 + ("" if ok else f" (beyond the tolerance: F1 {config.quant_f1_tolerance}, "
                                  f"loss {config.quant_loss_tolerance}; smaller types not tried)"))
@@ -384,9 +385,7 @@ def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, tra
 
 
 def validation_summary(report) -> dict:
-    pick = lambda r: {"tool_name_f1": r.tools.name_f1, "exact_call_f1": r.tools.exact_f1,  # noqa: E731
-                      "format_validity": r.tools.format_validity, "no_call_accuracy": r.tools.no_call_accuracy,
-                      "loss": r.loss.loss, "gen_tokens_per_s": r.gen_tokens_per_s, "turns": len(r.turns)}
+    pick = lambda r: {**tool_scores(r), "loss": r.loss.loss, "turns": len(r.turns)}  # noqa: E731
     return {"model": pick(report.model), "baseline": pick(report.baseline) if report.baseline else None}
 
 
