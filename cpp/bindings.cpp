@@ -227,6 +227,11 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("optimizer", &TrainOptions::optimizer)
         .def_readwrite("grad_accum", &TrainOptions::grad_accum)
         .def_readwrite("trainable", &TrainOptions::trainable)
+        .def_readwrite("method", &TrainOptions::method)
+        .def_readwrite("lora_rank", &TrainOptions::lora_rank)
+        .def_readwrite("lora_alpha", &TrainOptions::lora_alpha)
+        .def_readwrite("lora_targets", &TrainOptions::lora_targets)
+        .def_readwrite("lora_init", &TrainOptions::lora_init)
         .def_readwrite("n_threads", &TrainOptions::n_threads)
         .def_readwrite("n_gpu_layers", &TrainOptions::n_gpu_layers)
         .def_readwrite("seed", &TrainOptions::seed)
@@ -242,14 +247,16 @@ PYBIND11_MODULE(_native, m) {
 
     m.def("evaluate",
           [](const std::string & path, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-             py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels, int n_threads, int n_gpu_layers) {
+             py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels, int n_threads, int n_gpu_layers,
+             const std::string & adapter) {
               Windows w = to_windows(tokens, labels, "evaluation set");
               const int n_ctx = (int) tokens.shape(1);
               py::gil_scoped_release release;
-              return evaluate(path, w, n_ctx, n_threads, n_gpu_layers);
+              return evaluate(path, w, n_ctx, n_threads, n_gpu_layers, adapter);
           },
           py::arg("path"), py::arg("tokens"), py::arg("labels"), py::arg("n_threads") = 0, py::arg("n_gpu_layers") = 0,
-          "Mean loss and accuracy over labelled positions, by plain inference.");
+          py::arg("adapter") = "",
+          "Mean loss and accuracy over labelled positions, by plain inference (optionally with a LoRA adapter).");
 
     m.def("quantize",
           [](const std::string & in, const std::string & out, const std::string & type, int n_threads) {
@@ -266,6 +273,33 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("in_path"), py::arg("out_path"), py::arg("type"), py::arg("n_threads") = 0,
           "Quantize (or dequantize, with F32/F16) a GGUF; writes atomically.");
+
+    m.def("adapter_path", &adapter_path, py::arg("model_path"),
+          "Where a LoRA-trained model file's adapter lives: x.gguf -> x.lora.gguf.");
+
+    m.def("merge_adapter",
+          [](const std::string & base, const std::string & adapter, const std::string & out,
+             const std::map<std::string, std::string> & kv) {
+              py::gil_scoped_release release;
+              merge_adapter(base, adapter, out, kv);
+          },
+          py::arg("base"), py::arg("adapter"), py::arg("out"), py::arg("kv") = std::map<std::string, std::string>{},
+          "Merge a GGUF LoRA into its base (W + alpha/rank * B A, F32) and write one GGUF; atomic.");
+
+    m.def("logits",
+          [](const std::string & path, const std::vector<int32_t> & tokens, const std::string & adapter, int n_threads) {
+              std::vector<float> out;
+              {
+                  py::gil_scoped_release release;
+                  out = logits(path, tokens, adapter, n_threads);
+              }
+              const py::ssize_t n_vocab = tokens.empty() ? 0 : (py::ssize_t) (out.size() / tokens.size());
+              py::array_t<float> a({(py::ssize_t) tokens.size(), n_vocab});
+              std::copy(out.begin(), out.end(), a.mutable_data());
+              return a;
+          },
+          py::arg("path"), py::arg("tokens"), py::arg("adapter") = "", py::arg("n_threads") = 0,
+          "Logits at every position of `tokens` (n_tokens x n_vocab), optionally with a LoRA adapter.");
 
     m.def("op_gradients", &op_gradients, py::arg("op"), py::arg("inputs"), py::arg("shape"),
           py::arg("weights") = std::vector<float>{},

@@ -3,10 +3,12 @@
 
 #include "gguf.h"
 #include "llama.h"
+#include "llama-adapter.h" // ab_map: merging an adapter while saving
 #include "llama-model.h"   // tensors_by_name: saving needs every weight under its GGUF name
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <mutex>
@@ -237,44 +239,97 @@ Metadata::~Metadata() {
     gguf_free(ctx_);
 }
 
+void write_gguf(gguf_context * out, const std::string & out_path) {
+    const std::string tmp = out_path + ".tmp";
+    if (!gguf_write_to_file(out, tmp.c_str(), false)) {
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        throw Error("could not write " + tmp + " (disk full or not writable?): " + last_log_error());
+    }
+    fs::rename(tmp, out_path);
+}
+
+namespace {
+
+// W + scale * B A as F32 into `dst` (W of any type: dequantized first). B A costs n_out * n_in * rank
+// multiply-adds, a few GFLOP for a whole small model, so plain loops are enough.
+void merge_into(const ggml_tensor * w, const llama_adapter_lora_weight & ab, float scale, ggml_tensor * dst) {
+    const int64_t n_in = w->ne[0], n_out = ggml_nrows(w), rank = ab.a->ne[1];
+    std::vector<uint8_t> raw(ggml_nbytes(w));
+    ggml_backend_tensor_get(w, raw.data(), 0, raw.size());
+    float * out = static_cast<float *>(dst->data);
+    if (w->type == GGML_TYPE_F32) {
+        memcpy(out, raw.data(), raw.size());
+    } else {
+        ggml_get_type_traits(w->type)->to_float(raw.data(), out, n_in * n_out);
+    }
+    std::vector<float> a(ggml_nelements(ab.a)), b(ggml_nelements(ab.b));
+    ggml_backend_tensor_get(ab.a, a.data(), 0, a.size() * sizeof(float));
+    ggml_backend_tensor_get(ab.b, b.data(), 0, b.size() * sizeof(float));
+    for (int64_t o = 0; o < n_out; ++o) {
+        float * row = out + o * n_in;
+        for (int64_t k = 0; k < rank; ++k) {
+            const float bk = scale * b[o * rank + k];
+            const float * ak = a.data() + k * n_in;
+            for (int64_t i = 0; i < n_in; ++i) {
+                row[i] += bk * ak[i];
+            }
+        }
+    }
+}
+
+} // namespace
+
 void save_weights(llama_model * model, const Metadata & meta, const std::string & out_path,
-                  const std::map<std::string, std::string> & kv) {
+                  const std::map<std::string, std::string> & kv, const llama_adapter_lora * merge) {
     gguf_context * out = gguf_init_empty();
     gguf_set_kv(out, meta.get());
     for (const auto & [key, value] : kv) {
         gguf_set_val_str(out, key.c_str(), value.c_str());
     }
+    auto lora_of = [&](const std::string & name) -> const llama_adapter_lora_weight * {
+        if (!merge) {
+            return nullptr;
+        }
+        auto it = merge->ab_map.find(name);
+        return it == merge->ab_map.end() ? nullptr : &it->second;
+    };
 
-    // weights off the host (GPU) are copied into a host context first; gguf writes from ->data
+    // weights off the host (GPU) and merged weights are built in a host context first; gguf writes
+    // from ->data
     const auto & tensors = model->tensors_by_name;
-    size_t off_host = 0;
+    size_t host_bytes = 0;
     for (const auto & [name, t] : tensors) {
-        if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
-            off_host += ggml_nbytes(t) + ggml_tensor_overhead();
+        if (lora_of(name)) {
+            host_bytes += ggml_nelements(t) * sizeof(float) + ggml_tensor_overhead();
+        } else if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
+            host_bytes += ggml_nbytes(t) + ggml_tensor_overhead();
         }
     }
-    ggml_init_params cparams = {off_host + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
+    ggml_init_params cparams = {host_bytes + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
     ggml_context * host = ggml_init(cparams);
     for (const auto & [name, t] : tensors) {
         ggml_tensor * src = t;
-        if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
+        if (const auto * ab = lora_of(name)) {
+            src = ggml_new_tensor(host, GGML_TYPE_F32, GGML_MAX_DIMS, t->ne);
+            ggml_set_name(src, t->name);
+            merge_into(t, *ab, ab->get_scale(merge->alpha, 1.0f), src);
+        } else if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
             src = ggml_dup_tensor(host, t);
             ggml_set_name(src, t->name);
             ggml_backend_tensor_get(t, src->data, 0, ggml_nbytes(t));
         }
         gguf_add_tensor(out, src);
     }
-
-    const std::string tmp = out_path + ".tmp";
-    const bool ok = gguf_write_to_file(out, tmp.c_str(), false);
+    try {
+        write_gguf(out, out_path);
+    } catch (...) {
+        gguf_free(out);
+        ggml_free(host);
+        throw;
+    }
     gguf_free(out);
     ggml_free(host);
-    if (!ok) {
-        std::error_code ec;
-        fs::remove(tmp, ec);
-        throw Error("could not write " + tmp + " (disk full or not writable?): " + last_log_error());
-    }
-    fs::rename(tmp, out_path);
 }
 
 } // namespace dnd

@@ -12,6 +12,7 @@
 struct llama_model;
 struct llama_model_params;
 struct gguf_context;
+struct llama_adapter_lora;
 
 namespace dnd {
 
@@ -81,8 +82,34 @@ private:
 
 // Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
 // with the metadata `meta` (of the GGUF it was loaded from) plus `kv` (string values) on top.
+// With `merge`, every tensor the adapter covers is written as F32 W + scale * B A.
 void save_weights(llama_model * model, const Metadata & meta, const std::string & out_path,
+                  const std::map<std::string, std::string> & kv, const llama_adapter_lora * merge = nullptr);
+
+// Writes a GGUF atomically (temp file, then rename); a full disk names the file and the cause.
+void write_gguf(gguf_context * out, const std::string & out_path);
+
+// ---- lora.cpp --------------------------------------------------------------------------------
+
+// Where the adapter of a LoRA-trained model file lives: "x.gguf" -> "x.lora.gguf".
+std::string adapter_path(const std::string & model_path);
+
+// A fresh adapter on every 2-D block weight of `model` whose name matches `targets`: A uniform in
+// +-1/sqrt(n_in) (seeded), B zero, so training starts from the base model's outputs exactly.
+llama_adapter_lora * new_adapter(llama_model * model, const std::string & targets, int rank, float alpha,
+                                 uint32_t seed, const std::string & scratch_path);
+
+// Writes the adapter as a GGUF LoRA that llama_adapter_lora_init and `--lora` load (atomically).
+void save_adapter(const llama_adapter_lora * adapter, const std::string & out_path,
                   const std::map<std::string, std::string> & kv);
+
+// The export-lora step: base + adapter merged into one GGUF at `out_path`.
+void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
+                   const std::map<std::string, std::string> & kv);
+
+// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
+std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
+                          const std::string & adapter_file, int n_threads);
 
 // ---- train.cpp -------------------------------------------------------------------------------
 
@@ -99,6 +126,11 @@ struct TrainOptions {
                                        // one SGD step with weight_decay 0 exposes the gradient
     int grad_accum = 1;                // windows per optimizer step
     std::string trainable = "";        // regex over tensor names; empty = every trainable tensor
+    std::string method = "full";       // "full" or "lora" (base frozen, only adapter A/B train)
+    int lora_rank = 16;
+    float lora_alpha = 32.0f;          // the adapter's output is scaled by alpha / rank
+    std::string lora_targets = "attn_(q|k|v|output)|ffn_(gate|up|down)";   // regex over block weights
+    std::string lora_init;             // adapter to start from (resume); "" = a fresh one
     int n_threads = 0;                 // 0 = all cores
     int n_gpu_layers = 0;
     uint32_t seed = 42;                // window order per epoch
@@ -138,9 +170,9 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress);
 
-// Loss and accuracy of a model on windows, without training.
+// Loss and accuracy of a model (with an optional LoRA adapter) on windows, without training.
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
-                                   int n_ctx, int n_threads, int n_gpu_layers);
+                                   int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file = "");
 
 // Value and gradients of sum(op(inputs) * weights) for a single ggml op, through ggml's own
 // backward pass: the raw material for finite-difference checks of backward implementations.

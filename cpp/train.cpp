@@ -1,10 +1,12 @@
-// Full fine-tuning through llama.cpp's ggml-opt (AdamW), one window per llama_opt_epoch call so that
-// window order, learning-rate schedule, evaluation, checkpoints and cancellation stay in our hands.
+// Fine-tuning through llama.cpp's ggml-opt (AdamW), in full or as a LoRA adapter on a frozen base, one
+// window per llama_opt_epoch call so that window order, learning-rate schedule, evaluation,
+// checkpoints and cancellation stay in our hands.
 #include "native.h"
 
 #include "ggml-cpu.h"
 #include "ggml-opt.h"
 #include "llama.h"
+#include "llama-adapter.h"   // ab_map: LoRA trains the adapter's A and B
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +17,8 @@
 #include <numeric>
 #include <random>
 #include <regex>
+
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -62,12 +66,13 @@ ggml_opt_optimizer_params optimizer_params(void * ud) {
 struct ParamFilter {
     std::regex pattern;
     bool all = true;
+    bool none = false;   // LoRA: the whole base is frozen
     uint64_t n_trainable = 0;
 };
 
 bool param_filter(const ggml_tensor * t, void * ud) {
     auto * f = static_cast<ParamFilter *>(ud);
-    const bool take = f->all || std::regex_search(t->name, f->pattern);
+    const bool take = !f->none && (f->all || std::regex_search(t->name, f->pattern));
     // mirror llama_set_param: only F32 tensors train, token_embd and rope_freqs never do
     if (take && t->type == GGML_TYPE_F32 && strcmp(t->name, "token_embd.weight") != 0 &&
         strcmp(t->name, "rope_freqs.weight") != 0) {
@@ -120,14 +125,18 @@ struct Trainer {
     DatasetPtr window;
     Schedule schedule;
     ParamFilter filter;
+    llama_adapter_lora * adapter = nullptr;   // LoRA only; freed with the model
     std::vector<int32_t> pred;
 
     Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
         : opts(o), base_path(base), meta(base), schedule{&o, total_steps} {
         init();
         last_log_error();
+        const bool lora = opts.method == "lora";
         llama_model_params mp = model_params(opts.n_gpu_layers);
-        mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
+        if (!lora) {
+            mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
+        }
         model.p = llama_model_load_from_file(base_path.c_str(), mp);
         if (!model.p) {
             throw Error("could not load base model " + base_path + ": " + last_log_error());
@@ -144,8 +153,12 @@ struct Trainer {
                         "): " + last_log_error() + "\nfix: lower --ctx or free memory");
         }
 
+        if (lora) {
+            attach_adapter();
+        }
+        filter.none = lora;
         filter.all = opts.trainable.empty();
-        if (!filter.all) {
+        if (!filter.all && !lora) {
             try {
                 filter.pattern = std::regex(opts.trainable);
             } catch (const std::regex_error & e) {
@@ -161,6 +174,15 @@ struct Trainer {
         lp.optimizer_type = opts.optimizer == "sgd" ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
         lp.n_grad_accum = std::max(1, opts.grad_accum);
         llama_opt_init(ctx.p, model.p, lp);
+        if (adapter) {
+            // llama_opt_init only looks at model weights; ggml-opt trains every tensor flagged as a
+            // param when it builds the backward graph, so flagging A and B here is all it takes
+            for (auto & [name, w] : adapter->ab_map) {
+                ggml_set_param(w.a);
+                ggml_set_param(w.b);
+                filter.n_trainable += ggml_nelements(w.a) + ggml_nelements(w.b);
+            }
+        }
         if (filter.n_trainable == 0) {
             throw Error("no tensor is trainable: only F32 tensors train (the base is quantized or "
                         "the trainable pattern matches nothing)\nfix: dequantize the base to F32 first");
@@ -168,6 +190,23 @@ struct Trainer {
 
         window.p = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1);
         pred.resize(opts.n_ctx);
+    }
+
+    void attach_adapter() {
+        if (opts.lora_init.empty()) {
+            const std::string scratch = (fs::temp_directory_path() /
+                                         ("dndllama-lora-init-" + std::to_string(getpid()) + ".gguf")).string();
+            adapter = new_adapter(model.p, opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, scratch);
+        } else {
+            adapter = llama_adapter_lora_init(model.p, opts.lora_init.c_str());
+            if (!adapter) {
+                throw Error("could not load the LoRA adapter " + opts.lora_init + ": " + last_log_error());
+            }
+        }
+        float scale = 1.0f;
+        if (llama_set_adapters_lora(ctx.p, &adapter, 1, &scale) != 0) {
+            throw Error("could not attach the LoRA adapter to the training context");
+        }
     }
 
     int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.p)); }
@@ -213,7 +252,13 @@ struct Trainer {
         return {labelled ? loss_sum / labelled : NAN, labelled ? double(correct) / labelled : NAN};
     }
 
-    void save(const std::string & path) { save_weights(model.p, meta, path, opts.kv); }
+    // LoRA: the adapter next to the merged model, so either can ship
+    void save(const std::string & path) {
+        if (adapter) {
+            save_adapter(adapter, adapter_path(path), opts.kv);
+        }
+        save_weights(model.p, meta, path, opts.kv, adapter);
+    }
 };
 
 } // namespace
@@ -226,6 +271,9 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
         // the whole context for K and V to receive gradients
         throw Error("n_ctx must be a positive multiple of 256 and epochs positive (got n_ctx=" +
                     std::to_string(opts.n_ctx) + ", epochs=" + std::to_string(opts.epochs) + ")");
+    }
+    if (opts.method != "full" && opts.method != "lora") {
+        throw Error("unknown training method '" + opts.method + "' (full, lora)");
     }
     if (opts.optimizer != "adamw" && opts.optimizer != "sgd") {
         throw Error("unknown optimizer '" + opts.optimizer + "' (adamw, sgd)");
@@ -365,7 +413,7 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
 // ---- evaluation without training: plain llama_decode, cross-entropy on the host ----------------
 
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
-                                   int n_ctx, int n_threads, int n_gpu_layers) {
+                                   int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file) {
     init();
     ModelPtr model;
     llama_model_params mp = model_params(n_gpu_layers);
@@ -387,6 +435,13 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
     ctx.p = llama_init_from_model(model.p, cp);
     if (!ctx.p) {
         throw Error("could not create an evaluation context: " + last_log_error());
+    }
+    if (!adapter_file.empty()) {
+        llama_adapter_lora * adapter = llama_adapter_lora_init(model.p, adapter_file.c_str());   // freed with the model
+        float scale = 1.0f;
+        if (!adapter || llama_set_adapters_lora(ctx.p, &adapter, 1, &scale) != 0) {
+            throw Error("could not load the LoRA adapter " + adapter_file + ": " + last_log_error());
+        }
     }
 
     double nll = 0;

@@ -49,8 +49,11 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
 
 def make_tiny_model(path: Path, arch: str = "gemma3", n_embd: int = 64, n_layer: int = 2,
                     n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512,
-                    seed: int = 0, emb_scale: float = 0.1, chat_template: str | None = GEMMA_TEMPLATE) -> Path:
-    """Write a random `arch` model ("gemma3" or "llama") as an F32 GGUF at `path`."""
+                    seed: int = 0, emb_scale: float = 0.1, chat_template: str | None = GEMMA_TEMPLATE,
+                    head_scale: float = 0.02) -> Path:
+    """Write a random `arch` model ("gemma3" or "llama") as an F32 GGUF at `path`. llama's output head
+    is its own tensor (gemma3's is token_embd); at `head_scale` 0.02 its logits stay within a few
+    nats of each other, which a frozen head (LoRA) cannot get past."""
     if arch not in ("gemma3", "llama"):
         raise ValueError(f"unsupported tiny arch {arch}")
     rng = np.random.default_rng(seed)
@@ -97,7 +100,7 @@ def make_tiny_model(path: Path, arch: str = "gemma3", n_embd: int = 64, n_layer:
     w.add_tensor("token_embd.weight", rand(n_vocab, n_embd, scale=emb_scale))
     w.add_tensor("output_norm.weight", ones(n_embd))
     if arch == "llama":
-        w.add_tensor("output.weight", rand(n_vocab, n_embd))
+        w.add_tensor("output.weight", rand(n_vocab, n_embd, scale=head_scale))
     for i in range(n_layer):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", ones(n_embd))

@@ -1,0 +1,199 @@
+// LoRA adapters: a fresh trainable adapter, saving it as a GGUF LoRA, merging it into its base
+// (export-lora), and logits with or without one (to check that adapter and merge agree).
+#include "native.h"
+
+#include "gguf.h"
+#include "llama.h"
+#include "llama-adapter.h"   // ab_map: the adapter's A/B tensors are what training updates
+#include "llama-model.h"     // tensors_by_name: which weights an adapter can cover
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <regex>
+
+namespace fs = std::filesystem;
+
+namespace dnd {
+
+namespace {
+
+struct GgufPtr {
+    gguf_context * p = gguf_init_empty();
+    ~GgufPtr() { gguf_free(p); }
+};
+struct GgmlPtr {
+    ggml_context * p;
+    explicit GgmlPtr(size_t bytes) : p(ggml_init({bytes, nullptr, false})) {}
+    ~GgmlPtr() { ggml_free(p); }
+};
+
+void set_adapter_kv(gguf_context * g, const std::string & arch, float alpha) {
+    gguf_set_val_str(g, "general.architecture", arch.c_str());
+    gguf_set_val_str(g, "general.type", "adapter");
+    gguf_set_val_str(g, "adapter.type", "lora");
+    gguf_set_val_f32(g, "adapter.lora.alpha", alpha);
+}
+
+std::string arch_of(const llama_model * model) {
+    char buf[128] = {};
+    llama_model_meta_val_str(model, "general.architecture", buf, sizeof(buf));
+    return buf;
+}
+
+} // namespace
+
+std::string adapter_path(const std::string & model_path) {
+    const std::string ext = ".gguf";
+    const bool has_ext = model_path.size() >= ext.size() &&
+                         model_path.compare(model_path.size() - ext.size(), ext.size(), ext) == 0;
+    return (has_ext ? model_path.substr(0, model_path.size() - ext.size()) : model_path) + ".lora.gguf";
+}
+
+llama_adapter_lora * new_adapter(llama_model * model, const std::string & targets, int rank, float alpha,
+                                 uint32_t seed, const std::string & scratch_path) {
+    if (rank <= 0) {
+        throw Error("LoRA rank must be positive (got " + std::to_string(rank) + ")");
+    }
+    std::regex pattern;
+    try {
+        pattern = std::regex(targets);
+    } catch (const std::regex_error & e) {
+        throw Error("LoRA target pattern '" + targets + "' is not a valid regex: " + e.what());
+    }
+    std::vector<const ggml_tensor *> covered;
+    size_t bytes = 0;
+    for (const auto & [name, t] : model->tensors_by_name) {
+        // 2-D block weights only: norms are vectors, and token_embd's adapter has another layout
+        const bool block_weight = name.rfind("blk.", 0) == 0 && name.size() > 7 &&
+                                  name.compare(name.size() - 7, 7, ".weight") == 0;
+        if (block_weight && ggml_n_dims(t) == 2 && std::regex_search(name, pattern)) {
+            covered.push_back(t);
+            bytes += (t->ne[0] + t->ne[1]) * rank * sizeof(float) + 2 * ggml_tensor_overhead();
+        }
+    }
+    if (covered.empty()) {
+        throw Error("the LoRA target pattern '" + targets + "' matches no block weight of this model");
+    }
+
+    // llama.cpp builds adapters only from files: write the fresh one, load it, delete it
+    GgufPtr out;
+    set_adapter_kv(out.p, arch_of(model), alpha);
+    GgmlPtr data(bytes + ggml_tensor_overhead());
+    std::mt19937 rng(seed);
+    for (const ggml_tensor * t : covered) {
+        const int64_t n_in = t->ne[0], n_out = t->ne[1];
+        ggml_tensor * a = ggml_new_tensor_2d(data.p, GGML_TYPE_F32, n_in, rank);
+        ggml_tensor * b = ggml_new_tensor_2d(data.p, GGML_TYPE_F32, rank, n_out);
+        ggml_format_name(a, "%s.lora_a", t->name);
+        ggml_format_name(b, "%s.lora_b", t->name);
+        std::uniform_real_distribution<float> u(-1.0f / std::sqrt(float(n_in)), 1.0f / std::sqrt(float(n_in)));
+        for (int64_t i = 0; i < ggml_nelements(a); ++i) {
+            static_cast<float *>(a->data)[i] = u(rng);
+        }
+        memset(b->data, 0, ggml_nbytes(b));
+        gguf_add_tensor(out.p, a);
+        gguf_add_tensor(out.p, b);
+    }
+    write_gguf(out.p, scratch_path);
+    llama_adapter_lora * adapter = llama_adapter_lora_init(model, scratch_path.c_str());
+    std::error_code ec;
+    fs::remove(scratch_path, ec);
+    if (!adapter) {
+        throw Error("could not create a LoRA adapter: " + last_log_error());
+    }
+    return adapter;
+}
+
+void save_adapter(const llama_adapter_lora * adapter, const std::string & out_path,
+                  const std::map<std::string, std::string> & kv) {
+    GgufPtr out;
+    for (const auto & [key, value] : kv) {
+        gguf_set_val_str(out.p, key.c_str(), value.c_str());
+    }
+    set_adapter_kv(out.p, arch_of(adapter->model), adapter->alpha);
+    size_t bytes = ggml_tensor_overhead();
+    for (const auto & [name, w] : adapter->ab_map) {
+        bytes += ggml_nbytes(w.a) + ggml_nbytes(w.b) + 2 * ggml_tensor_overhead();
+    }
+    GgmlPtr host(bytes);
+    for (const auto & [name, w] : adapter->ab_map) {
+        for (const ggml_tensor * t : {w.a, w.b}) {
+            ggml_tensor * copy = ggml_dup_tensor(host.p, t);   // the adapter may live on a GPU
+            ggml_set_name(copy, t->name);
+            ggml_backend_tensor_get(t, copy->data, 0, ggml_nbytes(t));
+            gguf_add_tensor(out.p, copy);
+        }
+    }
+    write_gguf(out.p, out_path);
+}
+
+namespace {
+
+struct Loaded {
+    std::unique_ptr<Model> model;
+    llama_adapter_lora * adapter = nullptr;   // freed with the model
+
+    Loaded(const std::string & model_path, const std::string & adapter_file) {
+        model = std::make_unique<Model>(model_path, 0, false);
+        if (!adapter_file.empty()) {
+            adapter = llama_adapter_lora_init(model->get(), adapter_file.c_str());
+            if (!adapter) {
+                throw Error("could not load the LoRA adapter " + adapter_file + " onto " + model_path +
+                            ": " + last_log_error());
+            }
+        }
+    }
+};
+
+} // namespace
+
+void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
+                   const std::map<std::string, std::string> & kv) {
+    init();
+    Loaded loaded(base_path, adapter_file);
+    save_weights(loaded.model->get(), Metadata(base_path), out_path, kv, loaded.adapter);
+}
+
+std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
+                          const std::string & adapter_file, int n_threads) {
+    init();
+    Loaded loaded(model_path, adapter_file);
+    llama_model * model = loaded.model->get();
+    const int n = (int) tokens.size();
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = std::max(n, 8);
+    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    std::unique_ptr<llama_context, decltype(&llama_free)> ctx(llama_init_from_model(model, cp), llama_free);
+    if (!ctx) {
+        throw Error("could not create a context: " + last_log_error());
+    }
+    if (loaded.adapter) {
+        float scale = 1.0f;
+        llama_set_adapters_lora(ctx.get(), &loaded.adapter, 1, &scale);
+    }
+    llama_batch batch = llama_batch_init(n, 0, 1);
+    batch.n_tokens = n;
+    for (int i = 0; i < n; ++i) {
+        batch.token[i] = tokens[i];
+        batch.pos[i] = i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = true;
+    }
+    const int rc = llama_decode(ctx.get(), batch);
+    llama_batch_free(batch);
+    if (rc != 0) {
+        throw Error("decode failed: " + last_log_error());
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    std::vector<float> out((size_t) n * n_vocab);
+    for (int i = 0; i < n; ++i) {
+        memcpy(out.data() + (size_t) i * n_vocab, llama_get_logits_ith(ctx.get(), i), n_vocab * sizeof(float));
+    }
+    return out;
+}
+
+} // namespace dnd
