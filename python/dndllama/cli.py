@@ -102,7 +102,11 @@ def _add_train_command(groups) -> None:
         ("--base", str, "MODEL", "base model: 'embedded' (Gemma 3 270M), a .gguf, a Hugging Face folder or id"),
         ("--epochs", int, "N", "passes over the training data"),
         ("--max-steps", int, "N", "stop after N optimizer steps"),
-        ("--lr", float, "LR", "peak learning rate"),
+        ("--lr", float, "LR", "peak learning rate of full fine-tuning"),
+        ("--method", str, "HOW", "full, lora (frozen base + adapter, merged for the app) or auto (default: full "
+                                 "when it fits this machine's memory, see --plan)"),
+        ("--lora-rank", int, "R", "LoRA rank (default 16)"),
+        ("--lora-lr", float, "LR", "peak learning rate of LoRA (default 5e-4)"),
         ("--ctx", int, "TOKENS", "training window (multiple of 256)"),
         ("--size-cap", str, "SIZE", "largest model file the app accepts, e.g. 2GB"),
         ("--quant", str, "TYPE", "quantization type, or auto (best type under the cap)"),
@@ -130,6 +134,8 @@ def _add_train_command(groups) -> None:
     train.add_argument("--no-gate", dest="gate", action="store_const", const=False, default=None,
                        help="promote the new version even when it does not beat the base model")
     train.add_argument("--quiet", action="store_true", help="no per-step progress")
+    train.add_argument("--plan", action="store_true", help="print the memory each method would need for this "
+                       "base and context, and the method auto picks; train nothing")
 
 
 def _add_models_commands(groups) -> None:
@@ -297,7 +303,8 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 
 TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
                    "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every",
-                   "eval_every", "select_by", "quant_f1_tolerance", "validate_turns", "min_f1_gain", "gate")
+                   "eval_every", "select_by", "quant_f1_tolerance", "validate_turns", "min_f1_gain", "gate",
+                    "method", "lora_rank", "lora_lr")
 GATE_FAILED = 3   # exit status: trained and kept, but not promoted
 
 
@@ -305,6 +312,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import pipeline
 
     config = load_config(args.data or DEFAULT_DATA_DIR, {k: getattr(args, k) for k in TRAIN_OVERRIDES})
+    if args.plan:
+        print(pipeline.memory_plan(config))
+        return 0
     try:
         outcome = pipeline.run(config, force=args.force, quiet=args.quiet, require_resume=args.resume)
     except KeyboardInterrupt:
@@ -328,6 +338,9 @@ def _print_outcome(outcome) -> None:
     print(f"  modelPath:  {json.dumps(cactus['modelPath'])}")
     print(f"  mmprojPath: {json.dumps(cactus['mmprojPath'])}"
           + ("  (text-only model: no projector)" if cactus["mmprojPath"] is None else ""))
+    if meta.get("adapter_file"):
+        print(f"  adapter:    {version.path / meta['adapter_file']}  (LoRA over the base {meta['base']['source']}; "
+              "already merged into modelPath)")
     print(f"  snippet:    {version.path / 'cactus.ts'}")
     print(f"  config:     {version.path / 'cactus.config.json'}"
           + (f" (also {version.path.parent / 'cactus.config.json'})" if outcome.promoted else ""))

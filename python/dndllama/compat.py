@@ -219,7 +219,7 @@ llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
 start = time.perf_counter()
 try:
     llm = llama_cpp.Llama(model_path=req["model"], n_ctx=req["n_ctx"], n_threads=req["n_threads"],
-                          n_gpu_layers=0, seed=req["seed"], verbose=False)
+                          n_gpu_layers=0, seed=req["seed"], verbose=False, lora_path=req.get("lora"))
 except Exception as exc:  # the cause is in llama.cpp's error log lines
     errors = [text.strip() for level, text in log if level == ERROR and text.strip()]
     out["error"] = "\n".join(errors) or str(exc)
@@ -393,14 +393,15 @@ def check_runtime(model_path: str | Path, runtime: str = DEFAULT_RUNTIME, messag
                   expected_prompt: str | None = None, max_tokens: int = 48, seed: int = 0,
                   expected_tokens: list[int] | None = None, n_ctx: int = 4096,
                   vocab: Vocabulary | None = None, cache_dir: str | Path | None = None,
-                  timeout: float = 600) -> CompatReport:
+                  timeout: float = 600, lora: str | Path | None = None) -> CompatReport:
     """Load `model_path` in the runtime's own llama.cpp, render `messages` with the GGUF's template
     there, generate greedily, and compare with what training used.
 
     expected_prompt: dndllama's training rendering *with the BOS token's text first* when the
     tokenizer adds one, e.g. "<bos>" + render_gemma(messages, add_generation_prompt=True); it is
     compared with the runtime's effective prompt (BOS text + rendered template). expected_tokens:
-    the training token ids for the same prompt, compared with the runtime's tokenization.
+    the training token ids for the same prompt, compared with the runtime's tokenization. lora: a
+    GGUF LoRA adapter loaded over the model, as the app's `lora` option does.
     """
     env = require_runtime_env(runtime, cache_dir)
     model_path = Path(model_path)
@@ -408,7 +409,8 @@ def check_runtime(model_path: str | Path, runtime: str = DEFAULT_RUNTIME, messag
     report = CompatReport(model=str(model_path), runtime=runtime, expected_prompt=expected_prompt,
                           static_problems=static_problems(model_path, runtime))
     request = {"model": str(model_path.resolve()), "messages": messages, "max_tokens": max_tokens,
-               "seed": seed, "n_ctx": n_ctx, "n_threads": max(1, os.cpu_count() or 1)}
+               "seed": seed, "n_ctx": n_ctx, "n_threads": max(1, os.cpu_count() or 1),
+               "lora": str(Path(lora).resolve()) if lora else None}
     with tempfile.TemporaryDirectory(prefix="dndllama-compat-") as tmp:
         req_path, out_path = Path(tmp, "request.json"), Path(tmp, "report.json")
         req_path.write_text(json.dumps(request))

@@ -36,6 +36,7 @@ class Sampling:
 
 
 SELECT_BY = ("tool_f1", "loss")
+METHODS = ("auto", "full", "lora")
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Config:
     weight_decay: float = 0.01
     grad_accum: int = 1
     trainable: str = ""                  # regex over tensor names; "" = every trainable tensor
+    method: str = "auto"                 # "full", "lora" (frozen base + adapter), "auto": full when it fits
+    lora_rank: int = 16
+    lora_alpha: float = 32.0             # adapter output scale alpha / rank
+    lora_targets: str = "attn_(q|k|v|output)|ffn_(gate|up|down)"   # regex over block weights
+    lora_lr: float = 5e-4                # LoRA's learning rate (lr is full fine-tuning's)
     patience: int = 2                    # evaluations without a better validation loss before stopping
     save_every: int = 50                 # steps between checkpoints (resume points)
     eval_every: int = 0                  # steps between evaluations (0 = at each epoch's end only)
@@ -85,11 +91,17 @@ class Config:
         return parse_size(self.size_cap)
 
     def training_settings(self) -> dict:
-        """The settings a trained model depends on (part of the training stage's cache key)."""
-        keys = ("ctx", "val_fraction", "augment", "seed", "epochs", "max_steps", "lr", "lr_min_ratio",
-                "warmup", "weight_decay", "grad_accum", "trainable", "patience", "eval_every",
-                "checkpoint_candidates")
-        return {k: getattr(self, k) for k in keys}
+        """The settings a trained model depends on (part of the training stage's cache key); the
+        method as resolved, with the settings of that method only."""
+        keys = ("ctx", "val_fraction", "augment", "seed", "epochs", "max_steps", "lr_min_ratio",
+                "warmup", "weight_decay", "grad_accum", "patience", "eval_every", "checkpoint_candidates")
+        keys += (("lora_rank", "lora_alpha", "lora_targets", "lora_lr") if self.method == "lora"
+                 else ("lr", "trainable"))
+        return {k: getattr(self, k) for k in keys} | ({"method": "lora"} if self.method == "lora" else {})
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lora_lr if self.method == "lora" else self.lr
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,7 +168,9 @@ def _validate(c: Config, where: str) -> None:
         (0 <= c.val_fraction < 1, "val_fraction must be in [0, 1)"),
         (c.epochs > 0, "epochs must be positive"),
         (c.max_steps >= 0, "max_steps must be 0 (no limit) or positive"),
-        (c.lr > 0, "lr must be positive"),
+        (c.lr > 0 and c.lora_lr > 0, "lr and lora_lr must be positive"),
+        (c.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+        (c.lora_rank > 0 and c.lora_alpha > 0, "lora_rank and lora_alpha must be positive"),
         (0 <= c.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
         (c.grad_accum > 0, "grad_accum must be positive"),
         (c.patience >= 0, "patience must be 0 (off) or positive"),

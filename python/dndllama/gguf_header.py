@@ -23,11 +23,23 @@ class GGUFError(ValueError):
 
 
 @dataclass
+class Tensor:
+    dims: tuple[int, ...]     # ggml order: dims[0] is the row length
+    type: str
+    nbytes: int
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.dims)
+
+
+@dataclass
 class Header:
     arch: str
     tensor_types: set[str]
     kv: dict = field(default_factory=dict)     # scalar and string values; arrays by length only
     array_lengths: dict = field(default_factory=dict)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
 
 
 def read_header(path: str | Path) -> Header:
@@ -85,16 +97,17 @@ class _Parser:
             (lengths if kind == ARRAY else kv)[key] = value
         if "general.architecture" not in kv:
             raise GGUFError("no general.architecture in the metadata")
-        types, data_end = set(), 0
+        types, data_end, tensors = set(), 0, {}
         for _ in range(n_tensors):
-            self.string()
-            dims = [self.take("Q") for _ in range(self.take("I"))]
+            name = self.string()
+            dims = tuple(self.take("Q") for _ in range(self.take("I")))
             qtype, offset = GGMLQuantizationType(self.take("I")), self.take("Q")
             block, size = GGML_QUANT_SIZES[qtype]
             types.add(qtype.name)
-            data_end = max(data_end, offset + math.prod(dims) // block * size)
+            tensors[name] = Tensor(dims, qtype.name, math.prod(dims) // block * size)
+            data_end = max(data_end, offset + tensors[name].nbytes)
         alignment = int(kv.get("general.alignment", 32))
         data_start = -(-self.pos // alignment) * alignment
         if types and data_start + data_end > len(self.buf):
             raise GGUFError(f"tensor data ends at byte {data_start + data_end}, the file has {len(self.buf)}")
-        return Header(kv["general.architecture"], types, kv, lengths)
+        return Header(kv["general.architecture"], types, kv, lengths, tensors)

@@ -25,18 +25,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, registry
+from . import __version__, plan, registry
 from .base import BaseModel, resolve_base
 from .config import Config
 from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
 from .export import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
+from .gguf_header import read_header
 from .quantize import QuantChoice, candidates, choose_quant, human_size
 from .runtime import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
 from .scenarios import ERROR, load_folder, scenario_files
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
-from .train import Arrays, TrainingError, TrainOutcome, train_model
+from .train import Arrays, TrainingError, TrainOutcome, adapter_of, train_model
 from .validate import make_report
 
 STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
@@ -189,6 +190,8 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
     base = resolve_base(config.base, cache, say)
     runtime.check_architecture(base.arch)
+    config, why = plan.resolve(config, base.gguf)
+    say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
     dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
                          config.seed, code_version())
@@ -228,9 +231,16 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
         checkpoint, checkpoint_rows = select_checkpoint(run_dir, _candidates(trained), judge, say)
     choice, quant_rows = quantize_stage(config, runtime, checkpoint, run_dir, judge if by_task else None, say)
 
-    return _ship(config, base, data, data_key, stats, trained, choice, run_dir, models_dir, cache,
+    adapter = adapter_of(checkpoint) if config.method == "lora" else None
+    return _ship(config, base, data, data_key, stats, trained, choice, adapter, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
                  previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, say)
+
+
+def memory_plan(config: Config, say: Callable[[str], None] = print) -> str:
+    """`dndllama train --plan`: the memory plan of both methods for the configured base."""
+    base = resolve_base(config.base, Path(config.cache_dir).expanduser(), say)
+    return plan.describe(read_header(base.gguf), config)
 
 
 def _candidates(trained: TrainOutcome) -> list[dict]:
@@ -283,16 +293,22 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
         plot = run_dir / PLOT_FILE
         return TrainOutcome(model, read_json(run_dir / SUMMARY_FILE, {}), run_dir / LOG_FILE,
                             plot if plot.exists() else None)
-    start = base.train_path
+    start, adapter = base.train_path, None
+    if config.method == "lora" and plan.estimate(read_header(base.gguf), config, "lora").weights_from != "F32 copy":
+        start = base.gguf   # the F32 copy does not fit: LoRA on the base as stored (QLoRA)
     if parent:
-        start = Path(parent["run_dir"]) / MODEL_FILE
+        if config.method == "lora":   # the adapter stays relative to the base, so it can be swapped in
+            adapter = adapter_of(Path(parent["run_dir"]) / MODEL_FILE)
+        else:
+            start = Path(parent["run_dir"]) / MODEL_FILE
         config = replace(config, epochs=WARM_START_EPOCHS)
         say(f"training: data was only added since {parent['version']}: warm start from its weights, "
             f"{WARM_START_EPOCHS} epoch over all data")
     ensure_disk(run_dir, 3 * start.stat().st_size, "training (two checkpoints and the final model)")
-    say(f"training {base.arch} from {start.name}: ctx {config.ctx}, lr {config.lr}, "
+    how = f"LoRA rank {config.lora_rank}" if config.method == "lora" else "full fine-tuning"
+    say(f"training {base.arch} from {start.name} ({how}): ctx {config.ctx}, lr {config.learning_rate}, "
         f"{config.epochs} epoch(s){f', at most {config.max_steps} steps' if config.max_steps else ''}")
-    outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say)
+    outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say, adapter)
     s = outcome.summary
     say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
         f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
@@ -300,8 +316,8 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     return outcome
 
 
-def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run_dir, models_dir, cache, keys,
-          previous, parent, judge: Judge, choices: dict, say) -> Outcome:
+def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, adapter: Path | None, run_dir,
+          models_dir, cache, keys, previous, parent, judge: Judge, choices: dict, say) -> Outcome:
     """Check the quantized model, then publish it as a new version and make it current."""
     from . import _native
     from .cactus import cactus_config
@@ -314,6 +330,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     smoke = smoke_test(model, (data.validation or data.train)[0], config.app_ctx)
     say(f"loads and answers: {smoke.reply[:100]!r} ({smoke.gen_tokens_per_s:.0f} tokens/s)")
     runtime_check = old_runtime_check(model, choice.path, (data.validation or data.train)[0], config, say)
+    if adapter:
+        runtime_check["adapter"] = adapter_runtime_check(base, adapter, (data.validation or data.train)[0], config, say)
     del model
     report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], judge, choices, say)
     passed, verdict = gate(report, config.min_f1_gain)
@@ -322,6 +340,10 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     staged = registry.staging_dir(models_dir, name)
     model_file = f"{config.name}-{name}-{choice.type.lower()}.gguf"
     _link_or_copy(choice.path, staged / model_file)
+    adapter_file = None
+    if adapter:   # small and hot-swappable: the app may load it over the base instead
+        adapter_file = f"{config.name}-{name}-lora.gguf"
+        _link_or_copy(adapter, staged / adapter_file)
     for extra in (trained.log, trained.plot):
         if extra and extra.exists():
             shutil.copy2(extra, staged / extra.name)
@@ -333,7 +355,7 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, run
     # the report names the file as published, not its place in the cache
     write_report(replace(report, model=replace(report.model, path=str(final_model))), staged, train_log=trained.log)
     write_json(staged / registry.METADATA, {
-        "name": config.name, "version": name, "model_file": model_file,
+        "name": config.name, "version": name, "model_file": model_file, "adapter_file": adapter_file,
         "parent": previous.name if previous else None,
         "warm_start_from": parent["version"] if parent else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -420,6 +442,25 @@ def old_runtime_check(model, path: Path, conversation: Conversation, config: Con
     say(f"{config.runtime} ({report.runtime_version}) loads it, renders the prompt token for token as in "
         f"training and answers ({report.tokens_per_s:.0f} tokens/s; tool calls: {calls})")
     return report_json(report)
+
+
+def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversation, config: Config, say) -> dict:
+    """Load the LoRA adapter over the base in the app's llama.cpp, as its `lora` option would. The
+    merged model is what ships, so a failure here is reported, not fatal."""
+    from .compat import check_runtime, find_runtime_env
+
+    if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
+        return {"skipped": "the app's runtime is not installed"}
+    from .export import first_exchange
+
+    messages = first_exchange(conversation.messages)[:-1]
+    report = check_runtime(base.gguf, config.runtime, messages, n_ctx=config.app_ctx, max_tokens=8, lora=adapter)
+    if report.loaded and not report.error:
+        say(f"{config.runtime} ({report.runtime_version}) loads the LoRA adapter over {base.gguf.name} and answers")
+        return {"loaded": True, "generated_tokens": report.generated_tokens}
+    say(f"warning: {config.runtime} could not use the LoRA adapter over {base.gguf.name}: {report.error}; "
+        "the merged model is unaffected")
+    return {"loaded": False, "error": report.error}
 
 
 def _runtime(name: str):

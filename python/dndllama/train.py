@@ -8,6 +8,9 @@ A run lives in one folder:
   loss.png            the loss curves
   model-f32.gguf      the best checkpoint by validation loss, else the last
   candidates/         the other candidates, for choosing by tool-call F1 (pipeline.select_checkpoint)
+
+With LoRA every model file x.gguf (the merged model) has its adapter next to it, x.lora.gguf, and the
+two move and go together.
 """
 
 from __future__ import annotations
@@ -76,17 +79,33 @@ def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[st
 
     o = _native.TrainOptions()
     o.n_ctx, o.epochs, o.max_steps = config.ctx, config.epochs, config.max_steps or -1
-    o.lr, o.lr_min_ratio, o.weight_decay = config.lr, config.lr_min_ratio, config.weight_decay
+    o.lr, o.lr_min_ratio, o.weight_decay = config.learning_rate, config.lr_min_ratio, config.weight_decay
     o.warmup_steps = int(config.warmup * steps)
     o.grad_accum, o.trainable, o.seed = config.grad_accum, config.trainable, config.seed
     o.n_threads, o.n_gpu_layers = config.threads, config.gpu_layers
     o.checkpoint_dir, o.save_every, o.eval_every, o.kv = str(checkpoint_dir), config.save_every, config.eval_every, kv
+    if config.method == "lora":
+        o.method, o.lora_rank, o.lora_alpha, o.lora_targets = "lora", config.lora_rank, config.lora_alpha, config.lora_targets
     return o
 
 
+def adapter_of(model: Path) -> Path:
+    """The LoRA adapter saved next to a merged model file."""
+    from . import _native
+
+    return Path(_native.adapter_path(str(model)))
+
+
+def _move(src: Path, dst: Path) -> None:
+    os.replace(src, dst)
+    if adapter_of(src).exists():
+        os.replace(adapter_of(src), adapter_of(dst))
+
+
 def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, kv: dict[str, str],
-                quiet: bool = False, say=print) -> TrainOutcome:
-    """Train (or resume training) in `run_dir`; returns the chosen model. Safe to kill at any time."""
+                quiet: bool = False, say=print, adapter: Path | None = None) -> TrainOutcome:
+    """Train (or resume training) in `run_dir`; returns the chosen model. Safe to kill at any time.
+    With LoRA, `adapter` is where training starts (a warm start), else a fresh one."""
     from . import _native
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,9 +113,14 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     state = _resume_state(log_path, config)
     steps = total_steps(len(arrays.tokens), config)
     options = native_options(config, steps, checkpoints, kv)
+    options.lora_init = str(adapter) if adapter else ""
     start = base_path
     if state.resume_from:
-        start, options.start_step = state.resume_from, state.resume_step
+        options.start_step = state.resume_step
+        if config.method == "lora":
+            options.lora_init = str(adapter_of(state.resume_from))   # the base stays the original
+        else:
+            start = state.resume_from
         say(f"resuming from {state.resume_from.name} at step {state.resume_step}/{steps} "
             "(optimizer moments restart)")
     view = _ProgressView(steps, state.resume_step, quiet)
@@ -134,13 +158,13 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
 def _keep_candidates(state: _State, chosen: Path, run_dir: Path) -> list[dict]:
     """The best checkpoint by validation loss becomes model-f32.gguf; the other candidates move to
     candidates/, where a later stage may prefer one of them by tool-call F1."""
-    os.replace(chosen, run_dir / MODEL_FILE)
+    _move(chosen, run_dir / MODEL_FILE)
     kept = []
     for val_loss, step, path in state.candidates or [(None, state.resume_step, chosen)]:
         name = MODEL_FILE if path == chosen else f"{CANDIDATES_DIR}/{path.name}"
         if path != chosen:
             (run_dir / CANDIDATES_DIR).mkdir(exist_ok=True)
-            os.replace(path, run_dir / name)
+            _move(path, run_dir / name)
         kept.append({"file": name, "step": step, "val_loss": val_loss, "checkpoint": path.name})
     return kept
 
@@ -176,6 +200,7 @@ def _remove(path: Path | None, keep: Path | None) -> None:
     # checkpoints are ~4 bytes per parameter: keep only the resume point and the candidates
     if path is not None and path != keep:
         path.unlink(missing_ok=True)
+        adapter_of(path).unlink(missing_ok=True)
 
 
 def _resume_state(path: Path, config: Config) -> _State:
