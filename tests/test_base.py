@@ -72,6 +72,30 @@ def make_hf_gemma3(folder, seed=0):
     return folder, model
 
 
+def make_hf_gemma3_vision(folder):
+    """The same text model inside a tiny Gemma3ForConditionalGeneration with a SigLIP vision tower,
+    saved with the Hub's tensor names (google/gemma-3-4b-it keeps SigLIP under vision_model.) and
+    the preprocessor config the projector's conversion reads."""
+    torch, transformers = hf_modules()
+    from safetensors.torch import load_file, save_file
+
+    folder, text = make_hf_gemma3(folder)
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=64, patch_size=16)
+    config = transformers.Gemma3Config(text_config=text.config.to_dict(), vision_config=vision.to_dict(),
+                                       mm_tokens_per_image=4, boi_token_index=4, eoi_token_index=5, image_token_index=3)
+    for old in folder.glob("*.safetensors"):
+        old.unlink()
+    transformers.Gemma3ForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
+    weights = folder / "model.safetensors"
+    tensors = {("vision_tower.vision_model." + k.removeprefix("vision_tower.") if k.startswith("vision_tower.") else k): v
+               for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_seq_length": 4, "size": {"height": 64, "width": 64}}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def hf_gemma3(tmp_path_factory):
     return make_hf_gemma3(tmp_path_factory.mktemp("hf") / "tiny-gemma3")
@@ -165,6 +189,21 @@ def test_a_cut_off_checkpoint_fails_with_the_converters_error_and_leaves_no_gguf
     logs = list((cache / "converted").glob("*.log"))
     assert len(logs) == 1 and str(logs[0]) in message and "Traceback" in logs[0].read_text()
     assert not list((cache / "converted").glob("*.gguf*")) and not list((cache / "converted").glob(".*"))
+
+
+def test_a_vision_checkpoint_converts_its_projector_too(tmp_path, monkeypatch):
+    folder = make_hf_gemma3_vision(tmp_path / "tiny-gemma3-vision")
+    cache = tmp_path / "cache"
+    b = resolve_base(str(folder), cache_dir=cache)
+    assert b.arch == "gemma3" and b.mmproj.parent == cache / "converted" and b.mmproj.name.startswith("mmproj-")
+    projector = GGUFReader(str(b.mmproj))
+    field = lambda key: bytes(projector.fields[key].parts[-1]).decode()  # noqa: E731
+    assert field("general.architecture") == "clip" and field("clip.projector_type") == "gemma3"
+    names = {t.name for t in projector.tensors}
+    assert "v.patch_embd.weight" in names and "mm.input_projection.weight" in names
+    assert not any(n.startswith("blk.") for n in names)   # the text model is in the other file
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert resolve_base(str(folder), cache_dir=cache).mmproj == b.mmproj   # converted once
 
 
 def test_gemma3n_folder_is_refused_before_converting(tmp_path, monkeypatch):

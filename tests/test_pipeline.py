@@ -388,3 +388,20 @@ def test_auto_method_and_the_plan(project, capsys):
     assert "memory plan" in out and "full:" in out and "lora:" in out and "peak (estimate)" in out
     assert not (project.root / "planned").exists()   # a plan trains nothing
 
+
+def test_a_base_with_a_projector_ships_it_inside_the_version(project, tiny_base, tmp_path):
+    folder = tmp_path / "vision-base"
+    folder.mkdir()
+    model = folder / "tiny.gguf"
+    shutil.copy(tiny_base, model)
+    writer = gguf.GGUFWriter(str(folder / "mmproj-tiny-f16.gguf"), "clip")
+    writer.add_tensor("v.patch_embd.weight", np.ones((4, 4), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    outcome, _ = train(project, base=str(model))
+    shipped = outcome.version.path / "mmproj-tiny-f16.gguf"
+    assert outcome.cactus["mmprojPath"] == str(shipped.resolve())   # the version's own copy, not the source
+    assert shipped.read_bytes() == (folder / "mmproj-tiny-f16.gguf").read_bytes()
+    assert "CactusVLM" in (outcome.version.path / "cactus.ts").read_text()

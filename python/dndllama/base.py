@@ -66,12 +66,11 @@ def resolve_base(spec: str, cache_dir: str | Path, progress=print) -> BaseModel:
     else:
         path = Path(spec).expanduser()
         if path.is_file():
-            # only a file the user placed can have a projector beside it; the cache holds none
             gguf_path, source, mmproj = path, spec, _sibling_mmproj(path)
         elif path.is_dir():
-            gguf_path, source = convert_hf_folder(path, cache, progress), spec
+            (gguf_path, mmproj), source = convert_hf_folder(path, cache, progress), spec
         elif HF_ID.match(spec) and not spec.endswith(".gguf"):
-            gguf_path, source = convert_hf_folder(download_hf(spec, cache, progress), cache, progress), spec
+            (gguf_path, mmproj), source = convert_hf_folder(download_hf(spec, cache, progress), cache, progress), spec
         else:
             raise BaseModelError(f"base '{spec}' is neither a file, a folder nor a Hugging Face id "
                                  "(org/name); pass a .gguf file, a checkpoint folder, or 'embedded'")
@@ -152,15 +151,17 @@ def embedded_gguf() -> Path:
 # ---------------------------------------------------------------- Hugging Face
 
 
-def convert_hf_folder(folder: Path, cache: Path, progress) -> Path:
+def convert_hf_folder(folder: Path, cache: Path, progress) -> tuple[Path, Path | None]:
     """Convert a Hugging Face checkpoint with the pinned converter (F32), once per folder content
-    and converter version."""
+    and converter version; with a vision tower (config.json's vision_config) also its projector
+    (F16), which the app loads as mmprojPath. Returns (model, projector or None)."""
     config = folder / "config.json"
     if not config.is_file():
         raise BaseModelError(f"{folder} has no config.json: it is not a Hugging Face checkpoint folder; "
                              "pass the folder that holds config.json and the *.safetensors, or a .gguf file")
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "?")
+        hparams = json.loads(config.read_text(encoding="utf-8"))
+        model_type = hparams.get("model_type", "?")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise BaseModelError(f"{config} is not a readable config ({e}); download the checkpoint again") from None
     check_trainable(HF_MODEL_TYPES.get(model_type, model_type), str(folder))
@@ -171,8 +172,9 @@ def convert_hf_folder(folder: Path, cache: Path, progress) -> Path:
         if f.is_file():
             digest.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     out = cache / "converted" / f"{folder.name}-{digest.hexdigest()[:12]}-f32.gguf"
-    if out.exists():
-        return out
+    mmproj = out.with_name(f"mmproj-{folder.name}-{digest.hexdigest()[:12]}-f16.gguf") if "vision_config" in hparams else None
+    if out.exists() and (mmproj is None or mmproj.exists()):
+        return out, mmproj
     if not CONVERTER.exists():
         raise BaseModelError(f"{CONVERTER} is missing: reinstall dndllama from its source tree "
                              "(pip install -e .) so the pinned llama.cpp converter is unpacked")
@@ -180,22 +182,28 @@ def convert_hf_folder(folder: Path, cache: Path, progress) -> Path:
     weights = human_size(sum(f.stat().st_size for f in folder.glob("*.safetensors")))
     progress(f"converting {folder} ({weights} of weights) to an F32 GGUF with llama.cpp's "
              "convert_hf_to_gguf.py, once ...")
-    log = out.with_suffix(".log")
     start = time.monotonic()
+    _convert(folder, out, ["--outtype", "f32"])
+    if mmproj:
+        _convert(folder, mmproj, ["--outtype", "f16", "--mmproj"])
+    progress(f"converted in {time.monotonic() - start:.0f} s: {out}" + (f" and {mmproj.name}" if mmproj else ""))
+    return out, mmproj
+
+
+def _convert(folder: Path, out: Path, flags: list[str]) -> None:
+    log = out.with_suffix(".log")
     # the folder is local: offline mode makes any stray Hub look-up fail at once instead of hanging
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with atomic_path(out) as tmp:
-        run = subprocess.run([sys.executable, str(CONVERTER), str(folder), "--outfile", str(tmp), "--outtype", "f32"],
+        run = subprocess.run([sys.executable, str(CONVERTER), str(folder), "--outfile", str(tmp), *flags],
                              capture_output=True, text=True, env=env)
         log.write_text(run.stdout + run.stderr, encoding="utf-8")
         if run.returncode != 0:
             lines = [line for line in run.stderr.splitlines() if line.strip()]
             tail = "\n  ".join(lines[-5:]) or "(no output: killed, out of memory?)"
-            raise BaseModelError(f"converting {folder} failed (exit code {run.returncode}):\n  {tail}\n"
+            raise BaseModelError(f"converting {folder} {' '.join(flags)} failed (exit code {run.returncode}):\n  {tail}\n"
                                  f"Full log: {log}. Check that the checkpoint is complete (config.json, "
                                  "*.safetensors, tokenizer files), or pass a .gguf file instead")
-    progress(f"converted in {time.monotonic() - start:.0f} s: {out}")
-    return out
 
 
 def _ensure_torch(progress) -> None:

@@ -348,7 +348,11 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
         if extra and extra.exists():
             shutil.copy2(extra, staged / extra.name)
     final_model = models_dir / name / model_file
-    cactus = cactus_config(final_model, base.mmproj, config, data.vocab, choice.type, name)
+    mmproj = None
+    if base.mmproj:   # the version folder holds everything the app loads, whatever happens to the cache
+        _link_or_copy(base.mmproj, staged / base.mmproj.name)
+        mmproj = models_dir / name / base.mmproj.name
+    cactus = cactus_config(final_model, mmproj, config, data.vocab, choice.type, name)
     write_json(staged / registry.CACTUS_CONFIG, cactus)
     write_text(staged / "cactus.ts", cactus_ts(cactus))
     write_text(staged / "llama.rn.ts", llama_rn_ts(cactus))
