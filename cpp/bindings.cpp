@@ -259,11 +259,12 @@ PYBIND11_MODULE(_native, m) {
           "Mean loss and accuracy over labelled positions, by plain inference (optionally with a LoRA adapter).");
 
     m.def("quantize",
-          [](const std::string & in, const std::string & out, const std::string & type, int n_threads) {
+          [](const std::string & in, const std::string & out, const std::string & type, int n_threads,
+             const std::string & token_embedding_type) {
               QuantizeResult r;
               {
                   py::gil_scoped_release release;
-                  r = quantize(in, out, type, n_threads);
+                  r = quantize(in, out, type, n_threads, token_embedding_type);
               }
               py::dict d;
               d["in_bytes"] = r.in_bytes;
@@ -272,6 +273,7 @@ PYBIND11_MODULE(_native, m) {
               return d;
           },
           py::arg("in_path"), py::arg("out_path"), py::arg("type"), py::arg("n_threads") = 0,
+          py::arg("token_embedding_type") = "",
           "Quantize (or dequantize, with F32/F16) a GGUF; writes atomically.");
 
     m.def("adapter_path", &adapter_path, py::arg("model_path"),

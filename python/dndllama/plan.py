@@ -3,8 +3,8 @@
 `dndllama train --plan` prints it; `method = "auto"` uses it to choose full fine-tuning when that
 fits this machine and LoRA when it does not. The estimate adds up, from the base's GGUF header:
 
-  weights        the model as training loads it (full: an F32 copy; LoRA: F32 if it fits, else the
-                 base as stored, frozen)
+  weights        the model as training loads it (full: an F32 copy, token_embd as stored; LoRA: that
+                 copy if it fits, else the base as stored, frozen)
   trained state  per trained parameter: its gradient and AdamW's two moments (12 bytes), plus the
                  accumulator with gradient accumulation; LoRA's adapter also holds its weights
   activations    what the backward pass keeps per layer, with the attention scores (n_ctx^2 per head)
@@ -12,7 +12,7 @@ fits this machine and LoRA when it does not. The estimate adds up, from the base
   process        Python, the libraries and allocator slack
 
 The per-layer and logits factors are fitted to peak RSS measured on Gemma 3 270M (scripts/
-bench_train.py, ctx 256): full 3.88 GB, LoRA 2.7 GB; the estimate is within about 10 % there.
+bench_train.py, ctx 256 and 768); the estimate is within about 8 % there.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def lora_parameters(h: Header, targets: str, rank: int) -> int:
 def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> Plan:
     """The peak memory of training `h` with `method` ("full" or "lora") under `config`."""
     ram = machine_memory() if ram is None else ram
-    n_all = sum(t.n for t in h.tensors.values())
-    f32_bytes, stored_bytes = n_all * F32, sum(t.nbytes for t in h.tensors.values())
+    # the training copy: F32, but token_embd as stored (base._as_f32)
+    f32_bytes = sum(t.nbytes if name == "token_embd.weight" else t.n * F32 for name, t in h.tensors.items())
+    stored_bytes = sum(t.nbytes for t in h.tensors.values())
     n_ctx, n_layer, n_vocab = config.ctx, _dim(h, "block_count"), max(h.array_lengths.get("tokenizer.ggml.tokens", 0), 1)
     per_layer = n_ctx * (ACT_PER_EMBD * _dim(h, "embedding_length") + ACT_PER_FF * _dim(h, "feed_forward_length")
                          + ACT_PER_SCORE * _dim(h, "attention.head_count") * n_ctx) * F32
@@ -83,10 +84,10 @@ def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> 
     if method == "full":
         n_train = sum(t.n for name, t in h.tensors.items() if name not in FROZEN)
         return Plan("full", "F32 copy", n_train,
-                    [("weights (F32)", f32_bytes), ("gradients + AdamW", n_train * (3 * F32 + accum))] + shared, ram)
+                    [("weights (F32 copy)", f32_bytes), ("gradients + AdamW", n_train * (3 * F32 + accum))] + shared, ram)
     n_train = lora_parameters(h, config.lora_targets, config.lora_rank)
     adapter = [("adapter + gradients + AdamW", n_train * (4 * F32 + accum))]
-    f32 = Plan("lora", "F32 copy", n_train, [("weights (F32, frozen)", f32_bytes)] + adapter + shared, ram)
+    f32 = Plan("lora", "F32 copy", n_train, [("weights (F32 copy, frozen)", f32_bytes)] + adapter + shared, ram)
     if f32.fits or stored_bytes >= f32_bytes:
         return f32
     return replace(f32, weights_from="as stored", rows=[("weights (as stored, frozen)", stored_bytes)] + adapter + shared)
