@@ -452,11 +452,10 @@ def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversa
     """Load the LoRA adapter over the base in the app's llama.cpp, as its `lora` option would. The
     merged model is what ships, so a failure here is reported, not fatal."""
     from .compat import check_runtime, find_runtime_env
+    from .export import first_exchange
 
     if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
         return {"skipped": "the app's runtime is not installed"}
-    from .export import first_exchange
-
     messages = first_exchange(conversation.messages)[:-1]
     report = check_runtime(base.gguf, config.runtime, messages, n_ctx=config.app_ctx, max_tokens=8, lora=adapter)
     if report.loaded and not report.error:
