@@ -44,12 +44,19 @@ def gelu_tanh(x):
 
 # ---- backward passes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("op", ["geglu", "gelu", "swiglu"])
+# op -> inputs (each [16, 3]); outputs: concat0 [32, 3], concat1 [16, 6], the transposed ones [3, 16]
+OPS = {"geglu": 2, "gelu": 1, "swiglu": 2,
+       # gemma3n (patch 0006)
+       "tanh": 1, "concat0": 2, "concat1": 2, "mean_centered": 1, "magnitude_matched": 2,
+       "transposed_scale": 1, "transposed_rms_norm": 1, "transposed_plus_square": 1}
+OUTPUT_SIZE = {"concat0": 96, "concat1": 96}
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_backward_matches_finite_differences(op):
     rng = np.random.default_rng(1)
-    n_inputs = 1 if op == "gelu" else 2
-    inputs = [rng.uniform(-3, 3, 48).astype(np.float32) for _ in range(n_inputs)]
-    weights = rng.uniform(-1, 1, 48).astype(np.float32)
+    inputs = [rng.uniform(-3, 3, 48).astype(np.float32) for _ in range(OPS[op])]
+    weights = rng.uniform(-1, 1, OUTPUT_SIZE.get(op, 48)).astype(np.float32)
     _, grads = op_value(op, inputs, [16, 3], weights)
     # ggml's forward GELU reads an fp16 table, so steps much below 0.1 measure table noise
     numeric = finite_differences(lambda xs: op_value(op, xs, [16, 3], weights)[0], inputs, eps=0.1)
