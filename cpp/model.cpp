@@ -10,6 +10,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -255,7 +256,13 @@ void save_weights(llama_model * model, const Metadata & meta, const std::string 
     }
     ggml_init_params cparams = {off_host + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
     ggml_context * host = ggml_init(cparams);
+    std::set<std::string> written;
     for (const auto & [name, t] : tensors) {
+        // gemma3n creates its tied output before token_embd, so llama.cpp holds two copies of
+        // token_embd.weight (never trained, so equal): write it once
+        if (!written.insert(name).second) {
+            continue;
+        }
         ggml_tensor * src = t;
         if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
             src = ggml_dup_tensor(host, t);
