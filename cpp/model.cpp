@@ -12,6 +12,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -308,7 +309,13 @@ void save_weights(llama_model * model, const Metadata & meta, const std::string 
     }
     ggml_init_params cparams = {host_bytes + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
     ggml_context * host = ggml_init(cparams);
+    std::set<std::string> written;
     for (const auto & [name, t] : tensors) {
+        // gemma3n creates its tied output before token_embd, so llama.cpp holds two copies of
+        // token_embd.weight (never trained, so equal): write it once
+        if (!written.insert(name).second) {
+            continue;
+        }
         ggml_tensor * src = t;
         if (const auto * ab = lora_of(name)) {
             src = ggml_new_tensor(host, GGML_TYPE_F32, GGML_MAX_DIMS, t->ne);

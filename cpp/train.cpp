@@ -522,6 +522,30 @@ std::pair<double, std::vector<std::vector<float>>> op_gradients(
         need(2); out = ggml_swiglu_split(ctx.get(), in[0], in[1]);
     } else if (op == "gelu") {
         need(1); out = ggml_gelu(ctx.get(), in[0]);
+    } else if (op == "tanh") {
+        need(1); out = ggml_tanh(ctx.get(), in[0]);
+    } else if (op == "concat0" || op == "concat1") {
+        need(2); out = ggml_concat(ctx.get(), in[0], in[1], op == "concat0" ? 0 : 1);
+    } else if (op == "mean_centered") {
+        // x - mean(x) per row, the core of gemma3n's activation sparsity: MEAN and a broadcast SUB
+        need(1); out = ggml_sub(ctx.get(), in[0], ggml_mean(ctx.get(), in[0]));
+    } else if (op == "magnitude_matched") {
+        // a * |b| / |a| per row, gemma3n's AltUp projections: broadcast MUL and DIV of row norms
+        need(2);
+        auto norm = [&](ggml_tensor * x) { return ggml_sqrt(ctx.get(), ggml_sum_rows(ctx.get(), ggml_sqr(ctx.get(), x))); };
+        out = ggml_div(ctx.get(), ggml_mul(ctx.get(), in[0], norm(in[1])), norm(in[0]));
+    } else if (op == "transposed_scale" || op == "transposed_rms_norm") {
+        // the gradient reaching SCALE / RMS_NORM is a transposed view (gemma3n's permuted AltUp streams)
+        need(1);
+        ggml_tensor * y = op == "transposed_scale" ? ggml_scale(ctx.get(), in[0], 0.5f) : ggml_rms_norm(ctx.get(), in[0], 1e-6f);
+        out = ggml_cont(ctx.get(), ggml_transpose(ctx.get(), y));
+    } else if (op == "transposed_plus_square") {
+        // x's first gradient is a transposed view, then a second one is added to it
+        // (gemma3n: K/V that both their own layer and the KV-sharing layers attend to)
+        need(1);
+        ggml_tensor * sq = ggml_sqr(ctx.get(), in[0]);
+        ggml_tensor * t = ggml_cont(ctx.get(), ggml_transpose(ctx.get(), in[0]));
+        out = ggml_add(ctx.get(), sq, ggml_reshape(ctx.get(), t, sq));
     } else if (op == "cross_entropy") {
         // exactly the loss ggml-opt builds (patched): mean over rows that carry a label
         need(2); labels_input = true;
@@ -529,7 +553,8 @@ std::pair<double, std::vector<std::vector<float>>> op_gradients(
         ggml_tensor * nl = ggml_clamp(ctx.get(), ggml_sum(ctx.get(), in[1]), 1.0f, INFINITY);
         out = ggml_scale(ctx.get(), ggml_div(ctx.get(), ce, nl), (float) ggml_nrows(in[0]));
     } else {
-        throw Error("unknown op '" + op + "' (geglu, swiglu, gelu, cross_entropy)");
+        throw Error("unknown op '" + op + "' (geglu, swiglu, gelu, tanh, concat0, concat1, mean_centered, "
+                    "magnitude_matched, transposed_scale, transposed_rms_norm, transposed_plus_square, cross_entropy)");
     }
     for (size_t i = 0; i < in.size() - (labels_input ? 1 : 0); ++i) {
         ggml_set_param(in[i]);

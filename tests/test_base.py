@@ -18,13 +18,9 @@ from gguf import GGUFReader
 from dndllama import _native as native
 from dndllama import base
 from dndllama.base import BaseModelError, resolve_base
-from tiny_models import GEMMA_TEMPLATE, make_tiny_model
+from tiny_models import CORPUS, GEMMA_TEMPLATE, make_tiny_model, write_hf_tokenizer
 
 CTX = 256
-# Gemma's special tokens at Gemma's ids (pad 0, eos 1, bos 2, unk 3), then the turn markers
-SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-CORPUS = ["the dragon sleeps under the mountain", "roll perception to see the goblin",
-          "you enter the tavern and a goblin attacks you", "the DM asks the user what they do next"]
 NEEDS_HF = "needs the `hf` extra (pip install -e '.[hf]'): "
 
 
@@ -39,18 +35,7 @@ def make_hf_gemma3(folder, seed=0):
     a SentencePiece tokenizer.model with byte fallback, and tokenizer_config.json with the special
     tokens and the chat template (what convert_hf_to_gguf.py's Gemma3Model reads)."""
     torch, transformers = hf_modules()
-    import sentencepiece as spm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 5), model_prefix=str(folder / "tokenizer"), model_type="bpe",
-        vocab_size=320, hard_vocab_limit=False, byte_fallback=True, minloglevel=2,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-        unk_piece="<unk>", user_defined_symbols=SPECIAL[4:],
-        # Gemma's tokenizer keeps text as is: no dummy space prefix, no whitespace folding
-        add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity")
-    (folder / "tokenizer.vocab").unlink()
-    n_vocab = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size()
+    n_vocab = write_hf_tokenizer(folder)
 
     torch.manual_seed(seed)
     config = transformers.Gemma3TextConfig(
@@ -63,12 +48,6 @@ def make_hf_gemma3(folder, seed=0):
         for p in model.parameters():
             p.normal_(0.0, 0.3)
     model.save_pretrained(folder, safe_serialization=True)
-    special = {str(i): {"content": t, "special": True, "normalized": False, "lstrip": False, "rstrip": False,
-                        "single_word": False} for i, t in enumerate(SPECIAL)}
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": special,
-        "chat_template": GEMMA_TEMPLATE}, indent=2))
     return folder, model
 
 
