@@ -18,7 +18,8 @@ from gguf import GGUFReader
 from dndllama import _native as native
 from dndllama import base
 from dndllama.base import BaseModelError, resolve_base
-from tiny_models import CORPUS, GEMMA_TEMPLATE, make_tiny_model, write_hf_tokenizer
+from dndllama.runtime import RuntimeCompatError, load_runtime
+from tiny_models import CORPUS, GEMMA_TEMPLATE, make_tiny_gemma3n, make_tiny_model, write_hf_tokenizer
 
 CTX = 256
 NEEDS_HF = "needs the `hf` extra (pip install -e '.[hf]'): "
@@ -185,16 +186,25 @@ def test_a_vision_checkpoint_converts_its_projector_too(tmp_path, monkeypatch):
     assert resolve_base(str(folder), cache_dir=cache).mmproj == b.mmproj   # converted once
 
 
-def test_gemma3n_folder_is_refused_before_converting(tmp_path, monkeypatch):
+def test_gemma3n_folder_is_refused_by_the_apps_runtime_before_converting(tmp_path, monkeypatch):
     folder = tmp_path / "gemma-3n-E2B-it"
     folder.mkdir()
     config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"]}
     (folder / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(subprocess, "run", no_subprocess)
-    with pytest.raises(BaseModelError, match="Gemma 3n") as e:
-        resolve_base(str(folder), cache_dir=tmp_path / "cache")
-    assert str(folder) in str(e.value) and "gemma3" in str(e.value)     # names the folder and what is supported
+    with pytest.raises(RuntimeCompatError, match="'gemma3n' does not load in cactus-0.2") as e:
+        resolve_base(str(folder), cache_dir=tmp_path / "cache", runtime_check=load_runtime("cactus-0.2").check_architecture)
+    assert "llama.cpp-current" in str(e.value)     # and where it does load
     assert not (tmp_path / "cache" / "converted").exists()
+
+
+def test_gemma3n_checkpoint_converts_for_a_runtime_that_loads_it(tmp_path):
+    hf_modules()
+    gguf_path, _ = make_tiny_gemma3n(tmp_path / "tiny")   # converts hf/ once, to build the fixture
+    b = resolve_base(str(tmp_path / "tiny" / "hf"), cache_dir=tmp_path / "cache",
+                     runtime_check=load_runtime("llama.cpp-current").check_architecture)
+    assert b.arch == "gemma3n" and b.train_path == b.gguf and b.gguf.parent == tmp_path / "cache" / "converted"
+    assert native.Model(str(b.gguf)).info().n_layer == native.Model(str(gguf_path)).info().n_layer
 
 
 def test_folder_without_config_json_is_not_a_checkpoint(tmp_path, monkeypatch):
@@ -234,12 +244,13 @@ def test_hf_id_without_huggingface_hub_says_how_to_proceed(tmp_path, monkeypatch
     assert "huggingface_hub" in message
 
 
-def test_gemma3n_id_is_refused_before_downloading(tmp_path, monkeypatch):
+def test_gemma3n_id_is_refused_by_the_apps_runtime_before_downloading(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(BaseModelError, match="Gemma 3n"):
-        resolve_base("google/gemma-3n-E2B-it", cache_dir=tmp_path / "cache")
+    with pytest.raises(RuntimeCompatError, match="gemma3n"):
+        resolve_base("google/gemma-3n-E2B-it", cache_dir=tmp_path / "cache",
+                     runtime_check=load_runtime("cactus-0.2").check_architecture)
 
 
 # ---- GGUF files -------------------------------------------------------------------------------

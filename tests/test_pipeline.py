@@ -27,6 +27,7 @@ from dndllama.config import ConfigError, load_config, parse_size
 from dndllama.dataset import GEMMA_CHAT_TEMPLATE
 from dndllama.export import TemplateMismatch, check_chat_template
 from dndllama.quantize import CapError
+from dndllama.runtime import RuntimeCompatError
 from tiny_models import make_tiny_model
 
 INDEPENDENT = Path(__file__).parent / "data" / "independent"
@@ -220,8 +221,8 @@ def test_bad_bases_are_refused_before_training(project, tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(BaseModelError, match="Gemma 3n.*Supported architectures: gemma3"):
-        train(project, base=str(gemma3n))
+    with pytest.raises(RuntimeCompatError, match="'gemma3n' does not load in cactus-0.2"):
+        train(project, base=str(gemma3n))   # trainable, but not by the app's runtime: refused first
     assert not (project.root / "cache" / "runs").exists()
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import EMBEDDED_BASE
 from .files import atomic_path, read_json, write_json
@@ -32,16 +33,12 @@ HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Architectures the native trainer is tested on: GGUF name -> how users know it.
 TRAINABLE_ARCHS = {"gemma3": "Gemma 3 (e.g. google/gemma-3-270m, google/gemma-3-1b-it)",
+                   "gemma3n": "Gemma 3n (e.g. google/gemma-3n-E2B-it; its GGUF loads in llama.cpp, not in "
+                              "cactus-react-native 0.2.x: pass --runtime llama.cpp-current)",
                    "llama": "Llama-family SwiGLU models"}
 # Hugging Face `model_type` -> GGUF architecture, for checks before converting or downloading.
 HF_MODEL_TYPES = {"gemma3": "gemma3", "gemma3_text": "gemma3", "gemma3n": "gemma3n", "gemma3n_text": "gemma3n",
                   "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama"}
-# Why an architecture is refused, where there is more to say than "untested".
-REFUSAL_REASONS = {
-    "gemma3n": "Gemma 3n cannot be fine-tuned yet: its llama.cpp graph uses ops that have no backward "
-               "pass (the dndllama roadmap tracks it), and the app's runtime (cactus-react-native 0.2.x) "
-               "cannot load gemma3n GGUFs either.",
-}
 
 
 class BaseModelError(ValueError):
@@ -58,8 +55,17 @@ class BaseModel:
     mmproj: Path | None    # vision projector, only when the base has one
 
 
-def resolve_base(spec: str, cache_dir: str | Path, progress=print) -> BaseModel:
+def resolve_base(spec: str, cache_dir: str | Path, progress=print,
+                 runtime_check: Callable[[str], None] | None = None) -> BaseModel:
+    """`runtime_check(arch)` raises when the app's runtime cannot load `arch`; it runs as soon as the
+    architecture is known, before any download or conversion."""
     cache = Path(cache_dir).expanduser()
+
+    def accept(arch: str, where: str) -> None:
+        check_trainable(arch, where)
+        if runtime_check:
+            runtime_check(arch)
+
     mmproj = None
     if spec in (EMBEDDED_BASE, "", None):
         gguf_path, source = embedded_gguf(), EMBEDDED_BASE
@@ -68,14 +74,15 @@ def resolve_base(spec: str, cache_dir: str | Path, progress=print) -> BaseModel:
         if path.is_file():
             gguf_path, source, mmproj = path, spec, _sibling_mmproj(path)
         elif path.is_dir():
-            (gguf_path, mmproj), source = convert_hf_folder(path, cache, progress), spec
+            (gguf_path, mmproj), source = convert_hf_folder(path, cache, progress, accept), spec
         elif HF_ID.match(spec) and not spec.endswith(".gguf"):
-            (gguf_path, mmproj), source = convert_hf_folder(download_hf(spec, cache, progress), cache, progress), spec
+            folder = download_hf(spec, cache, progress, accept)
+            (gguf_path, mmproj), source = convert_hf_folder(folder, cache, progress, accept), spec
         else:
             raise BaseModelError(f"base '{spec}' is neither a file, a folder nor a Hugging Face id "
                                  "(org/name); pass a .gguf file, a checkpoint folder, or 'embedded'")
     header = inspect_gguf(gguf_path)
-    check_trainable(header.arch, str(gguf_path))
+    accept(header.arch, str(gguf_path))
     digest = file_sha256(gguf_path, cache)
     return BaseModel(source, gguf_path, _as_f32(gguf_path, digest, header, cache, progress), header.arch, digest, mmproj)
 
@@ -84,8 +91,8 @@ def check_trainable(arch: str, where: str) -> None:
     if arch in TRAINABLE_ARCHS:
         return
     supported = "; ".join(f"{a}: {d}" for a, d in TRAINABLE_ARCHS.items())
-    reason = REFUSAL_REASONS.get(arch, f"architecture '{arch}' is not supported for training.")
-    raise BaseModelError(f"{where}: {reason} Supported architectures: {supported}.")
+    raise BaseModelError(f"{where}: architecture '{arch}' is not supported for training. "
+                         f"Supported architectures: {supported}.")
 
 
 # ---------------------------------------------------------------- GGUF inspection
@@ -155,7 +162,7 @@ def embedded_gguf() -> Path:
 # ---------------------------------------------------------------- Hugging Face
 
 
-def convert_hf_folder(folder: Path, cache: Path, progress) -> tuple[Path, Path | None]:
+def convert_hf_folder(folder: Path, cache: Path, progress, accept=check_trainable) -> tuple[Path, Path | None]:
     """Convert a Hugging Face checkpoint with the pinned converter (F32), once per folder content
     and converter version; with a vision tower (config.json's vision_config) also its projector
     (F16), which the app loads as mmprojPath. Returns (model, projector or None)."""
@@ -168,7 +175,7 @@ def convert_hf_folder(folder: Path, cache: Path, progress) -> tuple[Path, Path |
         model_type = hparams.get("model_type", "?")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise BaseModelError(f"{config} is not a readable config ({e}); download the checkpoint again") from None
-    check_trainable(HF_MODEL_TYPES.get(model_type, model_type), str(folder))
+    accept(HF_MODEL_TYPES.get(model_type, model_type), str(folder))
     # (name, size, mtime) stands in for the content, so a 2 GB checkpoint is not hashed on every run;
     # the stamp makes a new pinned llama.cpp convert again
     digest = hashlib.sha256(LLAMA_CPP_STAMP.read_bytes() if LLAMA_CPP_STAMP.exists() else b"")
@@ -222,9 +229,9 @@ def _ensure_torch(progress) -> None:
                              "run: pip install -e '.[hf]', then run again")
 
 
-def download_hf(repo_id: str, cache: Path, progress) -> Path:
+def download_hf(repo_id: str, cache: Path, progress, accept=check_trainable) -> Path:
     if "gemma3n" in repo_id.lower().replace("-", ""):
-        check_trainable("gemma3n", repo_id)
+        accept("gemma3n", repo_id)   # refused by the app's runtime before gigabytes are fetched
     # a misspelt local path looks like org/name too, so the message says it was not found locally
     cause = f"'{repo_id}' is no local file or folder, and downloading it as a Hugging Face id"
     elsewhere = (f"Download it where you have access (hf download {repo_id} --local-dir DIR) and pass "

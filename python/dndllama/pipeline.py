@@ -188,8 +188,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
 
     data = load_data(config)
     say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
-    base = resolve_base(config.base, cache, say)
-    runtime.check_architecture(base.arch)
+    base = resolve_base(config.base, cache, say, runtime.check_architecture)
     config, why = plan.resolve(config, base.gguf)
     say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
