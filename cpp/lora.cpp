@@ -52,8 +52,8 @@ std::string adapter_path(const std::string & model_path) {
     return (has_ext ? model_path.substr(0, model_path.size() - ext.size()) : model_path) + ".lora.gguf";
 }
 
-llama_adapter_lora * new_adapter(llama_model * model, const std::string & targets, int rank, float alpha,
-                                 uint32_t seed, const std::string & scratch_path) {
+void write_new_adapter(const llama_model * model, const std::string & targets, int rank, float alpha,
+                       uint32_t seed, const std::string & out_path) {
     if (rank <= 0) {
         throw Error("LoRA rank must be positive (got " + std::to_string(rank) + ")");
     }
@@ -78,7 +78,6 @@ llama_adapter_lora * new_adapter(llama_model * model, const std::string & target
         throw Error("the LoRA target pattern '" + targets + "' matches no block weight of this model");
     }
 
-    // llama.cpp builds adapters only from files: write the fresh one, load it, delete it
     GgufPtr out;
     set_adapter_kv(out.p, arch_of(model), alpha);
     GgmlPtr data(bytes + ggml_tensor_overhead());
@@ -97,12 +96,17 @@ llama_adapter_lora * new_adapter(llama_model * model, const std::string & target
         gguf_add_tensor(out.p, a);
         gguf_add_tensor(out.p, b);
     }
-    write_gguf(out.p, scratch_path);
-    llama_adapter_lora * adapter = llama_adapter_lora_init(model, scratch_path.c_str());
-    std::error_code ec;
-    fs::remove(scratch_path, ec);
+    write_gguf(out.p, out_path);
+}
+
+llama_adapter_lora * load_adapter(llama_model * model, const std::string & adapter_file, llama_context * ctx) {
+    llama_adapter_lora * adapter = llama_adapter_lora_init(model, adapter_file.c_str());
     if (!adapter) {
-        throw Error("could not create a LoRA adapter: " + last_log_error());
+        throw Error("could not load the LoRA adapter " + adapter_file + ": " + last_log_error());
+    }
+    float scale = 1.0f;
+    if (ctx && llama_set_adapters_lora(ctx, &adapter, 1, &scale) != 0) {
+        throw Error("could not attach the LoRA adapter " + adapter_file + " to the context");
     }
     return adapter;
 }
@@ -130,38 +134,18 @@ void save_adapter(const llama_adapter_lora * adapter, const std::string & out_pa
     write_gguf(out.p, out_path);
 }
 
-namespace {
-
-struct Loaded {
-    std::unique_ptr<Model> model;
-    llama_adapter_lora * adapter = nullptr;   // freed with the model
-
-    Loaded(const std::string & model_path, const std::string & adapter_file) {
-        model = std::make_unique<Model>(model_path, 0, false);
-        if (!adapter_file.empty()) {
-            adapter = llama_adapter_lora_init(model->get(), adapter_file.c_str());
-            if (!adapter) {
-                throw Error("could not load the LoRA adapter " + adapter_file + " onto " + model_path +
-                            ": " + last_log_error());
-            }
-        }
-    }
-};
-
-} // namespace
-
 void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
                    const std::map<std::string, std::string> & kv) {
     init();
-    Loaded loaded(base_path, adapter_file);
-    save_weights(loaded.model->get(), Metadata(base_path), out_path, kv, loaded.adapter);
+    Model base(base_path, 0, false);
+    save_weights(base.get(), Metadata(base_path), out_path, kv, load_adapter(base.get(), adapter_file, nullptr));
 }
 
 std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
                           const std::string & adapter_file, int n_threads) {
     init();
-    Loaded loaded(model_path, adapter_file);
-    llama_model * model = loaded.model->get();
+    Model loaded(model_path, 0, false);
+    llama_model * model = loaded.get();
     const int n = (int) tokens.size();
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = std::max(n, 8);
@@ -170,9 +154,8 @@ std::vector<float> logits(const std::string & model_path, const std::vector<int3
     if (!ctx) {
         throw Error("could not create a context: " + last_log_error());
     }
-    if (loaded.adapter) {
-        float scale = 1.0f;
-        llama_set_adapters_lora(ctx.get(), &loaded.adapter, 1, &scale);
+    if (!adapter_file.empty()) {
+        load_adapter(model, adapter_file, ctx.get());
     }
     llama_batch batch = llama_batch_init(n, 0, 1);
     batch.n_tokens = n;

@@ -13,6 +13,7 @@ struct llama_model;
 struct llama_model_params;
 struct gguf_context;
 struct llama_adapter_lora;
+struct llama_context;
 
 namespace dnd {
 
@@ -94,10 +95,13 @@ void write_gguf(gguf_context * out, const std::string & out_path);
 // Where the adapter of a LoRA-trained model file lives: "x.gguf" -> "x.lora.gguf".
 std::string adapter_path(const std::string & model_path);
 
-// A fresh adapter on every 2-D block weight of `model` whose name matches `targets`: A uniform in
-// +-1/sqrt(n_in) (seeded), B zero, so training starts from the base model's outputs exactly.
-llama_adapter_lora * new_adapter(llama_model * model, const std::string & targets, int rank, float alpha,
-                                 uint32_t seed, const std::string & scratch_path);
+// Writes a fresh adapter for every 2-D block weight of `model` whose name matches `targets`: A
+// uniform in +-1/sqrt(n_in) (seeded), B zero, so training starts from the base model's outputs exactly.
+void write_new_adapter(const llama_model * model, const std::string & targets, int rank, float alpha,
+                       uint32_t seed, const std::string & out_path);
+
+// Loads a GGUF LoRA onto `model` (freed with it) and, with `ctx`, makes it the context's adapter.
+llama_adapter_lora * load_adapter(llama_model * model, const std::string & adapter_file, llama_context * ctx);
 
 // Writes the adapter as a GGUF LoRA that llama_adapter_lora_init and `--lora` load (atomically).
 void save_adapter(const llama_adapter_lora * adapter, const std::string & out_path,

@@ -193,20 +193,20 @@ struct Trainer {
     }
 
     void attach_adapter() {
-        if (opts.lora_init.empty()) {
-            const std::string scratch = (fs::temp_directory_path() /
-                                         ("dndllama-lora-init-" + std::to_string(getpid()) + ".gguf")).string();
-            adapter = new_adapter(model.p, opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, scratch);
-        } else {
-            adapter = llama_adapter_lora_init(model.p, opts.lora_init.c_str());
-            if (!adapter) {
-                throw Error("could not load the LoRA adapter " + opts.lora_init + ": " + last_log_error());
-            }
+        if (!opts.lora_init.empty()) {
+            adapter = load_adapter(model.p, opts.lora_init, ctx.p);
+            return;
         }
-        float scale = 1.0f;
-        if (llama_set_adapters_lora(ctx.p, &adapter, 1, &scale) != 0) {
-            throw Error("could not attach the LoRA adapter to the training context");
+        // llama.cpp builds adapters only from files: write the fresh one, load it, delete it
+        const fs::path fresh = fs::temp_directory_path() / ("dndllama-lora-init-" + std::to_string(getpid()) + ".gguf");
+        write_new_adapter(model.p, opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, fresh.string());
+        try {
+            adapter = load_adapter(model.p, fresh.string(), ctx.p);
+        } catch (...) {
+            fs::remove(fresh);
+            throw;
         }
+        fs::remove(fresh);
     }
 
     int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.p)); }
@@ -437,11 +437,7 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
         throw Error("could not create an evaluation context: " + last_log_error());
     }
     if (!adapter_file.empty()) {
-        llama_adapter_lora * adapter = llama_adapter_lora_init(model.p, adapter_file.c_str());   // freed with the model
-        float scale = 1.0f;
-        if (!adapter || llama_set_adapters_lora(ctx.p, &adapter, 1, &scale) != 0) {
-            throw Error("could not load the LoRA adapter " + adapter_file + ": " + last_log_error());
-        }
+        load_adapter(model.p, adapter_file, ctx.p);
     }
 
     double nll = 0;
