@@ -53,6 +53,7 @@ class BaseModel:
     arch: str
     sha256: str            # of `gguf`: the identity of the base in caches and lineage
     mmproj: Path | None    # vision projector, only when the base has one
+    header: Header         # of `gguf`: shapes and types, for the memory plan
 
 
 def resolve_base(spec: str, cache_dir: str | Path, progress=print,
@@ -84,7 +85,8 @@ def resolve_base(spec: str, cache_dir: str | Path, progress=print,
     header = inspect_gguf(gguf_path)
     accept(header.arch, str(gguf_path))
     digest = file_sha256(gguf_path, cache)
-    return BaseModel(source, gguf_path, _as_f32(gguf_path, digest, header, cache, progress), header.arch, digest, mmproj)
+    return BaseModel(source, gguf_path, _as_f32(gguf_path, digest, header, cache, progress), header.arch, digest, mmproj,
+                     header)
 
 
 def check_trainable(arch: str, where: str) -> None:

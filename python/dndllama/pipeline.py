@@ -31,7 +31,6 @@ from .config import Config
 from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
 from .export import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
-from .gguf_header import read_header
 from .quantize import QuantChoice, candidates, choose_quant, human_size
 from .runtime import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
@@ -189,7 +188,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     data = load_data(config)
     say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
-    config, why = plan.resolve(config, base.gguf)
+    config, why = plan.resolve(config, base.header)
     say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
     dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
@@ -239,7 +238,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
 def memory_plan(config: Config, say: Callable[[str], None] = print) -> str:
     """`dndllama train --plan`: the memory plan of both methods for the configured base."""
     base = resolve_base(config.base, Path(config.cache_dir).expanduser(), say)
-    return plan.describe(read_header(base.gguf), config)
+    return plan.describe(base.header, config)
 
 
 def _candidates(trained: TrainOutcome) -> list[dict]:
@@ -293,7 +292,7 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
         return TrainOutcome(model, read_json(run_dir / SUMMARY_FILE, {}), run_dir / LOG_FILE,
                             plot if plot.exists() else None)
     start, adapter = base.train_path, None
-    if config.method == "lora" and plan.estimate(read_header(base.gguf), config, "lora").weights_from != "F32 copy":
+    if config.method == "lora" and plan.estimate(base.header, config, "lora").weights_from == "as stored":
         start = base.gguf   # the F32 copy does not fit: LoRA on the base as stored (QLoRA)
     if parent:
         if config.method == "lora":   # the adapter stays relative to the base, so it can be swapped in

@@ -20,10 +20,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from .config import Config
-from .gguf_header import Header, read_header
+from .gguf_header import Header
 from .quantize import human_size
 
 F32 = 4
@@ -37,7 +36,7 @@ HEADROOM = 0.75                                        # auto picks full only wi
 @dataclass
 class Plan:
     method: str
-    weights_from: str            # "F32 copy" or "as stored (Q4_K_M ...)"
+    weights_from: str            # "F32 copy" or "as stored"
     n_trainable: int
     rows: list[tuple[str, int]]
     ram: int                     # this machine's memory
@@ -106,9 +105,9 @@ def choose_method(h: Header, config: Config, ram: int | None = None) -> tuple[st
                     f"{HEADROOM:.0%} of this machine's {human_size(full.ram)}; LoRA needs ≈{human_size(lora.total)}")
 
 
-def resolve(config: Config, base_gguf: Path) -> tuple[Config, str]:
+def resolve(config: Config, h: Header) -> tuple[Config, str]:
     """`config` with its method resolved (auto -> full or lora), and the sentence saying why."""
-    method, why = choose_method(read_header(base_gguf), config)
+    method, why = choose_method(h, config)
     return replace(config, method=method), why
 
 
