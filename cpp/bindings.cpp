@@ -111,6 +111,7 @@ py::dict train_py(const std::string & base, const std::string & out,
     d["tokens"] = r.tokens;
     d["n_trainable"] = r.n_trainable;
     d["train_loss"] = r.train_loss;
+    d["matmul_precision"] = r.matmul_precision;
     d["val_loss"] = optional(r.val_loss);
     d["best_val_loss"] = optional(r.best_val_loss);
     d["seconds"] = r.seconds;
@@ -234,6 +235,7 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("lora_init", &TrainOptions::lora_init)
         .def_readwrite("n_threads", &TrainOptions::n_threads)
         .def_readwrite("n_gpu_layers", &TrainOptions::n_gpu_layers)
+        .def_readwrite("matmul_precision", &TrainOptions::matmul_precision)
         .def_readwrite("seed", &TrainOptions::seed)
         .def_readwrite("checkpoint_dir", &TrainOptions::checkpoint_dir)
         .def_readwrite("save_every", &TrainOptions::save_every)
@@ -275,6 +277,10 @@ PYBIND11_MODULE(_native, m) {
           py::arg("in_path"), py::arg("out_path"), py::arg("type"), py::arg("n_threads") = 0,
           py::arg("token_embedding_type") = "",
           "Quantize (or dequantize, with F32/F16) a GGUF; writes atomically.");
+
+    m.def("bf16_matmul_supported", &bf16_matmul_supported,
+          "Whether training can run its weight products in BF16 on this CPU (AMX-BF16), as "
+          "matmul_precision 'auto' then does.");
 
     m.def("adapter_path", &adapter_path, py::arg("model_path"),
           "Where a LoRA-trained model file's adapter lives: x.gguf -> x.lora.gguf.");

@@ -137,6 +137,9 @@ struct TrainOptions {
     std::string lora_init;             // adapter to start from (resume); "" = a fresh one
     int n_threads = 0;                 // 0 = all cores
     int n_gpu_layers = 0;
+    // training's weight products on the CPU: "f32", "bf16" (BF16 operands, F32 accumulation, on
+    // AMX; like PyTorch's float32 matmul precision "medium") or "auto" (bf16 where AMX-BF16 is)
+    std::string matmul_precision = "f32";
     uint32_t seed = 42;                // window order per epoch
     std::string checkpoint_dir;        // "" = no checkpoints
     int64_t save_every = 0;            // also checkpoint every N optimizer steps (0 = per epoch only)
@@ -158,6 +161,7 @@ struct TrainResult {
     int64_t steps = 0, tokens = 0;
     uint64_t n_trainable = 0;
     double train_loss = 0, val_loss = -1, best_val_loss = -1, seconds = 0, tokens_per_s = 0;
+    std::string matmul_precision;      // what training's products used: "f32" or "bf16"
     bool cancelled = false;
 };
 
@@ -169,6 +173,9 @@ struct Windows {
 
 // Called after every step and evaluation; returning false stops training cleanly at that point.
 using ProgressFn = std::function<bool(const Progress &)>;
+
+// Whether this CPU and build run matmul_precision "bf16" (AMX-BF16 tiles), which "auto" then picks.
+bool bf16_matmul_supported();
 
 TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,

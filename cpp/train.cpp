@@ -28,6 +28,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Sets ggml-cpu's BF16 matmul precision for a scope and restores it after; bf16 says whether the
+// CPU took it (it needs AMX-BF16)
+struct MatmulPrecision {
+    bool was = ggml_cpu_get_bf16_matmul();
+    bool bf16;
+    explicit MatmulPrecision(bool on) : bf16(ggml_cpu_set_bf16_matmul(on) && on) {}
+    ~MatmulPrecision() { ggml_cpu_set_bf16_matmul(was); }
+    MatmulPrecision(const MatmulPrecision &) = delete;
+    MatmulPrecision & operator=(const MatmulPrecision &) = delete;
+};
+
 double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -127,6 +138,7 @@ struct Trainer {
     ParamFilter filter;
     llama_adapter_lora * adapter = nullptr;   // LoRA only; freed with the model
     std::vector<int32_t> pred;
+    bool bf16_matmul = false;                 // training steps' products in BF16 (evaluation stays F32)
 
     Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
         : opts(o), base_path(base), meta(base), schedule{&o, total_steps} {
@@ -218,6 +230,7 @@ struct Trainer {
         memcpy(ggml_opt_dataset_data(window.p)->data, w.tokens.data() + i * n, n * sizeof(int32_t));
         memcpy(ggml_opt_dataset_labels(window.p)->data, w.labels.data() + i * n, n * sizeof(int32_t));
         ResultPtr result;
+        const MatmulPrecision precision(train && bf16_matmul);
         if (train) {
             llama_opt_epoch(ctx.p, window.p, result.p, nullptr, 1, nullptr, nullptr);
         } else {
@@ -263,6 +276,26 @@ struct Trainer {
 
 } // namespace
 
+bool bf16_matmul_supported() {
+    return MatmulPrecision(true).bf16;
+}
+
+// "f32", "bf16" or "auto" -> whether training's products run in BF16 on this CPU
+static bool resolve_bf16_matmul(const std::string & precision) {
+    if (precision == "f32") {
+        return false;
+    }
+    if (precision != "bf16" && precision != "auto") {
+        throw Error("unknown matmul precision '" + precision + "' (f32, bf16, auto)");
+    }
+    const bool supported = bf16_matmul_supported();
+    if (!supported && precision == "bf16") {
+        throw Error("matmul precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or later) "
+                    "and a build for it (GGML_NATIVE on such a CPU)\nfix: set matmul_precision to auto or f32");
+    }
+    return supported;
+}
+
 TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress) {
@@ -295,12 +328,15 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                     std::to_string(accum) + "): no optimizer step would run");
     }
 
+    const bool bf16_matmul = resolve_bf16_matmul(opts.matmul_precision);
     Trainer trainer(base_path, opts, total_steps);
+    trainer.bf16_matmul = bf16_matmul;
     check_windows(train_set, opts.n_ctx, trainer.n_vocab(), "training set");
     check_windows(val_set, opts.n_ctx, trainer.n_vocab(), "validation set");
 
     TrainResult res;
     res.n_trainable = trainer.filter.n_trainable;
+    res.matmul_precision = bf16_matmul ? "bf16" : "f32";
     Progress p;
     p.epochs = opts.epochs;
     p.total_steps = total_steps;

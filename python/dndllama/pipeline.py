@@ -310,7 +310,9 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     s = outcome.summary
     say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
         f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
-        + (", stopped early" if s["stopped_early"] else ""))
+        + (", stopped early" if s["stopped_early"] else "")
+        + (f"; {s['tokens_per_s']:.0f} tokens/s, products in {s['matmul_precision'].upper()}"
+           if s.get("tokens_per_s") and s.get("matmul_precision") else ""))
     return outcome
 
 

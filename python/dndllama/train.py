@@ -82,7 +82,7 @@ def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[st
     o.lr, o.lr_min_ratio, o.weight_decay = config.learning_rate, config.lr_min_ratio, config.weight_decay
     o.warmup_steps = int(config.warmup * steps)
     o.grad_accum, o.trainable, o.seed = config.grad_accum, config.trainable, config.seed
-    o.n_threads, o.n_gpu_layers = config.threads, config.gpu_layers
+    o.n_threads, o.n_gpu_layers, o.matmul_precision = config.threads, config.gpu_layers, config.matmul_precision
     o.checkpoint_dir, o.save_every, o.eval_every, o.kv = str(checkpoint_dir), config.save_every, config.eval_every, kv
     if config.method == "lora":
         o.method, o.lora_rank, o.lora_alpha, o.lora_targets = "lora", config.lora_rank, config.lora_alpha, config.lora_targets
@@ -246,6 +246,7 @@ def _summary(records: list[dict], state: _State, result: dict, chosen: Path, can
         "candidates": candidates,
         "stopped_early": bool(result.get("cancelled")),
         "tokens_per_s": result.get("tokens_per_s"),
+        "matmul_precision": result.get("matmul_precision"),
         "seconds": result.get("seconds"),
         "n_trainable": result.get("n_trainable"),
     }
