@@ -139,7 +139,7 @@ print(json.dumps({"tokens_per_s": ctx / per_step,
 def bench_torch(steps: int, threads: int, precision: str) -> dict:
     """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX)."""
     proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -151,7 +151,7 @@ def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, st
     proc = subprocess.run([sys.executable, __file__, "--native-only", "--steps", str(steps), "--threads",
                            str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
                            "--ctx", str(CTX), "--matmul-precision", precision],
-                          capture_output=True, text=True, env={**os.environ, **env})
+                          check=False, capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
