@@ -5,8 +5,9 @@ fits this machine and LoRA when it does not. The estimate adds up, from the base
 
   weights        the model as training loads it (full: an F32 copy, token_embd as stored; LoRA: that
                  copy if it fits, else the base as stored, frozen)
-  trained state  per trained parameter: its gradient and AdamW's two moments (12 bytes), plus the
-                 accumulator with gradient accumulation; LoRA's adapter also holds its weights
+  trained state  per trained parameter: AdamW's two moments (8 bytes), plus a gradient accumulator
+                 with gradient accumulation (otherwise the gradients live in the compute buffer, in
+                 memory the backward pass has freed: patch 0009); LoRA's adapter also holds its weights
   activations    what the backward pass keeps per layer, with the attention scores (n_ctx^2 per head)
   logits         n_ctx x n_vocab floats, times the copies cross-entropy and its gradient need
   process        Python, the libraries and allocator slack
@@ -80,12 +81,13 @@ def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> 
     shared = [("activations", n_layer * per_layer), ("logits", LOGIT_COPIES * n_ctx * n_vocab * F32),
               ("process", PROCESS_BYTES)]
     accum = F32 if config.grad_accum > 1 else 0
+    state = "AdamW moments" + (" + accumulators" if accum else "")
     if method == "full":
         n_train = sum(t.n for name, t in h.tensors.items() if name not in FROZEN)
         return Plan("full", "F32 copy", n_train,
-                    [("weights (F32 copy)", f32_bytes), ("gradients + AdamW", n_train * (3 * F32 + accum))] + shared, ram)
+                    [("weights (F32 copy)", f32_bytes), (state, n_train * (2 * F32 + accum))] + shared, ram)
     n_train = lora_parameters(h, config.lora_targets, config.lora_rank)
-    adapter = [("adapter + gradients + AdamW", n_train * (4 * F32 + accum))]
+    adapter = [(f"adapter + {state}", n_train * (3 * F32 + accum))]
     f32 = Plan("lora", "F32 copy", n_train, [("weights (F32 copy, frozen)", f32_bytes)] + adapter + shared, ram)
     if f32.fits or stored_bytes >= f32_bytes:
         return f32
