@@ -168,15 +168,21 @@ native.train(base, out, z["x"], z["y"], z["x"][:0], z["y"][:0], o)
 """
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "F16"])
-def test_lora_on_a_quantized_base_gets_the_loops_gradients(tiny, tmp_path, qtype):
-    # the frozen base stays in its stored type (QLoRA): patch 0004 dequantizes its rows into the
-    # GEMM's operand; the stock quantized OUT_PROD loop must give the same adapter gradients
+def quantized_base_and_adapter(tiny, tmp_path, qtype):
+    """The tiny gemma3 quantized to `qtype`, its windows, and an adapter one SGD step in (B no
+    longer zero, so every adapter tensor has a gradient)."""
     base = tmp_path / f"base-{qtype}.gguf"
     native.quantize(str(tiny["gemma3"]), str(base), qtype)
     x, y = windows_for(native.Model(str(base)), TEXT)
     native.train(str(base), str(tmp_path / "s1.gguf"), x, y, x[:0], y[:0], options(1, 0.5, **SGD, **LORA))
-    start = str(tmp_path / "s1.lora.gguf")
+    return base, x, y, str(tmp_path / "s1.lora.gguf")
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "F16"])
+def test_lora_on_a_quantized_base_gets_the_loops_gradients(tiny, tmp_path, qtype):
+    # the frozen base stays in its stored type (QLoRA): patch 0004 dequantizes its rows into the
+    # GEMM's operand; the stock quantized OUT_PROD loop must give the same adapter gradients
+    base, x, y, start = quantized_base_and_adapter(tiny, tmp_path, qtype)
     native.train(str(base), str(tmp_path / "gemm.gguf"), x, y, x[:0], y[:0],
                  options(1, 1.0, **SGD, **LORA, lora_init=start))
     np.savez(tmp_path / "xy.npz", x=x, y=y)
@@ -197,11 +203,7 @@ def test_lora_on_a_quantized_base_gets_the_loops_gradients(tiny, tmp_path, qtype
 def test_bf16_matmul_on_a_quantized_base_gives_the_f32_adapter_gradients(tiny, tmp_path, qtype):
     # the AMX path rounds a Q8_0 (directly) or F16 base's rows to BF16, in the forward products and
     # in the input gradients that reach the adapters of earlier layers
-    base = tmp_path / f"base-{qtype}.gguf"
-    native.quantize(str(tiny["gemma3"]), str(base), qtype)
-    x, y = windows_for(native.Model(str(base)), TEXT)
-    native.train(str(base), str(tmp_path / "s1.gguf"), x, y, x[:0], y[:0], options(1, 0.5, **SGD, **LORA))
-    start = str(tmp_path / "s1.lora.gguf")
+    base, x, y, start = quantized_base_and_adapter(tiny, tmp_path, qtype)
     for precision in ("f32", "bf16"):
         native.train(str(base), str(tmp_path / f"{precision}.gguf"), x, y, x[:0], y[:0],
                      options(1, 1.0, **SGD, **LORA, lora_init=start, matmul_precision=precision))

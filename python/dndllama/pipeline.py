@@ -36,7 +36,7 @@ from .runtime import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
 from .scenarios import ERROR, load_folder, scenario_files
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
-from .train import Arrays, TrainingError, TrainOutcome, adapter_of, train_model
+from .train import Arrays, TrainingError, TrainOutcome, adapter_of, matmul_precision, train_model
 from .validate import make_report
 
 STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
@@ -305,14 +305,14 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     ensure_disk(run_dir, 3 * start.stat().st_size, "training (two checkpoints and the final model)")
     how = f"LoRA rank {config.lora_rank}" if config.method == "lora" else "full fine-tuning"
     say(f"training {base.arch} from {start.name} ({how}): ctx {config.ctx}, lr {config.learning_rate}, "
-        f"{config.epochs} epoch(s){f', at most {config.max_steps} steps' if config.max_steps else ''}")
+        f"{config.epochs} epoch(s){f', at most {config.max_steps} steps' if config.max_steps else ''}, "
+        f"products in {matmul_precision(config).upper()}")
     outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say, adapter)
     s = outcome.summary
     say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
         f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
         + (", stopped early" if s["stopped_early"] else "")
-        + (f"; {s['tokens_per_s']:.0f} tokens/s, products in {s['matmul_precision'].upper()}"
-           if s.get("tokens_per_s") and s.get("matmul_precision") else ""))
+        + (f", {s['tokens_per_s']:.0f} tokens/s" if s.get("tokens_per_s") else ""))
     return outcome
 
 

@@ -89,6 +89,15 @@ def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[st
     return o
 
 
+def matmul_precision(config: Config) -> str:
+    """What config.matmul_precision means on this machine: "bf16" or "f32"."""
+    from . import _native
+
+    if config.matmul_precision != "auto":
+        return config.matmul_precision
+    return "bf16" if _native.bf16_matmul_supported() else "f32"
+
+
 def adapter_of(model: Path) -> Path:
     """The LoRA adapter saved next to a merged model file."""
     from . import _native
