@@ -306,7 +306,7 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     how = f"LoRA rank {config.lora_rank}" if config.method == "lora" else "full fine-tuning"
     say(f"training {base.arch} from {start.name} ({how}): ctx {config.ctx}, lr {config.learning_rate}, "
         f"{config.epochs} epoch(s){f', at most {config.max_steps} steps' if config.max_steps else ''}, "
-        f"products in {matmul_precision(config).upper()}")
+        f"matrix products in {matmul_precision(config).upper()}")
     outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say, adapter)
     s = outcome.summary
     say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
