@@ -312,7 +312,7 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
     say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
         f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
         + (", stopped early" if s["stopped_early"] else "")
-        + (f", {s['tokens_per_s']:.0f} tokens/s" if s.get("tokens_per_s") else ""))
+        + (f", {s['tokens_per_s']:.0f} tokens/s with evaluations" if s.get("tokens_per_s") else ""))
     return outcome
 
 
