@@ -177,6 +177,10 @@ using ProgressFn = std::function<bool(const Progress &)>;
 // Whether this CPU and build run matmul_precision "bf16" (AMX-BF16 tiles), which "auto" then picks.
 bool bf16_matmul_supported();
 
+// TrainOptions::matmul_precision as training will run it here: "bf16" or "f32". Throws for an
+// unknown value, and for "bf16" where it is not supported.
+std::string resolve_matmul_precision(const std::string & precision);
+
 TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress);

@@ -138,10 +138,13 @@ struct Trainer {
     ParamFilter filter;
     llama_adapter_lora * adapter = nullptr;   // LoRA only; freed with the model
     std::vector<int32_t> pred;
-    bool bf16_matmul = false;                 // training steps' products in BF16 (evaluation stays F32)
+    // training steps' products in BF16 (evaluation stays F32); resolved first, so a bad setting fails
+    // before the model loads
+    const bool bf16_matmul;
 
     Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
-        : opts(o), base_path(base), meta(base), schedule{&o, total_steps} {
+        : opts(o), base_path(base), meta(base), schedule{&o, total_steps},
+          bf16_matmul(resolve_matmul_precision(o.matmul_precision) == "bf16") {
         init();
         last_log_error();
         const bool lora = opts.method == "lora";
@@ -280,20 +283,21 @@ bool bf16_matmul_supported() {
     return MatmulPrecision(true).bf16;
 }
 
-// "f32", "bf16" or "auto" -> whether training's products run in BF16 on this CPU
-static bool resolve_bf16_matmul(const std::string & precision) {
+std::string resolve_matmul_precision(const std::string & precision) {
     if (precision == "f32") {
-        return false;
+        return "f32";
     }
     if (precision != "bf16" && precision != "auto") {
         throw Error("unknown matmul precision '" + precision + "' (f32, bf16, auto)");
     }
-    const bool supported = bf16_matmul_supported();
-    if (!supported && precision == "bf16") {
+    if (bf16_matmul_supported()) {
+        return "bf16";
+    }
+    if (precision == "bf16") {
         throw Error("matmul precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or later) "
                     "and a build for it (GGML_NATIVE on such a CPU)\nfix: set matmul_precision to auto or f32");
     }
-    return supported;
+    return "f32";
 }
 
 TrainResult train(const std::string & base_path, const std::string & out_path,
@@ -328,15 +332,13 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                     std::to_string(accum) + "): no optimizer step would run");
     }
 
-    const bool bf16_matmul = resolve_bf16_matmul(opts.matmul_precision);
     Trainer trainer(base_path, opts, total_steps);
-    trainer.bf16_matmul = bf16_matmul;
     check_windows(train_set, opts.n_ctx, trainer.n_vocab(), "training set");
     check_windows(val_set, opts.n_ctx, trainer.n_vocab(), "validation set");
 
     TrainResult res;
     res.n_trainable = trainer.filter.n_trainable;
-    res.matmul_precision = bf16_matmul ? "bf16" : "f32";
+    res.matmul_precision = trainer.bf16_matmul ? "bf16" : "f32";
     Progress p;
     p.epochs = opts.epochs;
     p.total_steps = total_steps;

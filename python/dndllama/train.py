@@ -90,12 +90,11 @@ def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[st
 
 
 def matmul_precision(config: Config) -> str:
-    """What config.matmul_precision means on this machine: "bf16" or "f32"."""
+    """What config.matmul_precision means on this machine: "bf16" or "f32" (the native core decides,
+    as training will)."""
     from . import _native
 
-    if config.matmul_precision != "auto":
-        return config.matmul_precision
-    return "bf16" if _native.bf16_matmul_supported() else "f32"
+    return _native.resolve_matmul_precision(config.matmul_precision)
 
 
 def adapter_of(model: Path) -> Path:
