@@ -35,22 +35,30 @@ FIGURES = [("tool_name_f1", "name_f1", "{:.3f}"), ("exact_f1", "exact_f1", "{:.3
 def evaluation_set(data: str | None):
     """(vocabulary, conversations, description) of the evaluation turns."""
     from dndllama.config import load_config
-    from dndllama.dataset import build_dataset
-    from dndllama.scenarios import load_folder
     from dndllama.tools import load_vocabulary
 
     folders = [Path(data)] if data else [ROOT / f for f in EVAL_FOLDERS]
     for folder in folders:
         if folder.is_dir():
             vocab = load_vocabulary(folder)
-            check = load_folder(folder, vocab)
-            return vocab, build_dataset(check, 1.0).validation, f"every scenario of {folder}"
+            return vocab, _split(folder, vocab, 1.0).validation, f"every scenario of {folder}"
     if data:
         sys.exit(f"error: evaluation folder '{data}' not found; pass a folder of scenarios to --data")
     training = ROOT / "ai-training"
     vocab = load_vocabulary(training)
-    split = build_dataset(load_folder(training, vocab), load_config(training).val_fraction)
+    split = _split(training, vocab, load_config(training).val_fraction)
     return vocab, split.validation, f"the validation split of {training}"
+
+
+def _split(folder: Path, vocab, fraction: float):
+    from dndllama.dataset import build_dataset
+    from dndllama.scenarios import ScenarioError, load_folder
+
+    try:
+        return build_dataset(load_folder(folder, vocab), fraction)
+    except ScenarioError as exc:
+        sys.exit(f"error: {len(exc.diagnostics)} error(s) in the scenarios under '{folder}'; "
+                 f"run `dndllama data check {folder}` and fix what it reports")
 
 
 def resolve(spec: str, models_dir: Path) -> Path:
