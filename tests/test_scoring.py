@@ -221,3 +221,26 @@ def test_every_rate_has_its_counts_and_an_interval():
     assert m.intervals["consequence_exact"] is None        # no consequence call: undefined, not [0, 1]
     assert m.counts["name_f1"] == [4, 4] and m.counts["exact_f1"] == [2, 4]
     assert json.loads(json.dumps(m.to_dict()))["counts"]["exact_f1"] == [2, 4]
+
+
+def test_replayed_turns_are_scored_with_the_conversation_before_them():
+    """validate.score_turns: each replayed turn gets its context, so consequence calls are found."""
+    from pathlib import Path
+
+    from dndllama.dataset import build_dataset
+    from dndllama.scenarios import load_folder
+    from dndllama.tools import load_vocabulary
+    from dndllama.validate import Turn, dm_turns, score_turns
+
+    folder = Path(__file__).parent / "data" / "independent"
+    vocab = load_vocabulary(folder)
+    conversations = build_dataset(load_folder(folder, vocab), 1.0).validation
+
+    def turns(predict):
+        return [Turn(c.scenario, i, c.messages[i].content, predict(c.messages[i].content), [], [], [], 0, 0, "eos", 0, 0)
+                for c, i in dm_turns(conversations)]
+
+    perfect = score_turns(turns(lambda ref: ref), conversations, vocab)
+    assert perfect.consequence_calls == {"item": {"reference": 3, "exact": 3}} and perfect.consequence_exact == 1.0
+    silent = score_turns(turns(lambda ref: "The DM nods."), conversations, vocab)
+    assert silent.consequence_exact == 0.0 and silent.must_call_accuracy == 0.0 and silent.no_call_accuracy == 1.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import atomic_path, write_json, write_text
-from .scoring import RATES
+from .scoring import RATES, wilson
 
 if TYPE_CHECKING:   # validate.py imports this module; the types are only for reading
     from .validate import Report
@@ -171,11 +171,17 @@ def _consequence_section(report: Report) -> list[str]:
     rows = []
     for kind in kinds:
         counts = [getattr(r.tools, "consequence_calls", {}).get(kind, {}) for r in results]
-        rows.append([kind, str(max(c.get("reference", 0) for c in counts)), *[str(c.get("exact", 0)) for c in counts]])
+        rows.append([kind, str(max(c.get("reference", 0) for c in counts)), *[_exact_cell(c) for c in counts]])
     lines = ["", "## Consequence calls", "",
              "Reference calls whose arguments follow from the conversation (damage or healing just rolled -> "
              "`health`; an item and owner already named -> `inventory`), so they can be written exactly.", ""]
     return lines + _md_table(["kind", "reference", *[f"{r.label}: exact" for r in results]], rows)
+
+
+def _exact_cell(counts: dict) -> str:
+    k, n = counts.get("exact", 0), counts.get("reference", 0)
+    interval = wilson(k, n)
+    return f"{k}" + (f" ({k / n:.2f} [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else "")
 
 
 def _change(a, b, fmt: str) -> str:
@@ -266,14 +272,18 @@ def plot_tool_metrics(report: Report, path: Path) -> Path | None:
     for n, result in enumerate(results):
         values = [getattr(result.tools, key, None) for key, _ in scores]
         xs = [i + (n - (len(results) - 1) / 2) * width for i in range(len(scores))]
-        bars = ax.bar(xs, [v or 0.0 for v in values], width, label=f"{result.label} ({Path(result.path).name})")
+        intervals = [getattr(result.tools, "intervals", {}).get(key) for key, _ in scores]
+        errors = [[max(0.0, (v or 0.0) - i[0]) if i else 0.0 for v, i in zip(values, intervals)],
+                  [max(0.0, i[1] - (v or 0.0)) if i else 0.0 for v, i in zip(values, intervals)]]
+        bars = ax.bar(xs, [v or 0.0 for v in values], width, yerr=errors, capsize=2, ecolor="0.4",
+                      error_kw={"lw": 0.8}, label=f"{result.label} ({Path(result.path).name})")
         for bar, value in zip(bars, values):
             ax.annotate("n/a" if value is None else f"{value:.2f}",
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(scores)), labels, fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score")
-    ax.set_title(f"Tool calls on {len(report.model.turns)} validation DM turns")
+    ax.set_title(f"Tool calls on {len(report.model.turns)} validation DM turns (whiskers: 95 % intervals)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     with atomic_path(path) as tmp:
