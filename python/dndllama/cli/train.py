@@ -98,13 +98,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if outcome.promoted else GATE_FAILED
 
 
+def _state(outcome) -> str:
+    """Whether the version is current and, if not, why: an unchanged rerun finds the newest version,
+    which may have failed the gate or have been switched away from (models use/rollback)."""
+    if outcome.promoted:
+        return "is current"
+    if (outcome.version.metadata.get("gate") or {}).get("passed") is False:
+        return "is NOT current (it failed the quality gate)"
+    return (f"is NOT current (nothing changed since it was trained, and another version was made current; "
+            f"`dndllama models use {outcome.version.name}` switches to it)")
+
+
 def print_outcome(outcome) -> None:
     """The new version and what the app needs from it (cactus.ts's paths, the snippet, the config)."""
     version, cactus = outcome.version, outcome.cactus
     meta = version.metadata
     print()
-    state = "is current" if outcome.promoted else "is NOT current (it failed the quality gate)"
-    print(f"{version.name} {state} ({meta['quant']['type']}, {human_size(meta['quant']['size'])}). "
+    print(f"{version.name} {_state(outcome)} ({meta['quant']['type']}, {human_size(meta['quant']['size'])}). "
           "For the app's cactus.ts:")
     print(f"  modelPath:  {json.dumps(cactus['modelPath'])}")
     print(f"  mmprojPath: {json.dumps(cactus['mmprojPath'])}"
