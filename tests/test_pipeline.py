@@ -22,12 +22,12 @@ from dndllama import _native as native
 from dndllama import pipeline, registry
 from dndllama.base import BaseModelError
 from dndllama.cli import main
-from dndllama.compat import find_runtime_env
+from dndllama.app_runtime import find_runtime_env
 from dndllama.config import ConfigError, load_config, parse_size
 from dndllama.dataset import GEMMA_CHAT_TEMPLATE
-from dndllama.export import TemplateMismatch, check_chat_template
+from dndllama.ship_checks import TemplateMismatch, check_chat_template
 from dndllama.quantize import CapError
-from dndllama.runtime import RuntimeCompatError
+from dndllama.runtime_profiles import RuntimeCompatError
 from tiny_models import make_tiny_model
 
 INDEPENDENT = Path(__file__).parent / "data" / "independent"

@@ -29,10 +29,10 @@ from . import __version__, plan, registry
 from .base import BaseModel, resolve_base
 from .config import Config
 from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
-from .export import check_chat_template, smoke_test
+from .ship_checks import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
 from .quantize import QuantChoice, candidates, choose_quant, human_size
-from .runtime import RuntimeCompatError
+from .runtime_profiles import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
 from .scenarios import ERROR, load_folder, scenario_files
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
@@ -426,8 +426,8 @@ def prune_runs(runs: Path, keep: Path, count: int = KEPT_RUNS) -> None:
 def old_runtime_check(model, path: Path, conversation: Conversation, config: Config, say) -> dict:
     """Load the GGUF in the app's own (older) llama.cpp, when that runtime is installed, and check it
     renders the first prompt exactly as training did and answers. Refuses to ship on failure."""
-    from .compat import check_runtime, find_runtime_env, report_json
-    from .export import first_prompt
+    from .app_runtime import check_runtime, find_runtime_env, report_json
+    from .ship_checks import first_prompt
 
     if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
         reason = (f"the {config.runtime} runtime is not installed; `dndllama runtime install {config.runtime}` "
@@ -451,8 +451,8 @@ def old_runtime_check(model, path: Path, conversation: Conversation, config: Con
 def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversation, config: Config, say) -> dict:
     """Load the LoRA adapter over the base in the app's llama.cpp, as its `lora` option would. The
     merged model is what ships, so a failure here is reported, not fatal."""
-    from .compat import check_runtime, find_runtime_env
-    from .export import first_exchange
+    from .app_runtime import check_runtime, find_runtime_env
+    from .ship_checks import first_exchange
 
     if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
         return {"skipped": "the app's runtime is not installed"}
@@ -467,7 +467,7 @@ def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversa
 
 
 def _runtime(name: str):
-    from .runtime import load_runtime
+    from .runtime_profiles import load_runtime
 
     return load_runtime(name)
 

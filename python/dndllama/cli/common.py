@@ -14,11 +14,11 @@ from typing import Callable
 
 from ..base import BaseModelError
 from ..config import Config, ConfigError
-from ..export import TemplateMismatch
+from ..ship_checks import TemplateMismatch
 from ..pipeline import DataError, DiskFullError
 from ..quantize import CapError
 from ..registry import RegistryError
-from ..runtime import RuntimeCompatError, UnknownRuntime
+from ..runtime_profiles import RuntimeCompatError, UnknownRuntime
 from ..scenarios import FolderCheck, load_folder, scenario_files
 from ..tools import VocabularyError, load_vocabulary
 from ..train import TrainingError

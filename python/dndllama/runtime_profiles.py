@@ -2,7 +2,7 @@
 
 The profiles are data (`runtimes.toml` next to this module): architectures, tensor and file types,
 BPE pre-tokenizers and metadata quirks, each list copied from that llama.cpp tree's own sources.
-This module only walks them. `compat.py` runs the real old runtime; this one answers from the
+This module only walks them. `app_runtime.py` runs the real old runtime; this one answers from the
 tables without running anything.
 """
 
