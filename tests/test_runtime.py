@@ -14,7 +14,7 @@ import pytest
 from dndllama import cli
 from dndllama.cli.runtime import add_runtime_commands
 from dndllama.app_runtime import (RuntimeNotInstalled, check_runtime, ensure_runtime_env, first_difference,
-                             require_runtime_env, static_problems)
+                                  require_runtime_env, static_problems)
 from dndllama.dataset import Message, render_gemma
 from dndllama.runtime_profiles import RUNTIMES, RuntimeCompatError, UnknownRuntime, load_runtime
 from dndllama.snippets import cactus_ts, llama_rn_ts

@@ -14,12 +14,12 @@ from typing import Callable
 
 from ..base import BaseModelError
 from ..config import Config, ConfigError
-from ..ship_checks import TemplateMismatch
 from ..pipeline import DataError, DiskFullError
 from ..quantize import CapError
 from ..registry import RegistryError
 from ..runtime_profiles import RuntimeCompatError, UnknownRuntime
 from ..scenarios import FolderCheck, load_folder, scenario_files
+from ..ship_checks import TemplateMismatch
 from ..tools import VocabularyError, load_vocabulary
 from ..train import TrainingError
 

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from ..app_runtime import (CompatReport, RuntimeInstallError, RuntimeNotInstalled, check_runtime, ensure_runtime_env,
-                     find_runtime_env, report_json)
+                           find_runtime_env, report_json)
 from ..dataset import Message, render_gemma, split_scenarios, to_conversation
-from ..ship_checks import first_exchange
 from ..runtime_profiles import DEFAULT_RUNTIME, RUNTIMES, UnknownRuntime, load_runtime
+from ..ship_checks import first_exchange
 from .common import DEFAULT_DATA_DIR, CliError, command, group, load_scenarios
 
 TEXT_PREVIEW = 300  # characters of the reply shown
