@@ -48,6 +48,7 @@ def project(tmp_path, tiny_base):
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
                 "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
                 "validate_turns": 2, "validate_max_tokens": 16, "gate": False,
+                "eval_data": "",   # the in-corpus split, whatever folder the tests run from (test_evalset covers it)
                 # the best type under the cap, without replaying every candidate: the tests on choosing
                 # by tool calls ask for select_by="tool_f1" (the default)
                 "select_by": "loss"}

@@ -1,5 +1,6 @@
-"""`dndllama validate MODEL`: replay the validation scenarios' DM turns through a model (and a
-baseline), score the tool calls, write report.json / report.md / charts and print a summary.
+"""`dndllama validate MODEL`: replay the evaluation scenarios' DM turns (eval_data, default ai-eval/;
+the validation split of --data when there is none) through a model (and a baseline), score the tool
+calls, write report.json / report.md / charts and print a summary.
 
 Registered in cli.COMMAND_GROUPS by `add_validate_command`; reuses cli's `_command` and `CliError`.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from . import cli  # used at call time, so cli.py may import this module at its top
 from .config import load_config
 from .dataset import Conversation, build_dataset
+from .evalset import EvalSetError, find_eval_dir, load_eval_set
 from .scenarios import ScenarioError
 from .tools import Vocabulary
 from .validate import (DEFAULT_MAX_TOKENS, ValidationError, dm_turns, gate, metric_rows, validate_model,
@@ -30,8 +32,12 @@ def add_validate_command(groups) -> None:
     command.add_argument("model", metavar="MODEL",
                          help="a .gguf file, or a version in --models-dir (v0002, 2, current)")
     command.add_argument("--data", default=default_data, metavar="DIR",
-                         help=f"scenario folder; its validation split is replayed (default: {default_data})")
-    command.add_argument("--all", action="store_true", help="replay every scenario, not only the validation split")
+                         help=f"scenario folder: its tool vocabulary, and its validation split when there is no "
+                              f"evaluation folder (default: {default_data})")
+    command.add_argument("--eval-data", metavar="DIR",
+                         help="held-out scenarios to replay (default: eval_data of the config, ai-eval; '' = none, "
+                              "replay the validation split of --data)")
+    command.add_argument("--all", action="store_true", help="replay every scenario of --data, not an evaluation set")
     command.add_argument("--baseline", default="auto", metavar="MODEL",
                          help="a .gguf to compare with; 'auto' (default): the base the model was trained "
                               "from, when it is at hand; 'none': no comparison")
@@ -54,7 +60,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     model = cli.resolve_model(args.model, Path(args.models_dir))
     config = load_config(args.data, {})
-    vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all)
+    eval_data = config.eval_data if args.eval_data is None else args.eval_data
+    vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all, eval_data)
     baseline = _baseline(args.baseline, model)
     train_log = Path(args.train_log) if args.train_log else model.parent / TRAIN_LOG
     if args.train_log and not train_log.is_file():
@@ -84,9 +91,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conversations(data: Path, val_fraction: float, every: bool) -> tuple[Vocabulary, list[Conversation], str]:
+def _conversations(data: Path, val_fraction: float, every: bool,
+                   eval_data: str = "") -> tuple[Vocabulary, list[Conversation], str]:
     check = cli.load_scenarios(data)
     vocab = check.vocab
+    evaluation = None if every else _evaluation(eval_data, data, check)
+    if evaluation:
+        return vocab, evaluation, "evaluation "
     try:
         split = build_dataset(check, 1.0 if every else val_fraction)
     except ScenarioError as exc:
@@ -97,6 +108,20 @@ def _conversations(data: Path, val_fraction: float, every: bool) -> tuple[Vocabu
         raise cli.CliError(f"no validation scenario in '{data}' ({len(check.scenarios)} scenarios, validation "
                            f"fraction {val_fraction})", "pass --all to replay every scenario, or add scenarios")
     return vocab, sorted(conversations, key=lambda c: c.scenario), "" if every else "validation "
+
+
+def _evaluation(eval_data: str, data: Path, check) -> list[Conversation] | None:
+    """The evaluation folder's conversations, or None (with a notice when one was asked for)."""
+    try:
+        eval_dir, note = find_eval_dir(eval_data, data)
+        if eval_dir is None:
+            if note:
+                print(note)
+            return None
+        return load_eval_set(eval_dir, check.vocab, {s.digest for s in check.scenarios}).conversations
+    except EvalSetError as exc:
+        raise cli.CliError(str(exc), "fix the evaluation folder, or pass --eval-data '' to replay the "
+                           "validation split of --data") from None
 
 
 def _baseline(spec: str, model: Path) -> Path | None:
