@@ -6,6 +6,7 @@ repository's ai-eval/ and ai-training/ as shipped.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -260,3 +261,19 @@ def test_the_mechanics_check_can_fail():
     assert any("starts from 12, but kesh was at 13" in p for p in problems)  # the next hit
     assert any("off the faces of 1d4+3" in p for p in problems)              # a 6 on a d4
     assert any("does not follow from the rolls just made [9]" in p for p in problems)
+
+
+def test_stats_script_prints_the_figures_and_fails_on_missed_targets(project, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_set_stats", REPO / "scripts" / "eval_set_stats.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data_dir, held_out = project
+    assert script.main([str(held_out), "--data", str(data_dir), "--json"]) == 1
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["scenarios"], stats["dm_turns"], stats["no_call_turns"]) == (1, 3, 2)
+    assert stats["calls"]["roll"] == 1 and stats["party_sizes"] == {"1": 1}
+    assert "scenarios 1 < 25" in stats["missed"] and "health calls 0 < 20" in stats["missed"]
+    assert script.main([str(EVAL), "--data", str(TRAINING)]) in (0, 1)   # the shipped half: a table, whatever the other half holds
+    assert "DM turns without a call" in capsys.readouterr().out
