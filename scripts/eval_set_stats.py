@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dndllama.evalset import set_stats
 from dndllama.scenarios import load_folder

@@ -221,7 +221,8 @@ def _check_sum(call, match) -> list[str]:
         faces = [v for _, v in terms][: int(dice.group("count") or 1)]
         if any(not 1 <= v <= int(dice.group("sides")) for v in faces):
             problems.append(f"{match.group(0)!r} has a die off the faces of {dice.group(0)}")
-    if match.group("dc") and (int(match.group("total")) >= int(match.group("dc"))) != (match.group("outcome") == "success"):
+    succeeded = match.group("dc") and int(match.group("total")) >= int(match.group("dc"))
+    if match.group("dc") and bool(succeeded) != (match.group("outcome") == "success"):
         problems.append(f"{match.group(0)!r} states the wrong outcome")
     return problems
 
@@ -254,8 +255,9 @@ def test_shipped_evaluation_mechanics_add_up(shipped):
 def test_the_mechanics_check_can_fail():
     vocab = load_vocabulary(TRAINING)
     text = (EVAL / "combat" / "stirge_belfry_solo.md").read_text(encoding="utf-8")
-    broken = text.replace("Kesh: 17 - 5 = *12/17*", "Kesh: 17 - 5 = *13/17*").replace("1d4+3: 2 + 3 = *5*", "1d4+3: 6 + 3 = *9*")
-    assert broken.count("*13/17*") == 1 and broken.count("1d4+3: 6 + 3 = *9*") == 1, "the scenario changed: break other lines"
+    broken = text.replace("Kesh: 17 - 5 = *12/17*", "Kesh: 17 - 5 = *13/17*")
+    broken = broken.replace("1d4+3: 2 + 3 = *5*", "1d4+3: 6 + 3 = *9*")
+    assert broken.count("*13/17*") == 1 and broken.count("1d4+3: 6 + 3 = *9*") == 1, "the scenario changed"
     problems = mechanics_problems(parse_scenario(broken, "combat/stirge_belfry_solo.md", vocab))
     assert any("is not 17 -5" in p for p in problems)                       # the subtraction
     assert any("starts from 12, but kesh was at 13" in p for p in problems)  # the next hit
@@ -275,5 +277,5 @@ def test_stats_script_prints_the_figures_and_fails_on_missed_targets(project, ca
     assert (stats["scenarios"], stats["dm_turns"], stats["no_call_turns"]) == (1, 3, 2)
     assert stats["calls"]["roll"] == 1 and stats["party_sizes"] == {"1": 1}
     assert "scenarios 1 < 25" in stats["missed"] and "health calls 0 < 20" in stats["missed"]
-    assert script.main([str(EVAL), "--data", str(TRAINING)]) in (0, 1)   # the shipped half: a table, whatever the other half holds
+    assert script.main([str(EVAL), "--data", str(TRAINING)]) in (0, 1)   # the shipped set: 1 while one half is missing
     assert "DM turns without a call" in capsys.readouterr().out
