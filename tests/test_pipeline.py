@@ -115,6 +115,7 @@ def test_the_evaluation_folder_is_what_gets_judged_and_part_of_the_export_key(pr
     assert "evaluation: 1 scenarios" in said and "of 1 evaluation scenarios" in said
     report = json.loads((outcome.version.path / "report.json").read_text())
     assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]        # model and base both replayed it
+    assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"   # the loss: the cheap split
     assert "combat/wolves_at_the_ford.md" not in outcome.version.metadata["data_files"]
 
     path = held_out / "combat" / "wolves_at_the_ford.md"

@@ -329,7 +329,10 @@ def test_validate_command_replays_the_evaluation_folder_by_default(command, mode
              "--baseline", "none"]
     assert command(["validate", str(models[1]), "--out", "with", *flags]) == 0
     assert "evaluation scenario(s)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "with" / REPORT_JSON).read_text())["scenarios"] == ["combat/wolves_at_the_ford.md"]
+    report = json.loads((tmp_path / "with" / REPORT_JSON).read_text())
+    assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]
+    assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"    # the loss stays on --data's split
+    assert "loss windows of 256 tokens on 1 in-corpus validation scenarios" in (tmp_path / "with" / REPORT_MD).read_text()
 
     shutil.rmtree(held_out)   # no evaluation folder: the in-corpus split, with a notice
     assert command(["validate", str(models[1]), "--out", "without", *flags]) == 0

@@ -62,6 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.data, {})
     eval_data = config.eval_data if args.eval_data is None else args.eval_data
     vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all, eval_data)
+    loss_on = _loss_split(Path(args.data), config.val_fraction) if which == "evaluation " else None
     baseline = _baseline(args.baseline, model)
     train_log = Path(args.train_log) if args.train_log else model.parent / TRAIN_LOG
     if args.train_log and not train_log.is_file():
@@ -78,7 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         report = validate_model(model, conversations, vocab, baseline_path=baseline,
                                 train_log=train_log if train_log.is_file() else None,
-                                say=lambda line: print(line, flush=True), **settings)
+                                say=lambda line: print(line, flush=True), loss_conversations=loss_on, **settings)
     except ValidationError as exc:
         raise cli.CliError(str(exc), "pass a larger --ctx or a smaller --max-tokens") from None
     except _native.NativeError as exc:
@@ -108,6 +109,15 @@ def _conversations(data: Path, val_fraction: float, every: bool,
         raise cli.CliError(f"no validation scenario in '{data}' ({len(check.scenarios)} scenarios, validation "
                            f"fraction {val_fraction})", "pass --all to replay every scenario, or add scenarios")
     return vocab, sorted(conversations, key=lambda c: c.scenario), "" if every else "validation "
+
+
+def _loss_split(data: Path, val_fraction: float) -> list[Conversation] | None:
+    """With an evaluation folder the loss stays on --data's validation split, as in training (the
+    whole evaluation set holds ~9x the windows); None replays and takes the loss on the same set."""
+    try:
+        return _conversations(data, val_fraction, False)[1]
+    except cli.CliError:
+        return None
 
 
 def _evaluation(eval_data: str, data: Path, check) -> list[Conversation] | None:
