@@ -332,12 +332,14 @@ def test_validate_command_replays_the_evaluation_folder_by_default(command, mode
     report = json.loads((tmp_path / "with" / REPORT_JSON).read_text())
     assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]
     assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"    # the loss stays on --data's split
-    assert "loss windows of 256 tokens on 1 in-corpus validation scenarios" in (tmp_path / "with" / REPORT_MD).read_text()
+    markdown = (tmp_path / "with" / REPORT_MD).read_text()
+    assert "loss windows of 256 tokens on 1 in-corpus validation scenarios" in markdown
 
     shutil.rmtree(held_out)   # no evaluation folder: the in-corpus split, with a notice
     assert command(["validate", str(models[1]), "--out", "without", *flags]) == 0
     assert "evaluation folder 'ai-eval' not found" in capsys.readouterr().out
-    assert json.loads((tmp_path / "without" / REPORT_JSON).read_text())["scenarios"] == ["roleplay/the_spice_merchant.md"]
+    without = json.loads((tmp_path / "without" / REPORT_JSON).read_text())
+    assert without["scenarios"] == ["roleplay/the_spice_merchant.md"] and "loss_on" not in without["settings"]
 
     assert command(["validate", str(models[1]), "--eval-data", "data/combat", *flags]) == 1
     assert "inside the training data" in capsys.readouterr().err
