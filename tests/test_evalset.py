@@ -160,6 +160,14 @@ def test_shipped_evaluation_set_is_written_fresh(shipped):
     assert shared == []
 
 
+def test_shipped_evaluation_parties_are_new_names(shipped):
+    evaluation, training = shipped
+    taken = {m.name.split()[0].lower() for s in training.scenarios for m in s.system.party}
+    reused = sorted({(s.path, m.name) for s in evaluation.scenarios for m in s.system.party
+                     if m.name.split()[0].lower() in taken})
+    assert reused == []
+
+
 def _folded(text: str) -> str:
     return " ".join(text.lower().split())
 
