@@ -43,6 +43,7 @@ MATMUL_PRECISIONS = ("auto", "bf16", "f32")
 @dataclass
 class Config:
     data: str = "ai-training"
+    eval_data: str = "ai-eval"           # held-out scenarios for validate, checkpoint/quant choice, the gate ("" = none)
     base: str = EMBEDDED_BASE
     runtime: str = "cactus-0.2"          # the runtime the exported GGUF must load in
     name: str = "dndllama-dm"            # general.name of the output and the registry's label

@@ -408,8 +408,10 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
                    baseline_path: str | Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, n_ctx: int = 2048,
                    loss_ctx: int = 768, seed: int = 0, max_turns: int | None = None, n_threads: int = 0,
                    n_gpu_layers: int = 0, train_log: str | Path | None = None,
-                   say: Callable[[str], None] | None = None) -> Report:
-    """Replay, score and measure the model (and the baseline, with the same turns and settings)."""
+                   say: Callable[[str], None] | None = None,
+                   loss_conversations: list[Conversation] | None = None) -> Report:
+    """Replay, score and measure the model (and the baseline, with the same turns and settings); the
+    loss is taken on `loss_conversations` when given (a smaller set than the replayed one)."""
     conversations = list(conversations)
     total = len(dm_turns(conversations)[:max_turns])
     if not total:
@@ -417,10 +419,14 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
     settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed,
                 "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers}
     run = dict(conversations=conversations, vocab=vocab, max_tokens=max_tokens, n_ctx=n_ctx, loss_ctx=loss_ctx,
-               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say)
+               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say,
+               loss_conversations=loss_conversations)
     model = validate_one("model", model_path, **run)
     baseline = validate_one("baseline", baseline_path, **run) if baseline_path else None
-    return make_report(model, baseline, conversations, settings, train_log)
+    report = make_report(model, baseline, conversations, settings, train_log)
+    if loss_conversations:
+        report.settings["loss_on"] = f"{len(loss_conversations)} in-corpus validation scenarios"
+    return report
 
 
 def make_report(model: ModelResult, baseline: ModelResult | None, conversations: list[Conversation],
@@ -433,7 +439,8 @@ def make_report(model: ModelResult, baseline: ModelResult | None, conversations:
 
 
 def validate_one(label: str, path: str | Path, *, conversations, vocab, max_tokens, n_ctx, loss_ctx, seed,
-                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True) -> ModelResult:
+                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True,
+                 loss_conversations=None) -> ModelResult:
     """One file's replay, scores, speed and memory (and its reference loss unless `with_loss` is off)."""
     from . import _native
 
@@ -459,7 +466,7 @@ def validate_one(label: str, path: str | Path, *, conversations, vocab, max_toke
     # outside the memory measurement: evaluate() holds every position's logits, which inference never does
     if with_loss:
         say(f"{label}: loss on the reference DM tokens (windows of {loss_ctx} tokens)")
-        loss = reference_loss(path, conversations, loss_ctx, n_threads, n_gpu_layers)
+        loss = reference_loss(path, loss_conversations or conversations, loss_ctx, n_threads, n_gpu_layers)
     else:
         loss = LossResult(None, None, None, 0, 0, 0)
     n = len(replayed.turns)
@@ -525,7 +532,8 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
         f"- **data**: {_count(len(report.scenarios), 'scenario')} ({_some(report.scenarios)}); {replayed} DM turns "
         f"replayed, {model.skipped_turns} skipped (prompt + max_tokens over n_ctx)",
         f"- **settings**: {s['decoding']} decoding, seed {s['seed']}, max_tokens {s['max_tokens']}, "
-        f"n_ctx {s['n_ctx']}, loss windows of {s['loss_ctx']} tokens",
+        f"n_ctx {s['n_ctx']}, loss windows of {s['loss_ctx']} tokens"
+        + (f" on {s['loss_on']}" if s.get("loss_on") else ""),
         f"- **created**: {report.created}",
     ]
     if base:
