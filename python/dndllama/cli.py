@@ -17,6 +17,7 @@ from . import __version__
 from .base import BaseModelError
 from .cli_chat import add_chat_command
 from .cli_runtime import add_runtime_commands
+from .cli_synth import SYNTH_OVERRIDES, add_synth_command, add_synth_train_flags
 from .cli_validate import add_validate_command
 from .config import ConfigError, load_config
 from .dataset import DataStats, data_stats
@@ -92,6 +93,7 @@ def _add_data_commands(groups) -> None:
     check = _command(commands, "check", cmd_data_check, "validate every scenario and print statistics")
     check.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR, help=f"data folder (default: {DEFAULT_DATA_DIR})")
     check.add_argument("--base", metavar="GGUF", help="base model whose tokenizer counts tokens")
+    add_synth_command(commands)
     data.set_defaults(func=lambda args: _usage(data))
 
 
@@ -130,6 +132,7 @@ def _add_train_command(groups) -> None:
     ]
     for flag, kind, metavar, text in flags:
         train.add_argument(flag, type=kind, metavar=metavar, help=text)
+    add_synth_train_flags(train)
     train.add_argument("--resume", action="store_true", help="require an interrupted run to resume (resuming is "
                        "automatic; this fails if there is none)")
     train.add_argument("--force", action="store_true", help="ignore cached stages and retrain from the base")
@@ -306,7 +309,7 @@ def _rich_table(title: str, headers: list[str], rows: list[list]) -> None:
 TRAIN_OVERRIDES = ("data", "base", "epochs", "max_steps", "lr", "ctx", "size_cap", "quant", "runtime",
                    "models_dir", "cache_dir", "name", "threads", "gpu_layers", "patience", "save_every",
                    "eval_every", "select_by", "quant_f1_tolerance", "validate_turns", "min_f1_gain", "gate",
-                    "method", "lora_rank", "lora_lr", "matmul_precision")
+                    "method", "lora_rank", "lora_lr", "matmul_precision") + SYNTH_OVERRIDES
 GATE_FAILED = 3   # exit status: trained and kept, but not promoted
 
 

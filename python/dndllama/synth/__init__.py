@@ -11,6 +11,7 @@ tables in this package (never from a scenario folder, and never from the evaluat
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -121,3 +122,34 @@ def timed_generate(count: int, seed: int) -> tuple[list[Synthetic], float]:
     t0 = time.perf_counter()
     items = generate_many(count, seed)
     return items, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- for training
+
+
+class SynthError(ValueError):
+    """Synthetic scenarios cannot be used with this data folder (e.g. its tools.toml changed a tool)."""
+
+
+def training_conversations(ratio: float, seed: int, loss: str, hand_dm_turns: int, vocab=None) -> list:
+    """Synthetic conversations with at least ratio x hand_dm_turns DM messages, each parsed and
+    validated like a scenario file, marked with `loss` ("calls" or "all") for the dataset's masks."""
+    from ..dataset import to_conversation
+    from ..scenarios import ScenarioError, parse_scenario
+
+    wanted = math.ceil(ratio * hand_dm_turns)
+    conversations, have, index = [], 0, 0
+    while have < wanted:
+        item = generate(seed, index)
+        index += 1
+        try:
+            scenario = parse_scenario(item.text, f"synth/{item.path}", vocab, item.category)
+        except ScenarioError as exc:
+            raise SynthError(f"synthetic scenario {item.path} (synth_seed {seed}) does not fit this data folder's "
+                             f"tool vocabulary: {exc.diagnostics[0] if exc.diagnostics else exc}; set synth = 0, "
+                             "or keep the default forms of roll, health, inventory, spellcast and check") from None
+        conversation = to_conversation(scenario, vocab)
+        conversation.loss = loss
+        have += sum(m.role == "assistant" for m in conversation.messages)
+        conversations.append(conversation)
+    return conversations

@@ -228,17 +228,33 @@ def saving_throw(s: Script, pc: PC, ability: str, dc: int, lead: str) -> bool:
     return d20 + mod >= dc
 
 
-def hazard_damage(s: Script, pc: PC, expr: str, halved: bool, lead: str) -> None:
-    """A trap's or a fall's damage: roll it, apply it (half on a successful save)."""
+def trap(s: Script, pc: PC, ability: str, dc: int, expr: str, lead: str) -> None:
+    """A trap: the save and the damage roll together, then the damage (half on a success)."""
+    d20, mod = s.rng.randint(1, 20), pc.save_bonus(ability)
+    saved = d20 + mod >= dc
     dice = roll(s.rng, expr)
-    amount = dice.total // 2 if halved else dice.total
+    s.call(lead, [(f"[roll: {pc.name}, {ability} save]", d20_line(f"{ability} save", d20, mod)),
+                  (f"[roll: {expr}]", dice.line())])
+    s.log("save", pc=pc.name, ability=ability, dc=dc, total=d20 + mod, success=saved)
+    _apply_hazard(s, pc, dice.total, saved)
+
+
+def hazard_damage(s: Script, pc: PC, expr: str, halved: bool, lead: str) -> None:
+    """A fall's damage: roll it, apply it (half when `halved`)."""
+    dice = roll(s.rng, expr)
     s.call(lead, [(f"[roll: {expr}]", dice.line())])
-    s.log("spell_damage" if halved else "damage", target=pc.name, rolled=dice.total, saved=halved, amount=amount,
-          expr=expr)
+    _apply_hazard(s, pc, dice.total, halved)
+
+
+def _apply_hazard(s: Script, pc: PC, rolled: int, halved: bool) -> None:
+    amount = rolled // 2 if halved else rolled
+    s.log("spell_damage", target=pc.name, rolled=rolled, saved=halved, amount=amount)
     if amount:
         health(s, pc, -amount, s.pick("dm_apply_half" if halved else "dm_apply_damage", n=amount, target=pc.name,
-                                      full=dice.total))
+                                      full=rolled))
         _aftermath(s, pc)
+    else:
+        s.dm(f"Half of {rolled} rounds down to nothing: {pc.name} is unhurt.")
 
 
 # ---------------------------------------------------------------- inventory

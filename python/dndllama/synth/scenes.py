@@ -108,8 +108,7 @@ def trap_beat(s: Script, cast: Cast) -> None:
     what, ability, damage = s.rng.choice(TRAPS)
     dc = s.rng.randint(11, 15)
     lead = f"A click underfoot, and {what} bursts out at {pc.name}. {ability.capitalize()} save, DC {dc}."
-    saved = act.saving_throw(s, pc, ability, dc, lead)
-    act.hazard_damage(s, pc, damage, saved, "You twist aside and it only grazes you." if saved else "It hits you full on.")
+    act.trap(s, pc, ability, dc, damage, lead)
 
 
 def loot_beat(s: Script, cast: Cast) -> None:
@@ -302,6 +301,8 @@ def play(s: Script, cast: Cast, category: str, tier: int) -> None:
             combat_beat(s, cast, tier)
         else:
             BEATS[beat](s, cast)
+        if s.awaiting_narration:      # every beat narrates its results; this only guards new beats
+            s.dm("")
         talk(s, cast, s.rng.choice((0, 1, 1, 2)))
     if s.turns[-1].kind != "dm" or s.turns[-1].calls:
         s.dm(s.pick("hook"))
