@@ -48,6 +48,7 @@ def generate(seed: int, index: int) -> Synthetic:
     tier = rng.choice((1, 1, 1, 2, 2, 3))
     party = _party(rng, _weighted(rng, PARTY_SIZES), tier, category)
     script = Script(rng, GRAMMAR)
+    script.party_size = len(party)
     place = script.say(rng.choice(LOCATIONS[category]))
     cast = Cast(party, place, rng.choice(NPC_NAMES))
     party_lines = [pc.party_line() for pc in party]   # the state before play changes HP, slots and items
@@ -84,7 +85,7 @@ def _inventory(rng: random.Random, class_gear: tuple[str, ...], category: str) -
     if category in ("downtime", "roleplay"):
         pool.insert(0, rng.choice(VALUABLES)[0])
     rng.shuffle(pool)
-    gold = rng.choice((0, 5, 15, 30, 60, 120, 250)) if size > 1 and rng.random() < 0.75 else 0
+    gold = rng.choice((0, 3, 5, 12, 15, 24, 30, 45, 60, 85, 120, 160, 250)) if size > 1 and rng.random() < 0.75 else 0
     room = size - 1 - (1 if gold else 0)
     gear = list(dict.fromkeys(pool))[:room]
     return gear, gold

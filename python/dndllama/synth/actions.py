@@ -52,7 +52,7 @@ def pc_attack(s: Script, pc: PC, foe: Foe, announce: bool = True) -> bool:
     weapon = pc.weapon.name
     if announce:
         s.user(s.pick("user_attack_ranged" if pc.weapon.ranged else "user_attack", weapon=weapon, foe=foe.name.lower(),
-                      pc=pc.name))
+                      pc=pc.name), actor=pc.name)
     d20, mod = s.rng.randint(1, 20), pc.attack_bonus()
     hit, crit = _hits(d20, d20 + mod, foe.ac)
     s.call(s.pick("dm_attack_windup", weapon=weapon, foe=foe.name.lower(), pc=pc.name),

@@ -97,7 +97,7 @@ COMBAT = {
     ),
     "dm_foe_miss": (
         "{pc} twists away and the {attack} misses. {prompt}", "It misses {pc} by a hair. {detail}",
-        "The {attack} slams into {pc}'s guard and skids off. {prompt}", "Not enough to hit {pc}. {prompt}",
+        "{pc} catches the {attack} on a raised guard. {prompt}", "Not enough to hit {pc}. {prompt}",
         "{pc} sidesteps; the {foe} overextends. {prompt}", "A miss. {detail} {prompt}",
     ),
     "dm_foe_hit": (

@@ -60,13 +60,13 @@ def talk(s: Script, cast: Cast, count: int) -> None:
         pc = s.rng.choice(cast.up() or cast.party)
         kind = s.rng.random()
         if kind < 0.45:
-            s.user(s.pick("user_question", pc=pc.name, npc=cast.npc))
+            s.user(s.pick("user_question", pc=pc.name, npc=cast.npc), actor=pc.name)
             s.dm(s.pick("dm_answer", pc=pc.name))
         elif kind < 0.8:
-            s.user(s.pick("user_plan", pc=pc.name))
+            s.user(s.pick("user_plan", pc=pc.name), actor=pc.name)
             s.dm(s.pick("dm_ack", pc=pc.name))
         else:
-            s.user(s.pick("user_ask_npc", npc=cast.npc, pc=pc.name))
+            s.user(s.pick("user_ask_npc", npc=cast.npc, pc=pc.name), actor=pc.name)
             s.dm(s.pick("npc_reply", npc=cast.npc))
 
 
@@ -84,7 +84,7 @@ def opening(s: Script, cast: Cast) -> None:
 
 def search_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
-    s.user(s.pick("user_search", pc=pc.name))
+    s.user(s.pick("user_search", pc=pc.name), actor=pc.name)
     skill = s.rng.choice(("perception", "investigation", "perception", "survival"))
     total = act.skill_roll(s, pc, skill, s.pick("dm_search_lead"))
     s.dm(s.pick("dm_found" if total >= 13 else "dm_not_found"))
@@ -93,7 +93,7 @@ def search_beat(s: Script, cast: Cast) -> None:
 def task_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     task, skill, (low, high), damage = s.rng.choice(TASKS)
-    s.user(s.pick("user_try", task=task, pc=pc.name))
+    s.user(s.pick("user_try", task=task, pc=pc.name), actor=pc.name)
     dc = s.rng.randint(low, high)
     if act.check(s, pc, skill, dc, s.pick("dm_check_lead")):
         s.dm(s.pick("dm_success"))
@@ -113,7 +113,7 @@ def trap_beat(s: Script, cast: Cast) -> None:
 
 def loot_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
-    s.user(s.pick("user_loot", pc=pc.name))
+    s.user(s.pick("user_loot", pc=pc.name), actor=pc.name)
     item = s.rng.choice(TRINKETS)
     changes = [(pc, f"+{item}")]
     if s.rng.random() < 0.6:
@@ -128,7 +128,7 @@ def trade_beat(s: Script, cast: Cast) -> None:
     held = [(item, price) for item, price in VALUABLES if item in pc.items]
     if held and s.rng.random() < 0.6:
         item, price = s.rng.choice(held)
-        s.user(s.pick("user_sell", item=item, npc=cast.npc, pc=pc.name))
+        s.user(s.pick("user_sell", item=item, npc=cast.npc, pc=pc.name), actor=pc.name)
         s.dm(s.pick("dm_offer", item=item, price=price, npc=cast.npc))
         s.user(s.rng.choice(("Deal.", "Fine, I'll take it.", "Sold.", "Agreed.")))
         act.inventory(s, [(pc, f"-{item}"), (pc, f"+{price} gp")], "")
@@ -136,11 +136,11 @@ def trade_beat(s: Script, cast: Cast) -> None:
         return
     affordable = [(item, price) for item, price in SHOP if price <= pc.gold]
     if not affordable:
-        s.user(s.pick("user_buy", item=SHOP[0][0], pc=pc.name))
+        s.user(s.pick("user_buy", item=SHOP[0][0], pc=pc.name), actor=pc.name)
         s.dm(f"{cast.npc} shakes their head. \"{SHOP[0][1]} gp, and you don't have it.\"")
         return
     item, price = s.rng.choice(affordable)
-    s.user(s.pick("user_buy", item=item, pc=pc.name))
+    s.user(s.pick("user_buy", item=item, pc=pc.name), actor=pc.name)
     act.inventory(s, [(pc, f"-{price} gp"), (pc, f"+{item}")], s.pick("dm_price", item=item, price=price,
                                                                         npc=cast.npc))
     s.dm(s.pick("prompt"))
@@ -153,7 +153,7 @@ def give_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(givers)
     other = s.rng.choice([p for p in cast.party if p is not pc])
     item = s.rng.choice(pc.items[1:])
-    s.user(s.pick("user_give", item=item, other=other.name, pc=pc.name))
+    s.user(s.pick("user_give", item=item, other=other.name, pc=pc.name), actor=pc.name)
     act.inventory(s, [(pc, f"-{item}"), (other, f"+{item}")], s.pick("dm_give", item=item, other=other.name))
     s.dm(s.pick("prompt"))
 
@@ -161,7 +161,8 @@ def give_beat(s: Script, cast: Cast) -> None:
 def social_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     goal = s.rng.choice(sorted(SOCIAL))
-    s.user(s.say(s.rng.choice(s.grammar["user_social"]), social_goal=goal.format(npc=cast.npc), pc=pc.name))
+    s.user(s.say(s.rng.choice(s.grammar["user_social"]), social_goal=goal.format(npc=cast.npc), pc=pc.name),
+           actor=pc.name)
     dc = s.rng.randint(10, 18)
     ok = act.check(s, pc, SOCIAL[goal], dc, s.pick("dm_check_lead"))
     s.dm(s.pick("npc_yes" if ok else "npc_no", npc=cast.npc))
@@ -173,7 +174,7 @@ def rest_beat(s: Script, cast: Cast) -> None:
     if not hurt:
         return
     pc = s.rng.choice(hurt)
-    s.user(s.pick("user_rest", pc=pc.name))
+    s.user(s.pick("user_rest", pc=pc.name), actor=pc.name)
     expr = f"1d{pc.cls.hit_die}" + (f"+{pc.mods['constitution']}" if pc.mods["constitution"] > 0 else "")
     dice = act.roll(s.rng, expr)
     s.call(s.pick("dm_rest") + f" {pc.name}, spend a hit die.", [(f"[roll: {expr}]", dice.line())])
@@ -199,21 +200,25 @@ def spell_beat(s: Script, cast: Cast, foes: list[Foe] | None = None) -> bool:
     slots = {"spell": spell.name, "pc": pc.name}
     if spell.kind == "heal":
         targets = hurt[:1] if spell.name in ("cure wounds", "healing word") else hurt[:3]
-        s.user(s.pick("user_cast_heal", target=targets[0].name, **slots))
+        s.user(s.pick("user_cast_heal", target=targets[0].name, **slots), actor=pc.name)
     elif spell.kind == "utility":
         targets = []
-        s.user(s.pick("user_cast_utility", **slots))
+        s.user(s.pick("user_cast_utility", **slots), actor=pc.name)
     elif spell.kind == "save" and len(live) > 1 and spell.level > 0:
         targets = live[:3]
-        s.user(s.pick("user_cast_area", foe=targets[0].name.lower(), **slots))
+        s.user(s.pick("user_cast_area", foe=targets[0].name.lower(), **slots), actor=pc.name)
     else:
         targets = [s.rng.choice(live)]
-        s.user(s.pick("user_cast", foe=targets[0].name.lower(), **slots))
+        s.user(s.pick("user_cast", foe=targets[0].name.lower(), **slots), actor=pc.name)
     act.cast(s, pc, spell, slot, targets, s.pick("dm_cast_lead", **slots))
     return True
 
 
 # ---------------------------------------------------------------- combat
+
+
+def plural(noun: str) -> str:
+    return noun[:-1] + "ves" if noun.endswith("f") else noun + "s"
 
 
 def combat_beat(s: Script, cast: Cast, tier: int) -> None:
@@ -226,7 +231,7 @@ def combat_beat(s: Script, cast: Cast, tier: int) -> None:
                          f"Weapons out: {names}. Initiative.",
                          f"It's an ambush by {names}. Roll initiative."))
     order = act.initiative(s, cast.up(), foes, lead)
-    them = "the " + (monster.name.lower() + ("s" if len(foes) > 1 else ""))
+    them = "the " + (plural(monster.name.lower()) if len(foes) > 1 else monster.name.lower())
     names = [them if name == "foes" else name for name in order]
     s.dm(s.rng.choice(("{first} goes first, then {rest}.", "Order: {all}.", "{first} is quickest; after that, {rest}."))
          .format(first=names[0][:1].upper() + names[0][1:], rest=", ".join(names[1:]), all=", ".join(names))
@@ -234,8 +239,11 @@ def combat_beat(s: Script, cast: Cast, tier: int) -> None:
     for _ in range(s.rng.randint(2, 3)):
         if not _combat_round(s, cast, foes):
             break
-    if any(f.hp > 0 for f in foes):
-        s.dm(f"The surviving {monster.name.lower()} breaks and flees into the dark.")
+    survivors = [f for f in foes if f.hp > 0]
+    if len(survivors) == 1:
+        s.dm(f"The {survivors[0].name.lower()} breaks and flees into the dark.")
+    elif survivors:
+        s.dm(f"The surviving {plural(monster.name.lower())} break and flee into the dark.")
 
 
 def _combat_round(s: Script, cast: Cast, foes: list[Foe]) -> bool:
@@ -276,13 +284,13 @@ def puzzle_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     s.dm(s.pick("puzzle_intro"))
     riddle, answer = s.rng.choice(RIDDLES)
-    s.user(s.pick("user_think", pc=pc.name))
+    s.user(s.pick("user_think", pc=pc.name), actor=pc.name)
     thing = s.rng.choice(s.grammar["thing"])
     skill = s.rng.choice(("investigation", "arcana", "history", "intelligence"))
     ok = act.check(s, pc, skill, s.rng.randint(10, 16), s.pick("dm_check_lead"))
     s.dm(s.pick("dm_clue" if ok else "dm_no_clue", thing=thing) + f" Words are carved above it: \"{riddle}.\"")
     s.user(s.rng.choice((f"Is the answer {answer}?", f"I say \"{answer}\" out loud.", f"{pc.name} answers: {answer}.",
-                         f"We think it's {answer}.")))
+                         f"We think it's {answer}.")), actor=pc.name)
     s.dm(s.pick("dm_right_answer", thing=thing))
 
 
@@ -293,6 +301,8 @@ BEATS = {"search": search_beat, "task": task_beat, "trap": trap_beat, "loot": lo
 
 def play(s: Script, cast: Cast, category: str, tier: int) -> None:
     opening(s, cast)
+    if category in ("roleplay", "downtime"):
+        s.dm(s.pick("npc_intro", npc=cast.npc))
     talk(s, cast, s.rng.randint(0, 2))
     for beat, chance in PLANS[category]:
         if s.rng.random() >= chance or not cast.up():

@@ -30,6 +30,7 @@ class Script:
         self.rng, self.grammar = rng, grammar
         self.turns: list[Turn] = []
         self.events: list[dict] = []            # what happened, for tests and statistics
+        self.party_size = 1
 
     # ---------------------------------------------------------------- text
 
@@ -42,7 +43,10 @@ class Script:
 
     # ---------------------------------------------------------------- turns
 
-    def user(self, text: str) -> None:
+    def user(self, text: str, actor: str = "") -> None:
+        """A player's turn; with several characters, one the text does not name is named first."""
+        if actor and self.party_size > 1 and actor not in text:
+            text = self.rng.choice(("{a}: {t}", "{a}, {t}", "({a}) {t}", "{a} here. {t}")).format(a=actor, t=text)
         if self.turns and self.turns[-1].kind == "tool":
             raise ScriptError("a User turn right after tool results; the DM must narrate them first")
         if self.turns and self.turns[-1].kind == "user":
