@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .mechanics import (PC, Foe, check_line, crit_expr, d20_line, health_line, roll, spell_dice, spellcast_line,
                         ordinal)
+from .phrases import FLAVOR, STRIKES, WEAPON_STYLE
 from .script import Script
 from .tables import Spell
 
@@ -50,6 +51,8 @@ def health_many(s: Script, changes: list[tuple[PC | Foe, int]], text: str) -> No
 def pc_attack(s: Script, pc: PC, foe: Foe, announce: bool = True) -> bool:
     """The player's weapon attack; returns whether it hit."""
     weapon = pc.weapon.name
+    looks = {"flavor": s.rng.choice(FLAVOR[foe.monster.name]),
+             "strike": s.rng.choice(STRIKES[WEAPON_STYLE.get(weapon, "blade")])}
     if announce:
         s.user(s.pick("user_attack_ranged" if pc.weapon.ranged else "user_attack", weapon=weapon, foe=foe.name.lower(),
                       pc=pc.name), actor=pc.name)
@@ -59,10 +62,11 @@ def pc_attack(s: Script, pc: PC, foe: Foe, announce: bool = True) -> bool:
            [(f"[roll: {pc.name}, {weapon} attack]", d20_line(f"{weapon} attack", d20, mod))])
     s.log("attack", attacker=pc.name, target=foe.name, d20=d20, total=d20 + mod, ac=foe.ac, hit=hit, crit=crit)
     if not hit:
-        s.dm(s.pick("dm_miss_nat1" if d20 == 1 else "dm_miss", weapon=weapon, foe=foe.name.lower(), pc=pc.name))
+        s.dm(s.pick("dm_miss_nat1" if d20 == 1 else "dm_miss", weapon=weapon, foe=foe.name.lower(), pc=pc.name,
+                    **looks))
         return False
     expr = crit_expr(pc.damage_expr()) if crit else pc.damage_expr()
-    _damage(s, expr, foe, "dm_crit" if crit else "dm_hit", weapon=weapon, pc=pc.name)
+    _damage(s, expr, foe, "dm_crit" if crit else "dm_hit", weapon=weapon, pc=pc.name, **looks)
     return True
 
 
@@ -70,7 +74,8 @@ def foe_attack(s: Script, foe: Foe, pc: PC) -> bool:
     attack = s.rng.choice(foe.monster.attacks)
     d20 = s.rng.randint(1, 20)
     hit, crit = _hits(d20, d20 + attack.bonus, pc.ac)
-    s.call(s.pick("dm_foe_windup", foe=foe.name.lower(), attack=attack.name, pc=pc.name),
+    s.call(s.pick("dm_foe_windup", foe=foe.name.lower(), attack=attack.name, pc=pc.name,
+                  flavor=s.rng.choice(FLAVOR[foe.monster.name])),
            [(f"[roll: {attack.name} attack]", d20_line(f"{attack.name} attack", d20, attack.bonus))])
     s.log("attack", attacker=foe.name, target=pc.name, d20=d20, total=d20 + attack.bonus, ac=pc.ac, hit=hit,
           crit=crit)

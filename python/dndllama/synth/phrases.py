@@ -9,10 +9,13 @@ COMBAT = {
     # ------------------------------------------------ small building blocks
     "swiftly": ("swiftly", "without hesitation", "in one smooth motion", "with a grunt", "low and fast",
                 "before anyone can blink", "with grim focus", "almost lazily", "with a shout"),
-    "sound": ("steel rings on steel", "someone curses", "boots scrape on stone", "a crow takes flight",
+    "sound": ("a shield splinters", "someone shouts a warning", "a lantern swings wildly", "gravel skitters away",
+              "your breath fogs in the cold", "a wounded horse screams somewhere", "water drips from the ceiling",
+              "steel rings on steel", "someone curses", "boots scrape on stone", "a crow takes flight",
               "dust kicks up", "a torch gutters", "the air smells of sweat and iron", "a shield creaks",
               "blood spatters the ground", "somewhere a dog starts barking"),
-    "detail": ("{sound}.", "Around you, {sound}.", "", "", "For a heartbeat, {sound}.", "Behind you, {sound}."),
+    "detail": ("{sound}.", "Around you, {sound}.", "", "", "For a heartbeat, {sound}.", "Behind you, {sound}.",
+               "Somewhere close, {sound}.", "In the chaos, {sound}."),
     "dm_after_results": ("Done.", "Noted.", "So be it.", "There it is.", "Good.", "All settled.", "That's that.",
                          "It's done. What next?", "Right. What now?"),
     "prompt": ("What do you do?", "What's your move?", "Your turn.", "Who acts next?", "What now?",
@@ -41,24 +44,36 @@ COMBAT = {
         "You find an opening in the {foe}'s guard and take it.", "The {foe} turns just as you attack.",
         "You let fly at the {foe}.", "Steel and intent: {pc} attacks.", "",
     ),
-    "dm_miss": (
-        "The {foe} twists aside and your {weapon} finds only air. {prompt}",
-        "Your {weapon} glances off the {foe}'s guard. {detail} {prompt}",
-        "Close, but the {foe} is quicker. {prompt}", "A miss. The {foe} grins at you. {prompt}",
-        "The blow goes wide as the {foe} steps back. {detail}",
-        "The {foe} catches the attack and shoves you back. {prompt}",
-        "It isn't enough to get past the {foe}'s defenses. {prompt}",
+    "dm_miss": ("{miss_core} {miss_tail}", "{miss_core} {detail} {prompt}", "{miss_core} {prompt}"),
+    "miss_core": (
+        "The {foe} twists aside and your {weapon} finds only air.", "Your {weapon} glances off the {foe}'s guard.",
+        "Close, but the {foe} is quicker.", "A miss. The {foe} grins at you, {flavor}.",
+        "The blow goes wide as the {foe} steps back.", "The {foe} catches the attack and shoves you back.",
+        "It isn't enough to get past the {foe}'s defenses.", "You {pc_move}, but the {foe} reads it.",
+        "The {weapon} strikes sparks from the wall behind the {foe}.", "The {foe} ducks, {flavor}.",
     ),
+    "miss_tail": ("{prompt}", "{detail}", "The {foe} is still up.", "No damage.", ""),
     "dm_miss_nat1": (
         "A one. Your footing slips and the {weapon} swings wide of the {foe}. {prompt}",
         "A natural 1: you overcommit, and the {foe} sidesteps easily. {detail}",
         "That's a 1 on the die. The {weapon} clatters against stone, nowhere near the {foe}. {prompt}",
     ),
-    "dm_hit": (
-        "That hits. Roll damage.", "It connects! Damage:", "The {weapon} bites into {target}.",
-        "A solid hit on {target}.", "Hit. Let's see how much it hurts.", "You land it. {detail}",
-        "Your {weapon} finds the gap in its guard.", "That beats its armor.",
+    "dm_hit": ("{hit_core} {hit_tail}", "{hit_core} {hit_tail}", "{hit_core}", "{hit_short} {hit_tail}"),
+    "hit_short": ("That hits.", "It connects!", "Hit.", "That beats its armor.", "A solid hit.", "You land it."),
+    "hit_core": (
+        "Your {weapon} {strike} into {target}'s {body_part}.", "The {weapon} {strike} home.",
+        "You find the gap and your {weapon} {strike} deep.", "{target} is too slow; the {weapon} {strike} "
+        "across its {body_part}.", "You catch {target} square on the {body_part}.", "Your aim is true.",
+        "{target} raises a guard a moment too late.", "You {pc_move}, and the {weapon} {strike} past its guard.",
+        "The {weapon} {strike} into {target}, {flavor}.",
     ),
+    "hit_tail": ("Roll damage.", "Damage:", "Let's see how much it hurts.", "{detail}", "{foe_reacts}", "",
+                 "Now the damage.", "How hard?"),
+    "foe_reacts": ("{target} grunts in pain.", "{target} staggers.", "{target} snarls, {flavor}.",
+                   "{target} lets out a shriek.", "{target} reels back a step."),
+    "pc_move": ("pivot on your back foot", "drop your shoulder", "step inside its reach", "feint high",
+                "duck under its guard", "sidestep the first swing", "let it overreach", "plant your feet",
+                "roll across the floor", "vault a broken crate"),
     "dm_crit": (
         "A natural 20! Double the damage dice.", "Critical hit! The {weapon} strikes true.",
         "Twenty on the die: a critical hit. Roll double dice.", "A perfect strike, a critical hit on {target}.",
@@ -89,11 +104,15 @@ COMBAT = {
         "The {foe} stumbles back, wounded. {detail} {prompt}", "Blood runs, but the {foe} holds its ground.",
     ),
     # ------------------------------------------------ the enemies' attacks
-    "dm_foe_windup": (
+    "dm_foe_windup": ("{foe_windup_core}", "{foe_windup_core} {detail}", "{flavor_sentence} {foe_windup_core}"),
+    "flavor_sentence": ("The {foe} comes on, {flavor}.", "You hear it before you see it: the {foe}, {flavor}.",
+                        "The {foe} shifts its weight, {flavor}."),
+    "foe_windup_core": (
         "The {foe} {foe_motion} at {pc}.", "The {foe} turns on {pc} with its {attack}.",
-        "{pc}, the {foe} comes for you. {detail}", "The {foe} {foe_motion}, aiming its {attack} at {pc}.",
+        "{pc}, the {foe} comes for you.", "The {foe} {foe_motion}, aiming its {attack} at {pc}.",
         "Now the {foe} acts: it attacks {pc}.", "The {foe} snarls and attacks {pc}.",
         "The {foe}'s {attack} swings toward {pc}.", "It's the {foe}'s turn. It goes after {pc}.",
+        "The {foe} picks {pc} as its target.", "{pc}, look out: the {foe}'s {attack}!",
     ),
     "dm_foe_miss": (
         "{pc} twists away and the {attack} misses. {prompt}", "It misses {pc} by a hair. {detail}",
@@ -167,4 +186,44 @@ COMBAT = {
         "{target} breathes easier, back to {hp} hit points.", "Warm light seals the worst of {target}'s cuts.",
         "{target} stands a little straighter.",
     ),
+}
+
+# weapon -> the verbs of its hits
+STRIKES = {
+    "blade": ("bites", "cuts", "slashes", "carves", "slices"),
+    "point": ("punches", "sinks", "drives", "stabs"),
+    "blunt": ("cracks", "smashes", "crunches", "slams", "thuds"),
+    "missile": ("thunks", "buries itself", "punches", "whistles"),
+}
+WEAPON_STYLE = {"rapier": "point", "dagger": "point", "spear": "point", "shortsword": "point",
+                "warhammer": "blunt", "mace": "blunt", "quarterstaff": "blunt", "maul": "blunt", "flail": "blunt",
+                "longbow": "missile", "shortbow": "missile", "light crossbow": "missile", "hand crossbow": "missile"}
+# monster -> how it looks and sounds while it fights
+FLAVOR = {
+    "Goblin": ("yellow eyes narrowed", "cackling through pointed teeth", "its notched blade held low",
+               "ears flat against its skull"),
+    "Bandit": ("a scarf over its face", "muttering a curse", "its leather armor creaking", "eyes darting to the exits"),
+    "Kobold": ("hissing in Draconic", "its scales rattling", "tail lashing", "yapping to its kin"),
+    "Skeleton": ("its bones clattering", "empty sockets burning blue", "jaw hanging open", "moving in jerks"),
+    "Zombie": ("moaning low", "trailing a stench of rot", "its jaw slack", "one arm dangling"),
+    "Wolf": ("hackles raised", "growling low", "teeth bared", "circling with its head down"),
+    "Orc": ("roaring a war cry", "tusks flecked with spit", "its axe already red", "wearing a necklace of teeth"),
+    "Cultist": ("chanting under its breath", "its robe marked with a red eye", "eyes wild with zeal",
+                "a holy symbol clutched tight"),
+    "Giant Rat": ("squealing", "its fur matted", "whiskers twitching", "teeth yellow and long"),
+    "Hobgoblin": ("in perfect discipline", "shield locked high", "barking orders", "armor polished to a shine"),
+    "Gnoll": ("cackling like a hyena", "its spotted fur bristling", "drooling", "sniffing the air for blood"),
+    "Bugbear": ("moving with uncanny quiet", "its fur matted with mud", "grinning", "hunched low"),
+    "Ghoul": ("its tongue lolling", "clawed fingers twitching", "smelling of the grave", "moving in jerks"),
+    "Ogre": ("bellowing", "dragging its club", "drool in its beard", "as big as a doorway"),
+    "Werewolf": ("half wolf, half man", "howling", "fur standing on end", "eyes glowing amber"),
+    "Owlbear": ("screeching", "feathers bristling", "its beak clacking", "rearing up on its hind legs"),
+    "Wight": ("its eyes cold pinpricks", "frost spreading where it steps", "speaking in a dead tongue",
+              "its armor centuries old"),
+    "Troll": ("its wounds already closing", "its long arms swinging", "reeking of swamp water", "grinning wide"),
+    "Hill Giant": ("the ground shaking under it", "chewing on something", "bellowing", "its club an uprooted tree"),
+    "Young Green Dragon": ("its breath smelling of chlorine", "scales glittering like wet leaves",
+                           "wings half spread", "its eyes full of contempt"),
+    "Wyvern": ("its stinger dripping", "wings beating up dust", "screaming", "its tail arched"),
+    "Basilisk": ("its eyes glowing faintly", "scales grinding on stone", "moving slowly", "tongue flicking"),
 }
