@@ -321,3 +321,20 @@ def test_data_synth_refuses_the_evaluation_folder(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "ai-eval"), "--scenarios", "3"]) != 0
     assert "evaluation folder" in capsys.readouterr().err
     assert not (tmp_path / "ai-eval").exists()
+
+
+def test_dataset_stage_trains_fewer_synthetic_tokens_with_calls_loss(tmp_path):
+    from tiny_models import make_tiny_model
+
+    base = SimpleNamespace(gguf=make_tiny_model(tmp_path / "tiny.gguf", n_ctx=4096))
+    targets = {}
+    for loss in ("calls", "all"):
+        config = load_config(DATA / "independent", {"synth": 1, "synth_loss": loss, "ctx": 2048,
+                                                     "cache_dir": str(tmp_path / "cache")})
+        data = pipeline.load_data(config)
+        key = pipeline.dataset_cache_key(config, "data", "base")
+        arrays, stats = pipeline.build_arrays(data, base, config, tmp_path / "cache", key, print)
+        assert (tmp_path / "cache" / "datasets" / f"{key}.npz").exists()
+        assert stats["train_windows"] > len(data.train) - data.synthetic   # the synthetic ones are in
+        targets[loss] = stats["train_targets"]
+    assert 0 < targets["calls"] < targets["all"]
