@@ -16,7 +16,8 @@ import pytest
 from dndllama import pipeline
 from dndllama.cli import main
 from dndllama.config import ConfigError, load_config
-from dndllama.dataset import END_OF_TURN, conversation_windows, loss_spans, to_conversation
+from dndllama.dataset import END_OF_TURN, conversation_windows, to_conversation
+from dndllama.loss_mask import loss_spans
 from dndllama.scenarios import ERROR, load_folder, parse_scenario
 from dndllama.synth import SYNTH_VERSION, generate, generate_many, summarize, training_conversations, write_folder
 from dndllama.synth.mechanics import slot_table
