@@ -33,6 +33,9 @@ SOCIAL = {"convince {npc} to help us": "persuasion", "tell if {npc} is lying": "
 TRAPS = (("a volley of darts", "dexterity", "2d4"), ("a gout of flame", "dexterity", "2d6"),
          ("a cloud of green gas", "constitution", "2d6"), ("a swinging blade", "dexterity", "1d10"),
          ("a falling block", "dexterity", "2d8"), ("a psychic shriek", "wisdom", "2d6"))
+GIFTS = ("sealed letter", "map of the old mine", "brass key", "guild token", "vial of holy water",
+         "letter of introduction", "lucky coin", "wax-sealed writ", "hand-drawn map", "silver whistle")
+WRONG_GUESSES = ("a shadow", "time", "a river", "silence", "fire", "a candle", "the wind", "a name")
 RIDDLES = (("I have keys but open no locks", "a piano"), ("The more you take, the more you leave behind",
                                                           "footsteps"),
            ("I speak without a mouth and hear without ears", "an echo"), ("What has roots nobody sees", "a mountain"),
@@ -46,6 +49,7 @@ class Cast:
     party: list[PC]
     place: str
     npc: str
+    fought: bool = False    # whether there are bodies to search
 
     def up(self) -> list[PC]:
         return [pc for pc in self.party if pc.hp > 0]
@@ -113,7 +117,7 @@ def trap_beat(s: Script, cast: Cast) -> None:
 
 def loot_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
-    s.user(s.pick("user_loot", pc=pc.name), actor=pc.name)
+    s.user(s.pick("user_loot" if cast.fought else "user_loot_place", pc=pc.name), actor=pc.name)
     item = s.rng.choice(TRINKETS)
     changes = [(pc, f"+{item}")]
     if s.rng.random() < 0.6:
@@ -166,6 +170,10 @@ def social_beat(s: Script, cast: Cast) -> None:
     dc = s.rng.randint(10, 18)
     ok = act.check(s, pc, SOCIAL[goal], dc, s.pick("dm_check_lead"))
     s.dm(s.pick("npc_yes" if ok else "npc_no", npc=cast.npc))
+    if ok and s.rng.random() < 0.4:   # a won-over NPC hands something over: a consequence call
+        gift = s.rng.choice(GIFTS)
+        act.inventory(s, [(pc, f"+{gift}")], f"{cast.npc} presses a {gift} into {pc.name}'s hand.")
+        s.dm(s.pick("prompt"))
 
 
 def rest_beat(s: Script, cast: Cast) -> None:
@@ -230,6 +238,7 @@ def combat_beat(s: Script, cast: Cast, tier: int) -> None:
                          f"{names} attack! Everyone, roll initiative.",
                          f"Weapons out: {names}. Initiative.",
                          f"It's an ambush by {names}. Roll initiative."))
+    cast.fought = True
     order = act.initiative(s, cast.up(), foes, lead)
     them = "the " + (plural(monster.name.lower()) if len(foes) > 1 else monster.name.lower())
     names = [them if name == "foes" else name for name in order]
@@ -289,6 +298,15 @@ def puzzle_beat(s: Script, cast: Cast) -> None:
     skill = s.rng.choice(("investigation", "arcana", "history", "intelligence"))
     ok = act.check(s, pc, skill, s.rng.randint(10, 16), s.pick("dm_check_lead"))
     s.dm(s.pick("dm_clue" if ok else "dm_no_clue", thing=thing) + f" Words are carved above it: \"{riddle}.\"")
+    if not ok and s.rng.random() < 0.5:   # a wrong first guess springs the trap
+        s.user(s.rng.choice((f"Is it {s.rng.choice(WRONG_GUESSES)}?", f"I say \"{s.rng.choice(WRONG_GUESSES)}\".")),
+               actor=pc.name)
+        s.dm(s.pick("dm_wrong_answer", thing=thing))
+        what, ability, damage = s.rng.choice(TRAPS)
+        dc = s.rng.randint(11, 15)
+        act.trap(s, pc, ability, dc, damage, f"Then {what} lashes out at {pc.name}. {ability.capitalize()} save, "
+                                             f"DC {dc}.")
+        s.user("Let me think again.", actor=pc.name)
     s.user(s.rng.choice((f"Is the answer {answer}?", f"I say \"{answer}\" out loud.", f"{pc.name} answers: {answer}.",
                          f"We think it's {answer}.")), actor=pc.name)
     s.dm(s.pick("dm_right_answer", thing=thing))

@@ -45,7 +45,9 @@ class Script:
 
     def user(self, text: str, actor: str = "") -> None:
         """A player's turn; with several characters, one the text does not name is named first."""
-        if actor and self.party_size > 1 and actor not in text:
+        merging = bool(self.turns) and self.turns[-1].kind == "user"
+        named = actor in text or (merging and actor in self.turns[-1].text)
+        if actor and self.party_size > 1 and not named:
             text = self.rng.choice(("{a}: {t}", "{a}, {t}", "({a}) {t}", "{a} here. {t}")).format(a=actor, t=text)
         if self.turns and self.turns[-1].kind == "tool":
             raise ScriptError("a User turn right after tool results; the DM must narrate them first")
