@@ -49,6 +49,7 @@ def generate(seed: int, index: int) -> Synthetic:
     party = _party(rng, _weighted(rng, PARTY_SIZES), tier, category)
     script = Script(rng, GRAMMAR)
     script.party_size = len(party)
+    script.fixed["weather"] = script.pick("weather")     # one sky per scenario
     place = script.say(rng.choice(LOCATIONS[category]))
     cast = Cast(party, place, rng.choice(NPC_NAMES))
     party_lines = [pc.party_line() for pc in party]   # the state before play changes HP, slots and items

@@ -63,9 +63,12 @@ def talk(s: Script, cast: Cast, count: int) -> None:
     for _ in range(count):
         pc = s.rng.choice(cast.up() or cast.party)
         kind = s.rng.random()
-        if kind < 0.45:
-            s.user(s.pick("user_question", pc=pc.name, npc=cast.npc), actor=pc.name)
+        if kind < 0.3:
+            s.user(s.pick("user_yesno", pc=pc.name, npc=cast.npc), actor=pc.name)
             s.dm(s.pick("dm_answer", pc=pc.name))
+        elif kind < 0.45:
+            s.user(s.pick("user_open_q", pc=pc.name, npc=cast.npc), actor=pc.name)
+            s.dm(s.pick("dm_describe_answer", pc=pc.name))
         elif kind < 0.8:
             s.user(s.pick("user_plan", pc=pc.name), actor=pc.name)
             s.dm(s.pick("dm_ack", pc=pc.name))
@@ -120,9 +123,12 @@ def loot_beat(s: Script, cast: Cast) -> None:
     s.user(s.pick("user_loot" if cast.fought else "user_loot_place", pc=pc.name), actor=pc.name)
     item = s.rng.choice(TRINKETS)
     changes = [(pc, f"+{item}")]
+    coins = ""
     if s.rng.random() < 0.6:
-        changes.append((pc, f"+{s.rng.choice((5, 8, 10, 12, 15, 20, 25, 30, 40, 50))} gp"))
-    act.inventory(s, changes, s.pick("dm_loot"))
+        gold = s.rng.choice((5, 8, 10, 12, 15, 20, 25, 30, 40, 50))
+        changes.append((pc, f"+{gold} gp"))
+        coins = s.rng.choice((f" and {gold} gold pieces", f" and a purse with {gold} gp", f", plus {gold} gp in coins"))
+    act.inventory(s, changes, s.pick("dm_loot", item=item, coins=coins))
     s.dm(s.pick("prompt"))
 
 

@@ -31,12 +31,14 @@ class Script:
         self.turns: list[Turn] = []
         self.events: list[dict] = []            # what happened, for tests and statistics
         self.party_size = 1
+        self.fixed: dict[str, str] = {}          # rules with one expansion per scenario (its weather)
 
     # ---------------------------------------------------------------- text
 
     def say(self, template: str, **slots) -> str:
         """Expand a template: `{name}` takes a slot value or a random expansion of a grammar rule."""
-        return _sentence_case(_expand(self.rng, template, self.grammar, {k: str(v) for k, v in slots.items()}))
+        slots = {**self.fixed, **{k: str(v) for k, v in slots.items()}}
+        return _sentence_case(_expand(self.rng, template, self.grammar, slots))
 
     def pick(self, rule: str, **slots) -> str:
         return self.say(self.rng.choice(self.grammar[rule]), **slots)
@@ -48,7 +50,10 @@ class Script:
         merging = bool(self.turns) and self.turns[-1].kind == "user"
         named = actor in text or (merging and actor in self.turns[-1].text)
         if actor and self.party_size > 1 and not named:
-            text = self.rng.choice(("{a}: {t}", "{a}, {t}", "({a}) {t}", "{a} here. {t}")).format(a=actor, t=text)
+            form = self.rng.choice(("{a}: {t}", "{a}, {t}", "({a}) {t}", "{a} here. {t}"))
+            if form == "{a}, {t}" and not re.match(r"I\b|\W", text):
+                text = text[:1].lower() + text[1:]     # "Kora, how many ..." not "Kora, How many ..."
+            text = form.format(a=actor, t=text)
         if self.turns and self.turns[-1].kind == "tool":
             raise ScriptError("a User turn right after tool results; the DM must narrate them first")
         if self.turns and self.turns[-1].kind == "user":
