@@ -93,8 +93,11 @@ def search_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     s.user(s.pick("user_search", pc=pc.name), actor=pc.name)
     skill = s.rng.choice(("perception", "investigation", "perception", "survival"))
-    total = act.skill_roll(s, pc, skill, s.pick("dm_search_lead"))
-    s.dm(s.pick("dm_found" if total >= 13 else "dm_not_found"))
+    if s.rng.random() < 0.5:   # the DM keeps the DC secret: a plain roll
+        found = act.skill_roll(s, pc, skill, s.pick("dm_search_lead")) >= 13
+    else:
+        found = act.check(s, pc, skill, s.rng.randint(10, 16), s.pick("dm_search_lead"))
+    s.dm(s.pick("dm_found" if found else "dm_not_found"))
 
 
 def task_beat(s: Script, cast: Cast) -> None:
@@ -268,7 +271,7 @@ def _combat_round(s: Script, cast: Cast, foes: list[Foe]) -> bool:
             return False
         if s.rng.random() < 0.25:
             talk(s, cast, 1)
-        if pc.known_spells() and s.rng.random() < 0.4 and spell_beat(s, cast, foes):
+        if pc.known_spells() and s.rng.random() < 0.55 and spell_beat(s, cast, foes):
             continue
         if "potion of healing" in pc.items and pc.hp < pc.max_hp // 2:
             s.user(f"{pc.name} drinks a potion of healing.")
@@ -286,12 +289,13 @@ def _combat_round(s: Script, cast: Cast, foes: list[Foe]) -> bool:
 
 # category -> the beats after the opening, as (beat, chance); talk is added between beats.
 PLANS = {
-    "combat": (("search", 0.4), ("combat", 1.0), ("loot", 0.7), ("spell", 0.3), ("rest", 0.3)),
-    "exploration": (("search", 0.9), ("task", 0.9), ("trap", 0.5), ("spell", 0.4), ("loot", 0.5), ("task", 0.4),
+    "combat": (("search", 0.4), ("task", 0.3), ("combat", 1.0), ("loot", 0.7), ("spell", 0.5), ("rest", 0.3)),
+    "exploration": (("search", 0.9), ("task", 0.9), ("trap", 0.5), ("spell", 0.6), ("loot", 0.5), ("task", 0.6),
                     ("combat", 0.15)),
-    "roleplay": (("social", 1.0), ("trade", 0.4), ("give", 0.3), ("social", 0.4), ("spell", 0.2)),
-    "downtime": (("trade", 1.0), ("trade", 0.5), ("rest", 0.6), ("task", 0.5), ("give", 0.3), ("spell", 0.2)),
-    "puzzles": (("puzzle", 1.0), ("search", 0.5), ("trap", 0.5), ("loot", 0.6), ("task", 0.3)),
+    "roleplay": (("social", 1.0), ("trade", 0.4), ("give", 0.3), ("social", 0.6), ("spell", 0.4)),
+    "downtime": (("trade", 1.0), ("task", 0.5), ("trade", 0.5), ("rest", 0.6), ("task", 0.4), ("give", 0.3),
+                 ("spell", 0.4)),
+    "puzzles": (("puzzle", 1.0), ("search", 0.5), ("trap", 0.5), ("task", 0.4), ("loot", 0.6), ("spell", 0.3)),
 }
 
 
