@@ -75,7 +75,7 @@ def _party(rng: random.Random, size: int, tier: int, category: str) -> list:
         if class_name in ("Cleric", "Paladin") and rng.random() < 0.2:
             name = f"{rng.choice(TITLED)} {name}"
         gear, gold = _inventory(rng, CLASSES[class_name].gear, category)
-        party.append(make_pc(rng, name, rng.choice(sorted(RACES)), class_name, level, gear, gold))
+        party.append(make_pc(rng, name, rng.choice(RACES), class_name, level, gear, gold))
     return party
 
 

@@ -107,10 +107,6 @@ class PC:
     def prof(self) -> int:
         return 2 + (self.level - 1) // 4
 
-    @property
-    def first(self) -> str:
-        return self.name.split()[-1] if self.name.split()[0] in ("Sister", "Brother", "Sir", "Dame", "Old") else self.name
-
     def skill_bonus(self, skill: str) -> tuple[int, bool]:
         """(modifier, proficient) for a skill or a plain ability check."""
         ability = SKILLS.get(skill, skill)

@@ -185,6 +185,25 @@ def social_beat(s: Script, cast: Cast) -> None:
         s.dm(s.pick("prompt"))
 
 
+RESISTS = (("The cold here bites to the bone", "constitution", "You shiver, but keep going.",
+             "Your fingers go numb; everything takes longer for a while."),
+            ("A sweet, cloying smell rises from the flowers", "constitution", "You hold your breath in time.",
+             "Your head swims and you sit down hard until it passes."),
+            ("A whisper slides into your thoughts, urging you to turn back", "wisdom", "You shake it off.",
+             "For a long moment you stand frozen, certain you should leave."),
+            ("The floor tilts suddenly under your feet", "dexterity", "You keep your footing.",
+             "You stumble and drop to one knee, unhurt but shaken."))
+
+
+def resist_beat(s: Script, cast: Cast) -> None:
+    """A saving throw against a DC that does no damage: the consequence is told, not rolled."""
+    pc = s.rng.choice(cast.up())
+    what, ability, success, failure = s.rng.choice(RESISTS)
+    dc = s.rng.randint(10, 15)
+    saved = act.saving_throw(s, pc, ability, dc, f"{what}. {pc.name}, make a {ability} saving throw (DC {dc}).")
+    s.dm(success if saved else failure)
+
+
 def rest_beat(s: Script, cast: Cast) -> None:
     """A short rest: a hurt character spends a hit die and heals exactly the roll."""
     hurt = [pc for pc in cast.party if 0 < pc.hp < pc.max_hp]
@@ -290,9 +309,9 @@ def _combat_round(s: Script, cast: Cast, foes: list[Foe]) -> bool:
 # category -> the beats after the opening, as (beat, chance); talk is added between beats.
 PLANS = {
     "combat": (("search", 0.4), ("task", 0.3), ("combat", 1.0), ("loot", 0.7), ("spell", 0.5), ("rest", 0.3)),
-    "exploration": (("search", 0.9), ("task", 0.9), ("trap", 0.5), ("spell", 0.6), ("loot", 0.5), ("task", 0.6),
-                    ("combat", 0.15)),
-    "roleplay": (("social", 1.0), ("trade", 0.4), ("give", 0.3), ("social", 0.6), ("spell", 0.4)),
+    "exploration": (("search", 0.9), ("task", 0.9), ("trap", 0.5), ("resist", 0.3), ("spell", 0.6), ("loot", 0.5),
+                    ("task", 0.6), ("combat", 0.15)),
+    "roleplay": (("social", 1.0), ("trade", 0.4), ("give", 0.3), ("social", 0.6), ("resist", 0.2), ("spell", 0.4)),
     "downtime": (("trade", 1.0), ("task", 0.5), ("trade", 0.5), ("rest", 0.6), ("task", 0.4), ("give", 0.3),
                  ("spell", 0.4)),
     "puzzles": (("puzzle", 1.0), ("search", 0.5), ("trap", 0.5), ("task", 0.4), ("loot", 0.6), ("spell", 0.3)),
@@ -323,7 +342,7 @@ def puzzle_beat(s: Script, cast: Cast) -> None:
 
 
 BEATS = {"search": search_beat, "task": task_beat, "trap": trap_beat, "loot": loot_beat, "trade": trade_beat,
-         "give": give_beat, "social": social_beat, "rest": rest_beat, "puzzle": puzzle_beat,
+         "give": give_beat, "social": social_beat, "rest": rest_beat, "resist": resist_beat, "puzzle": puzzle_beat,
          "spell": lambda s, cast: spell_beat(s, cast)}
 
 

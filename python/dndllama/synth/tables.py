@@ -200,14 +200,9 @@ FULL_CASTER_SLOTS = {
 PACT_SLOTS = {1: (1, 1), 2: (2, 1), 3: (2, 2), 4: (2, 2), 5: (2, 3), 6: (2, 3), 7: (2, 4), 8: (2, 4),
               9: (2, 5), 10: (2, 5), 11: (3, 5), 12: (3, 5)}
 
-RACES = {  # race -> ability bonuses that matter for the rolls (kept small on purpose)
-    "Human": {}, "Hill Dwarf": {"constitution": 1, "wisdom": 1}, "Mountain Dwarf": {"strength": 1},
-    "High Elf": {"dexterity": 1, "intelligence": 1}, "Wood Elf": {"dexterity": 1, "wisdom": 1},
-    "Half-Elf": {"charisma": 1}, "Half-Orc": {"strength": 1}, "Lightfoot Halfling": {"dexterity": 1},
-    "Stout Halfling": {"constitution": 1}, "Rock Gnome": {"intelligence": 1}, "Tiefling": {"charisma": 1},
-    "Dragonborn": {"strength": 1}, "Goliath": {"strength": 1}, "Tabaxi": {"dexterity": 1},
-    "Firbolg": {"wisdom": 1}, "Aasimar": {"charisma": 1}, "Kenku": {"dexterity": 1},
-}
+RACES = ("Human", "Hill Dwarf", "Mountain Dwarf", "High Elf", "Wood Elf", "Half-Elf", "Half-Orc",
+         "Lightfoot Halfling", "Stout Halfling", "Rock Gnome", "Tiefling", "Dragonborn", "Goliath", "Tabaxi",
+         "Firbolg", "Aasimar", "Kenku")
 
 FIRST_NAMES = (
     "Aela", "Barric", "Corwin", "Dessa", "Edris", "Faye", "Gundren", "Hollis", "Iriel", "Jarek", "Kora", "Lannis",
