@@ -161,9 +161,12 @@ def cast(s: Script, pc: PC, spell: Spell, slot: int, targets: list, lead: str) -
         s.log("spell_damage", target=target.name, rolled=dice.total, saved=saved, amount=amount)
         if amount:
             changes.append((target, -amount))
-    if changes:
-        health_many(s, changes, s.pick("dm_apply_area" if len(changes) > 1 else "dm_apply_damage",
-                                       n=dice.total, target=_display(changes[0][0]), spell=spell.name))
+    if len(changes) > 1:
+        health_many(s, changes, s.pick("dm_apply_area", spell=spell.name))
+    elif changes:
+        target, change = changes[0]
+        rule = "dm_apply_damage" if -change == dice.total else "dm_apply_half"
+        health_many(s, changes, s.pick(rule, n=-change, full=dice.total, target=_display(target)))
     for target in targets:
         if any(t is target for t, _ in changes):
             _aftermath(s, target)

@@ -50,6 +50,7 @@ class Cast:
     place: str
     npc: str
     fought: bool = False    # whether there are bodies to search
+    npc_met: bool = False   # whether the NPC has been introduced (players only ask people they have met)
 
     def up(self) -> list[PC]:
         return [pc for pc in self.party if pc.hp > 0]
@@ -72,9 +73,12 @@ def talk(s: Script, cast: Cast, count: int) -> None:
         elif kind < 0.8:
             s.user(s.pick("user_plan", pc=pc.name), actor=pc.name)
             s.dm(s.pick("dm_ack", pc=pc.name))
-        else:
+        elif cast.npc_met:
             s.user(s.pick("user_ask_npc", npc=cast.npc, pc=pc.name), actor=pc.name)
             s.dm(s.pick("npc_reply", npc=cast.npc))
+        else:
+            s.user(s.pick("user_yesno", pc=pc.name), actor=pc.name)
+            s.dm(s.pick("dm_answer", pc=pc.name))
 
 
 def opening(s: Script, cast: Cast) -> None:
@@ -215,7 +219,7 @@ def rest_beat(s: Script, cast: Cast) -> None:
     dice = act.roll(s.rng, expr)
     s.call(s.pick("dm_rest") + f" {pc.name}, spend a hit die.", [(f"[roll: {expr}]", dice.line())])
     act.health(s, pc, dice.total, s.pick("dm_apply_healing", target=pc.name, n=dice.total))
-    s.dm(s.pick("dm_healed", target=pc.name, hp=pc.hp, max_hp=pc.max_hp))
+    s.dm(s.pick("dm_rested", target=pc.name, hp=pc.hp, max_hp=pc.max_hp))
 
 
 def spell_beat(s: Script, cast: Cast, foes: list[Foe] | None = None) -> bool:
@@ -350,6 +354,7 @@ def play(s: Script, cast: Cast, category: str, tier: int) -> None:
     opening(s, cast)
     if category in ("roleplay", "downtime"):
         s.dm(s.pick("npc_intro", npc=cast.npc))
+        cast.npc_met = True
     talk(s, cast, s.rng.randint(0, 2))
     for beat, chance in PLANS[category]:
         if s.rng.random() >= chance or not cast.up():

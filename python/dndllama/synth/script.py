@@ -38,7 +38,7 @@ class Script:
     def say(self, template: str, **slots) -> str:
         """Expand a template: `{name}` takes a slot value or a random expansion of a grammar rule."""
         slots = {**self.fixed, **{k: str(v) for k, v in slots.items()}}
-        return _sentence_case(_expand(self.rng, template, self.grammar, slots))
+        return _dedupe(_sentence_case(_expand(self.rng, template, self.grammar, slots)))
 
     def pick(self, rule: str, **slots) -> str:
         return self.say(self.rng.choice(self.grammar[rule]), **slots)
@@ -70,7 +70,7 @@ class Script:
                 return
             text = self.pick("dm_after_results")   # results always get some prose after them
         if last and last.kind == "dm" and not last.calls:
-            last.text = f"{last.text} {text}".strip()
+            last.text = _dedupe(f"{last.text} {text}".strip())
         else:
             self.turns.append(Turn("dm", text))
 
@@ -137,3 +137,13 @@ def _sentence_case(text: str) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"([.!?][\"”]?\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
     return text[:1].upper() + text[1:]
+
+
+def _dedupe(text: str) -> str:
+    """Drop a sentence that repeats an earlier one word for word (two expansions can meet)."""
+    seen, kept = set(), []
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if sentence not in seen or len(sentence) < 12:
+            kept.append(sentence)
+        seen.add(sentence)
+    return " ".join(kept)
