@@ -7,7 +7,7 @@ key, so a rerun does only what changed:
   dataset key  data key, base model (its tokenizer), ctx, split, augmentation
   train key    dataset key, base model, training settings, warm-start parent, stage version
   export key   train key, quant type, size cap, runtime, app settings
-An unchanged rerun finds its export key on the current version and stops in seconds. When data
+An unchanged rerun finds its export key on the newest version and stops in seconds. When data
 was only added (no file changed or removed) and nothing else changed, training warm-starts from the
 current version's weights and runs one epoch over all data (see docs/training.md).
 """

@@ -1,9 +1,5 @@
-"""`dndllama data synth --out DIR --scenarios N --seed S`: write generated scenarios as markdown
-files a user can read, edit and check; and the `--synth*` flags of `dndllama train`.
-
-Registered by one line each in cli.py (`add_synth_command(commands)` under the data group,
-`add_synth_train_flags(train)`); reuses cli's `_command` and `CliError` at call time.
-"""
+"""`dndllama data synth --out DIR --scenarios N --seed S`: write generated scenarios (dndllama.synth)
+as markdown files a user can read, edit and check. Registered under the data group by cli/data.py."""
 
 from __future__ import annotations
 
@@ -11,39 +7,28 @@ import argparse
 import time
 from pathlib import Path
 
-from . import cli  # used at call time, so cli.py may import this module at its top
-from .scenarios import ERROR, load_folder
-from .synth import SYNTH_VERSION, generate, summarize
-from .files import write_text
+from ..files import write_text
+from ..scenarios import ERROR, load_folder
+from ..synth import SYNTH_VERSION, generate, summarize
+from .common import CliError, command
 
-SYNTH_OVERRIDES = ("synth", "synth_seed", "synth_loss")
 EVAL_FOLDER = "ai-eval"    # the evaluation set: never written into (nor read by the generator)
 
 
 def add_synth_command(commands) -> None:
-    synth = cli._command(commands, "synth", cmd_data_synth,
-                         "write generated scenarios (seeded D&D 5e mechanics) as markdown files")
+    synth = command(commands, "synth", cmd_data_synth,
+                    "write generated scenarios (seeded D&D 5e mechanics) as markdown files")
     synth.add_argument("--out", required=True, metavar="DIR", help="folder to write <category>/synth_*.md into")
     synth.add_argument("--scenarios", type=int, default=100, metavar="N", help="how many (default 100)")
     synth.add_argument("--seed", type=int, default=0, metavar="S", help="generator seed (default 0)")
 
 
-def add_synth_train_flags(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--synth", type=float, metavar="RATIO",
-                       help="add generated scenarios to training: RATIO synthetic DM turns per hand-written one "
-                            "(default 0 = off; e.g. 1, 5, 20)")
-    train.add_argument("--synth-seed", type=int, metavar="S", help="seed of the generated scenarios (default 0)")
-    train.add_argument("--synth-loss", choices=("calls", "all"),
-                       help="loss on generated DM turns: 'calls' (default: their call lines and the sentence "
-                            "before) or 'all'")
-
-
 def cmd_data_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.scenarios < 1:
-        raise cli.CliError(f"--scenarios {args.scenarios} writes nothing", "pass --scenarios 1 or more")
+        raise CliError(f"--scenarios {args.scenarios} writes nothing", "pass --scenarios 1 or more")
     if EVAL_FOLDER in out.resolve().parts:
-        raise cli.CliError(f"{out} is inside the evaluation folder {EVAL_FOLDER}/",
+        raise CliError(f"{out} is inside the evaluation folder {EVAL_FOLDER}/",
                            "write synthetic scenarios elsewhere (e.g. --out synth-data); the evaluation set must "
                            "stay hand-written and unseen by training")
     t0 = time.perf_counter()
