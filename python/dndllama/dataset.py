@@ -25,8 +25,8 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from .files import atomic_path
-from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .loss_mask import LOSS_MODES, answer_mask
+from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
 OPENING_USER_MESSAGE = "Begin the scenario."
