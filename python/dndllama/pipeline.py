@@ -67,6 +67,7 @@ class Data:
     validation: list[Conversation]
     evaluation: EvalSet | None = None      # held-out scenarios (eval_data); None: use `validation`
     eval_note: str = ""                    # why there is no evaluation set, when one was asked for
+    synthetic: int = 0             # how many of `train` are generated (dndllama.synth), not from files
 
 
 @dataclass
@@ -108,7 +109,9 @@ def load_data(config: Config) -> Data:
     split = build_dataset(check, config.val_fraction, augment_copies=config.augment, seed=config.seed)
     hashes = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     evaluation, note = load_evaluation(config, vocab, {s.digest for s in check.scenarios})
-    return Data(root, vocab, hashes, split.train, split.validation, evaluation, note)
+    synthetic = synthetic_train(config, split.train, vocab)
+    return Data(root, vocab, hashes, split.train + synthetic, split.validation, evaluation=evaluation,
+                eval_note=note, synthetic=len(synthetic))
 
 
 def load_evaluation(config: Config, vocab: Vocabulary, training_digests: set[str]) -> tuple[EvalSet | None, str]:
@@ -133,6 +136,34 @@ def loss_conversations(data: Data) -> list[Conversation] | None:
 
 def eval_key(data: Data) -> str:
     return data.evaluation.key if data.evaluation else "in-corpus"
+
+
+def synthetic_train(config: Config, train: list[Conversation], vocab: Vocabulary) -> list[Conversation]:
+    """Generated conversations for the training split only (validation stays hand-written): config.synth
+    synthetic DM messages per hand-written one. The generator reads no files, the evaluation folder least."""
+    if not config.synth:
+        return []
+    from .synth import SynthError, training_conversations
+
+    hand = sum(m.role == "assistant" for c in train if "#aug" not in c.scenario for m in c.messages)
+    try:
+        return training_conversations(config.synth, config.synth_seed, config.synth_loss, hand, vocab)
+    except SynthError as exc:
+        raise DataError(str(exc)) from None
+
+
+def synth_settings(config: Config) -> tuple:
+    """What the synthetic part of the dataset depends on; empty when off, so other keys do not move."""
+    if not config.synth:
+        return ()
+    from .synth import SYNTH_VERSION
+
+    return ("synth", config.synth, config.synth_seed, config.synth_loss, SYNTH_VERSION)
+
+
+def dataset_cache_key(config: Config, data_key: str, base_sha256: str) -> str:
+    return digest("dataset", data_key, base_sha256, config.ctx, config.val_fraction, config.augment,
+                  config.seed, *synth_settings(config), code_version())
 
 
 def vocabulary_fingerprint(vocab: Vocabulary) -> str:
@@ -216,15 +247,17 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     runtime = _runtime(config.runtime)
 
     data = load_data(config)
-    say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
+    say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train) - data.synthetic} train, "
+        f"{len(data.validation)} validation)"
+        + (f", plus {data.synthetic} synthetic (synth {config.synth:g}, seed {config.synth_seed}, "
+           f"loss on {config.synth_loss})" if data.synthetic else ""))
     say(f"evaluation: {data.evaluation.describe()}" if data.evaluation else data.eval_note
         or "evaluation: eval_data is off; choosing and gating on the in-corpus validation split")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
     config, why = plan.resolve(config, base.header)
     say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
-    dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
-                         config.seed, code_version())
+    dataset_key = dataset_cache_key(config, data_key, base.sha256)
     for line in registry.repair(models_dir):
         say(f"repaired: {line}")
     previous = registry.current(models_dir)
