@@ -89,6 +89,7 @@ def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, 
     assert cactus["quant"] == "F16"                     # best type under the default 2 GB cap (select_by loss)
     assert os.readlink(project.models / "current") == "v0001"
     assert "CactusLM.init" in (version.path / "cactus.ts").read_text()
+    assert (version.path / "tool-calls.gbnf").read_text() == cactus["grammar"] and "GRAMMAR" in (version.path / "cactus.ts").read_text()
 
     check = version.metadata["runtime_check"]      # the app's own (May 2025) llama.cpp, when installed
     if find_runtime_env("cactus-0.2") is None:

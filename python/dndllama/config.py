@@ -94,6 +94,7 @@ class Config:
     size_cap: str = "2GB"
     quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
     app_ctx: int = 2048                  # n_ctx the app should use
+    grammar: bool = True                 # ship tool-calls.gbnf and make it the app's completion grammar
     sampling: Sampling = field(default_factory=Sampling)
 
     @property

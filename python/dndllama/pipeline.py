@@ -420,6 +420,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
         mmproj = models_dir / name / base.mmproj.name
     cactus = cactus_config(final_model, mmproj, config, data.vocab, choice.type, name)
     write_json(staged / registry.CACTUS_CONFIG, cactus)
+    if cactus["grammar"]:   # the app's completion grammar, also as a file of its own
+        write_text(staged / cactus["grammarFile"], cactus["grammar"])
     write_text(staged / "cactus.ts", cactus_ts(cactus))
     write_text(staged / "llama.rn.ts", llama_rn_ts(cactus))
     # the report names the file as published, not its place in the cache
