@@ -286,6 +286,10 @@ def test_cli_train_prints_model_path_and_models_commands_switch_versions(project
     assert main(["models", "rollback", *models]) == 0
     assert registry.current(project.models).name == "v0001"
     assert json.loads((project.models / "cactus.config.json").read_text())["version"] == "v0001"
+    capsys.readouterr()
+    assert main(["train", "--quiet", *flags, "--quant", "Q8_0"]) == 3     # unchanged: the newest is v0002
+    assert "v0002 is NOT current (nothing changed since it was trained" in capsys.readouterr().out
+    assert registry.current(project.models).name == "v0001"
     assert main(["models", "rm", "v0001", *models]) == 1         # the current version is protected
     assert "switch first" in capsys.readouterr().err
     assert main(["models", "use", "2", *models]) == 0 and main(["models", "rm", "v0001", *models]) == 0

@@ -16,7 +16,7 @@ import pytest
 
 from dndllama import _native as native
 from dndllama import cli
-from dndllama.cli_validate import add_validate_command
+from dndllama.cli.validate import add_validate_command
 from dndllama.dataset import build_dataset, dataset_windows, render_gemma, window_arrays
 from dndllama.scenarios import load_folder
 from dndllama.tools import default_vocabulary, load_vocabulary
@@ -288,7 +288,7 @@ def test_validation_without_turns_or_room_says_what_to_change(models, data):
 
 @pytest.fixture
 def command(monkeypatch):
-    """cli.main with the validate command registered (as cli.py's COMMAND_GROUPS will hold it)."""
+    """cli.main with the validate command registered (cli/__init__.py's COMMAND_GROUPS holds it)."""
     if add_validate_command not in cli.COMMAND_GROUPS:
         monkeypatch.setattr(cli, "COMMAND_GROUPS", [*cli.COMMAND_GROUPS, add_validate_command])
     return cli.main

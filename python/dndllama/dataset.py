@@ -303,7 +303,7 @@ def read_jsonl(path: str | Path) -> list[Conversation]:
     return conversations
 
 
-# ---------------------------------------------------------------- split, weights, augmentation
+# ---------------------------------------------------------------- split, augmentation
 
 
 def _unit_hash(*parts: object) -> float:
@@ -325,20 +325,6 @@ def split_scenarios(paths: Iterable[str], validation_fraction: float = 0.1) -> t
         validation = [min(paths, key=lambda p: _unit_hash("split", p))]
     chosen = set(validation)
     return [p for p in paths if p not in chosen], validation
-
-
-def weighted(conversations: list[Conversation], weights: dict[str, float]) -> list[Conversation]:
-    """Repeat or drop conversations by their category weight (default 1.0), deterministically.
-
-    Weight 2.5 gives every conversation 2 copies and half of them (chosen by hash) a third.
-    """
-    out = []
-    for conversation in conversations:
-        weight = max(0.0, float(weights.get(conversation.category, 1.0)))
-        whole, part = math.floor(weight), weight - math.floor(weight)
-        copies = whole + (1 if _unit_hash("weight", conversation.scenario) < part else 0)
-        out.extend([conversation] * copies)
-    return out
 
 
 def augment_scenario(scenario: Scenario, seed: int, copy: int = 1, vocab: Vocabulary | None = None) -> Scenario:
@@ -403,13 +389,12 @@ def _hp_is_private(member, scenario: Scenario) -> bool:
 def build_dataset(
     check: FolderCheck,
     validation_fraction: float = 0.1,
-    weights: dict[str, float] | None = None,
     augment_copies: int = 0,
     seed: int = 0,
 ) -> DatasetSplit:
-    """Conversations from a validated folder: split by path, then weight and augment train only.
+    """Conversations from a validated folder: split by path, then augment train only.
 
-    Validation holds each of its scenarios once, unweighted and never augmented, so it stays a
+    Validation holds each of its scenarios once and never augmented, so it stays a
     clean measure. Raises ScenarioError when the folder has errors.
     """
     if check.errors:
@@ -421,7 +406,7 @@ def build_dataset(
         train += [to_conversation(augment_scenario(by_path[p], seed, copy, check.vocab), check.vocab)
                   for p in train_paths]
     return DatasetSplit(
-        train=weighted(train, weights or {}),
+        train=train,
         validation=[to_conversation(by_path[p], check.vocab) for p in validation_paths],
     )
 

@@ -9,7 +9,7 @@ key, so a rerun does only what changed:
   export key   train key, quant type, size cap, runtime, app settings
   eval key     the evaluation folder's files (eval_data): part of the export key and of every
                judged result, since checkpoint choice, quant choice and the gate replay it
-An unchanged rerun finds its export key on the current version and stops in seconds. When data
+An unchanged rerun finds its export key on the newest version and stops in seconds. When data
 was only added (no file changed or removed) and nothing else changed, training warm-starts from the
 current version's weights and runs one epoch over all data (see docs/training.md).
 """

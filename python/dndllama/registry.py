@@ -157,11 +157,6 @@ def _sync_config(models_dir: Path, version: Version) -> bool:
     return True
 
 
-def update_metadata(version: Version, **changes) -> None:
-    version.metadata.update(changes)
-    write_json(version.path / METADATA, version.metadata)
-
-
 def remove(models_dir: Path, name: str) -> None:
     version = get(models_dir, name)
     active = current(models_dir)

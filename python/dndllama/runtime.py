@@ -8,14 +8,10 @@ tables without running anything.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 RUNTIMES_FILE = "runtimes.toml"
 DEFAULT_RUNTIME = "cactus-0.2"

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
-    import tomli as tomllib
 
 VOCABULARY_FILE = "tools.toml"
 
