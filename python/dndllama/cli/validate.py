@@ -129,7 +129,7 @@ def _evaluation(eval_data: str, data: Path, check) -> list[Conversation] | None:
         return load_eval_set(eval_dir, check.vocab, {s.digest for s in check.scenarios}).conversations
     except EvalSetError as exc:
         raise CliError(str(exc), "fix the evaluation folder, or pass --eval-data '' to replay the "
-                           "validation split of --data") from None
+                       "validation split of --data") from None
 
 
 def _baseline(spec: str, model: Path) -> Path | None:
