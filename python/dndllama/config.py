@@ -36,6 +36,7 @@ class Sampling:
 
 
 SELECT_BY = ("tool_f1", "loss")
+SYNTH_LOSS = ("calls", "all")
 METHODS = ("auto", "full", "lora")
 MATMUL_PRECISIONS = ("auto", "bf16", "f32")
 
@@ -43,6 +44,7 @@ MATMUL_PRECISIONS = ("auto", "bf16", "f32")
 @dataclass
 class Config:
     data: str = "ai-training"
+    eval_data: str = "ai-eval"           # held-out scenarios for validate, checkpoint/quant choice, the gate ("" = none)
     base: str = EMBEDDED_BASE
     runtime: str = "cactus-0.2"          # the runtime the exported GGUF must load in
     name: str = "dndllama-dm"            # general.name of the output and the registry's label
@@ -53,6 +55,10 @@ class Config:
     val_fraction: float = 0.1
     augment: int = 0                     # extra renamed copies of each training scenario
     seed: int = 0
+    # synthetic scenarios (dndllama.synth), training split only: synthetic DM turns per hand-written one
+    synth: float = 0.0                   # 0 = off; e.g. 1, 5, 20
+    synth_seed: int = 0
+    synth_loss: str = "calls"            # "calls": loss on their call lines + the sentence before; "all"
     # training
     epochs: int = 2
     max_steps: int = 0                   # 0 = the epochs decide
@@ -88,6 +94,7 @@ class Config:
     size_cap: str = "2GB"
     quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
     app_ctx: int = 2048                  # n_ctx the app should use
+    grammar: bool = True                 # ship tool-calls.gbnf and make it the app's completion grammar
     sampling: Sampling = field(default_factory=Sampling)
 
     @property
@@ -102,6 +109,7 @@ class Config:
                 "matmul_precision")
         keys += (("lora_rank", "lora_alpha", "lora_targets", "lora_lr") if self.method == "lora"
                  else ("lr", "trainable"))
+        keys += ("synth", "synth_seed", "synth_loss") if self.synth else ()   # absent when off: old keys stay valid
         return {k: getattr(self, k) for k in keys} | ({"method": "lora"} if self.method == "lora" else {})
 
     @property
@@ -172,6 +180,8 @@ def _validate(c: Config, where: str) -> None:
         (c.ctx > 0 and c.ctx % 256 == 0, "ctx must be a positive multiple of 256 (llama.cpp pads contexts to 256)"),
         (0 <= c.val_fraction < 1, "val_fraction must be in [0, 1)"),
         (c.epochs > 0, "epochs must be positive"),
+        (c.synth >= 0, "synth is a ratio of synthetic to hand-written DM turns: 0 (off) or positive, e.g. 5"),
+        (c.synth_loss in SYNTH_LOSS, f"synth_loss must be one of {', '.join(SYNTH_LOSS)}"),
         (c.max_steps >= 0, "max_steps must be 0 (no limit) or positive"),
         (c.lr > 0 and c.lora_lr > 0, "lr and lora_lr must be positive"),
         (c.method in METHODS, f"method must be one of {', '.join(METHODS)}"),

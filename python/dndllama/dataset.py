@@ -28,6 +28,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from .files import atomic_path
+from .loss_mask import LOSS_MODES, answer_mask
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -97,6 +98,7 @@ class Conversation:
     scenario: str
     category: str
     messages: list[Message]
+    loss: str = "all"   # "all": every DM token trains; "calls": the call lines and the sentence before them
 
 
 @dataclass
@@ -219,16 +221,17 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
     mask: list[bool] = []
     for index, exchange in enumerate(exchanges):
         answer = tokenizer.tokenize(_answer_text(exchange), False, True)
+        trained = answer_mask(_answer_text(exchange), answer, tokenizer, conversation.loss, END_OF_TURN)
         follow = tokenizer.tokenize(_prompt_text(system, exchange, first=False), False, True)
         if tokens and len(tokens) + len(follow) + len(answer) + len(newline) <= ctx:
             tokens += follow + answer + newline
-            mask += [False] * len(follow) + [True] * len(answer) + [False] * len(newline)
+            mask += [False] * len(follow) + trained + [False] * len(newline)
             continue
         if tokens:
             windows.append(Window(tokens, mask, conversation.scenario, conversation.category))
         head = tokenizer.tokenize(_prompt_text(system, exchange, first=True), True, True)
         tokens = head + answer + newline
-        mask = [False] * len(head) + [True] * len(answer) + [False] * len(newline)
+        mask = [False] * len(head) + trained + [False] * len(newline)
         if len(tokens) > ctx:
             warnings.warn(
                 f"{conversation.scenario}: exchange {index + 1} has {len(tokens)} tokens, cut to ctx={ctx}",
@@ -267,11 +270,12 @@ def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndar
 
 
 def conversation_to_json(conversation: Conversation) -> dict:
-    return {
+    data = {
         "messages": [{"role": m.role, "content": m.content} for m in conversation.messages],
         "scenario": conversation.scenario,
         "category": conversation.category,
     }
+    return data | ({"loss": conversation.loss} if conversation.loss != "all" else {})
 
 
 def conversation_from_json(data: dict) -> Conversation:
@@ -282,7 +286,10 @@ def conversation_from_json(data: dict) -> Conversation:
     unknown = {m.role for m in messages} - set(ROLES)
     if unknown:
         raise DatasetError(f"unknown roles {sorted(unknown)}; expected {', '.join(ROLES)}")
-    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages)
+    loss = str(data.get("loss", "all"))
+    if loss not in LOSS_MODES:
+        raise DatasetError(f"unknown loss '{loss}'; expected one of {', '.join(LOSS_MODES)}")
+    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages, loss)
 
 
 def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> Path:

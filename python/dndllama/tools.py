@@ -1,8 +1,10 @@
 """Tool vocabulary: which `[tool: arg, ...]` calls the DM may write, loaded from TOML data.
 
 The default vocabulary ships as `tools.toml` next to this module. A data folder may hold its own
-`tools.toml`; its arg types are added to the defaults and each of its tools adds a new tool or
-replaces the default tool of the same name (Requirement 7.2: new tools without code changes).
+`tools.toml`; its word lists and arg types are added to the defaults and each of its tools adds a
+new tool or replaces the default tool of the same name (Requirement 7.2: new tools without code
+changes). An argument may name a `loose` type besides its own: a value that fits only the loose
+one is accepted and flagged on the call (`ToolCall.loose`), so a checker can warn instead of refuse.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ VOCABULARY_FILE = "tools.toml"
 
 # `[name: args]` anywhere in DM text; a markdown link `[text](url)` is not a call.
 CALL_PATTERN = re.compile(r"\[\s*([A-Za-z_][\w-]*)\s*:([^\[\]\n]*)\](?!\()")
+# `{list}` in an arg-type regex: a [lists] entry; `{0,3}` quantifiers have no letters, so never match.
+LIST_REFERENCE = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
 class VocabularyError(ValueError):
@@ -30,6 +34,7 @@ class ArgSpec:
     name: str
     type: str
     optional: bool = False
+    loose: str = ""  # a looser arg type accepted with a warning ("" = none)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ToolCall:
     raw: str
     span: tuple[int, int]
     named: dict[str, str] = field(default_factory=dict, compare=False)
+    loose: tuple[str, ...] = field(default=(), compare=False)  # args that fit only their loose type
 
     def label_values(self, vocab: Vocabulary) -> list[str]:
         tool = vocab.tools[self.name]
@@ -100,8 +106,9 @@ def load_vocabulary(data_dir: str | Path | None = None) -> Vocabulary:
 
 
 def merge_vocabulary_data(base: dict, override: dict) -> dict:
-    """Arg types merge key by key; a tool table replaces the whole tool of the same name."""
+    """Lists and arg types merge key by key; a tool table replaces the whole tool of the same name."""
     return {
+        "lists": {**base.get("lists", {}), **override.get("lists", {})},
         "arg_types": {**base.get("arg_types", {}), **override.get("arg_types", {})},
         "tools": {**base.get("tools", {}), **override.get("tools", {})},
     }
@@ -118,7 +125,9 @@ def _default_data() -> dict:
 
 def _build(data: dict, sources: tuple[str, ...]) -> Vocabulary:
     where = " + ".join(sources)
-    arg_types = {name: _compile(name, pattern, where) for name, pattern in data["arg_types"].items()}
+    lists = data.get("lists", {})
+    arg_types = {name: _compile(name, _expand(name, pattern, lists, where), where)
+                 for name, pattern in data["arg_types"].items()}
     tools = {name: _tool(name, spec, arg_types, where) for name, spec in data["tools"].items()}
     vocab = Vocabulary(tools=tools, arg_types=arg_types, sources=sources)
     for tool in tools.values():
@@ -129,9 +138,25 @@ def _build(data: dict, sources: tuple[str, ...]) -> Vocabulary:
     return vocab
 
 
-def _compile(name: str, pattern, where: str) -> re.Pattern:
+def _expand(name: str, pattern, lists: dict, where: str):
+    """Replace each `{list}` with an alternation of its entries, escaped so that spaces and
+    parentheses stay literal in verbose regexes too; an apostrophe also matches a typographic one."""
     if not isinstance(pattern, str):
         raise VocabularyError(f"{where}: arg type '{name}' must be a regex string")
+
+    def alternation(match: re.Match) -> str:
+        entries = lists.get(match.group(1))
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e.strip() for e in entries):
+            known = ", ".join(lists) or "none"
+            raise VocabularyError(f"{where}: arg type '{name}' names {{{match.group(1)}}}, which is not a "
+                                  f"[lists] entry of non-empty strings (known lists: {known})")
+        longest_first = sorted(entries, key=len, reverse=True)   # "pan flute" before "flute"
+        return "(?:" + "|".join(re.escape(e).replace("'", "['’]") for e in longest_first) + ")"
+
+    return LIST_REFERENCE.sub(alternation, pattern)
+
+
+def _compile(name: str, pattern: str, where: str) -> re.Pattern:
     try:
         return re.compile(pattern, re.IGNORECASE)
     except re.error as exc:
@@ -142,7 +167,8 @@ def _tool(name: str, spec: dict, arg_types: dict, where: str) -> Tool:
     if not re.fullmatch(r"[A-Za-z_][\w-]*", name):
         raise VocabularyError(f"{where}: tool name '{name}' must be a single word")
     try:
-        args = tuple(ArgSpec(a["name"], a["type"], bool(a.get("optional", False))) for a in spec["args"])
+        args = tuple(ArgSpec(a["name"], a["type"], bool(a.get("optional", False)), str(a.get("loose", "")))
+                     for a in spec["args"])
         tool = Tool(
             name=name,
             description=str(spec["description"]),
@@ -156,11 +182,12 @@ def _tool(name: str, spec: dict, arg_types: dict, where: str) -> Tool:
             f"{where}: tool '{name}' needs description, args (name, type), example and result; missing {exc}"
         ) from None
     for arg in args:
-        if arg.type not in arg_types:
-            raise VocabularyError(
-                f"{where}: tool '{name}' arg '{arg.name}' has unknown type '{arg.type}' "
-                f"(known: {', '.join(arg_types)})"
-            )
+        for kind in (arg.type, arg.loose or arg.type):
+            if kind not in arg_types:
+                raise VocabularyError(
+                    f"{where}: tool '{name}' arg '{arg.name}' has unknown type '{kind}' "
+                    f"(known: {', '.join(arg_types)})"
+                )
     unknown_labels = set(tool.label) - {a.name for a in args}
     if unknown_labels:
         raise VocabularyError(f"{where}: tool '{name}' label names unknown args {sorted(unknown_labels)}")
@@ -194,11 +221,13 @@ def parse_tool_call(raw: str, vocab: Vocabulary, offset: int = 0) -> ToolCall:
     values = tuple(v.strip() for v in body.split(","))
     if values == ("",):
         values = ()
-    named = _bind(tool, values, vocab)
+    named = _bind(tool, values, vocab) or _bind(tool, values, vocab, loose=True)
     if named is None:
         expected = f"{_describe(tool)}, e.g. {tool.example}"
         raise ToolCallError("bad-arguments", f"{_mismatch(tool, values, vocab)} in {raw.strip()}", expected, raw, span)
-    return ToolCall(tool.name, values, raw, span, named)
+    loose = tuple(a.name for a in tool.args
+                  if a.name in named and not vocab.arg_types[a.type].fullmatch(named[a.name]))
+    return ToolCall(tool.name, values, raw, span, named, loose)
 
 
 def _mismatch(tool: Tool, values: tuple[str, ...], vocab: Vocabulary) -> str:
@@ -214,17 +243,24 @@ def _mismatch(tool: Tool, values: tuple[str, ...], vocab: Vocabulary) -> str:
     return "arguments do not fit"
 
 
-def _bind(tool: Tool, values: tuple[str, ...], vocab: Vocabulary) -> dict[str, str] | None:
-    """Assign values to args left to right, trying each way of leaving optional args out."""
+def _bind(tool: Tool, values: tuple[str, ...], vocab: Vocabulary, loose: bool = False) -> dict[str, str] | None:
+    """Assign values to args left to right, trying each way of leaving optional args out; with
+    `loose`, a value may also fit its arg's loose type (tried only after a strict binding failed)."""
     optional = [i for i, a in enumerate(tool.args) if a.optional]
     missing = len(tool.args) - len(values)
     if missing < 0 or missing > len(optional):
         return None
     for left_out in itertools.combinations(optional, missing):
         specs = [a for i, a in enumerate(tool.args) if i not in left_out]
-        if all(vocab.arg_types[s.type].fullmatch(v) for s, v in zip(specs, values)):
+        if all(_fits(s, v, vocab, loose) for s, v in zip(specs, values)):
             return {s.name: v for s, v in zip(specs, values)}
     return None
+
+
+def _fits(spec: ArgSpec, value: str, vocab: Vocabulary, loose: bool) -> bool:
+    if vocab.arg_types[spec.type].fullmatch(value):
+        return True
+    return bool(loose and spec.loose and vocab.arg_types[spec.loose].fullmatch(value))
 
 
 def _describe(tool: Tool) -> str:

@@ -1,4 +1,5 @@
-"""`dndllama data check [DIR]`: validate every scenario of a data folder and print its statistics."""
+"""`dndllama data check [DIR]`: validate every scenario of a data folder and print its statistics.
+`dndllama data synth` lives in cli/synth.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from ..dataset import DataStats, data_stats
 from ..scenarios import ERROR, WARNING, scenario_files
 from .common import DEFAULT_DATA_DIR, CliError, command, group, load_scenarios, plural, print_table
+from .synth import add_synth_command
 
 
 def add_data_commands(groups) -> None:
@@ -16,6 +18,7 @@ def add_data_commands(groups) -> None:
     check = command(commands, "check", cmd_data_check, "validate every scenario and print statistics")
     check.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR, help=f"data folder (default: {DEFAULT_DATA_DIR})")
     check.add_argument("--base", metavar="GGUF", help="base model whose tokenizer counts tokens")
+    add_synth_command(commands)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ TRAIN_FLAGS = [
                                           "(default 0.02)"),
     ("--validate-turns", int, "N", "validation DM turns to replay for the report and the gate (0 = all)"),
     ("--min-f1-gain", float, "F", "the gate: tool-call F1 must beat the base model's by more than F (default 0)"),
+    ("--synth", float, "RATIO", "add generated scenarios to training: RATIO synthetic DM turns per hand-written "
+                                "one (default 0 = off; e.g. 1, 5, 20)"),
+    ("--synth-seed", int, "S", "seed of the generated scenarios (default 0)"),
+    ("--synth-loss", str, "WHAT", "loss on generated DM turns: calls (default: their call lines and the sentence "
+                                  "before) or all"),
 ]
 # flag, Config field, value when given, help: switches that set a Config field
 TRAIN_SWITCHES = [

@@ -1,5 +1,6 @@
-"""`dndllama validate MODEL`: replay the validation scenarios' DM turns through a model (and a
-baseline), score the tool calls, write report.json / report.md / charts and print a summary.
+"""`dndllama validate MODEL`: replay the evaluation scenarios' DM turns (eval_data, default ai-eval/;
+the validation split of --data when there is none) through a model (and a baseline), score the tool
+calls, write report.json / report.md / charts and print a summary.
 
 Registered in cli.COMMAND_GROUPS by `add_validate_command`.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..dataset import Conversation, build_dataset
+from ..evalset import EvalSetError, find_eval_dir, load_eval_set
 from ..scenarios import ScenarioError
 from ..tools import Vocabulary
 from .common import DEFAULT_DATA_DIR, CliError, add_models_dir, command, load_scenarios, print_table, resolve_model
@@ -29,8 +31,12 @@ def add_validate_command(groups) -> None:
     leaf.add_argument("model", metavar="MODEL",
                       help="a .gguf file, or a version in --models-dir (v0002, 2, current)")
     leaf.add_argument("--data", default=default_data, metavar="DIR",
-                      help=f"scenario folder; its validation split is replayed (default: {default_data})")
-    leaf.add_argument("--all", action="store_true", help="replay every scenario, not only the validation split")
+                      help=f"scenario folder: its tool vocabulary, and its validation split when there is no "
+                           f"evaluation folder (default: {default_data})")
+    leaf.add_argument("--eval-data", metavar="DIR",
+                      help="held-out scenarios to replay (default: eval_data of the config, ai-eval; '' = none, "
+                           "replay the validation split of --data)")
+    leaf.add_argument("--all", action="store_true", help="replay every scenario of --data, not an evaluation set")
     leaf.add_argument("--baseline", default="auto", metavar="MODEL",
                       help="a .gguf to compare with; 'auto' (default): the base the model was trained "
                            "from, when it is at hand; 'none': no comparison")
@@ -52,7 +58,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model, Path(args.models_dir))
     config = load_config(args.data, {})
-    vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all)
+    eval_data = config.eval_data if args.eval_data is None else args.eval_data
+    vocab, conversations, which = _conversations(Path(args.data), config.val_fraction, args.all, eval_data)
+    loss_on = _loss_split(Path(args.data), config.val_fraction) if which == "evaluation " else None
     baseline = _baseline(args.baseline, model)
     train_log = Path(args.train_log) if args.train_log else model.parent / TRAIN_LOG
     if args.train_log and not train_log.is_file():
@@ -69,7 +77,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         report = validate_model(model, conversations, vocab, baseline_path=baseline,
                                 train_log=train_log if train_log.is_file() else None,
-                                say=lambda line: print(line, flush=True), **settings)
+                                say=lambda line: print(line, flush=True), loss_conversations=loss_on, **settings)
     except ValidationError as exc:
         raise CliError(str(exc), "pass a larger --ctx or a smaller --max-tokens") from None
     except _native.NativeError as exc:
@@ -82,9 +90,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conversations(data: Path, val_fraction: float, every: bool) -> tuple[Vocabulary, list[Conversation], str]:
+def _conversations(data: Path, val_fraction: float, every: bool,
+                   eval_data: str = "") -> tuple[Vocabulary, list[Conversation], str]:
     check = load_scenarios(data)
     vocab = check.vocab
+    evaluation = None if every else _evaluation(eval_data, data, check)
+    if evaluation:
+        return vocab, evaluation, "evaluation "
     try:
         split = build_dataset(check, 1.0 if every else val_fraction)
     except ScenarioError as exc:
@@ -95,6 +107,29 @@ def _conversations(data: Path, val_fraction: float, every: bool) -> tuple[Vocabu
         raise CliError(f"no validation scenario in '{data}' ({len(check.scenarios)} scenarios, validation "
                            f"fraction {val_fraction})", "pass --all to replay every scenario, or add scenarios")
     return vocab, sorted(conversations, key=lambda c: c.scenario), "" if every else "validation "
+
+
+def _loss_split(data: Path, val_fraction: float) -> list[Conversation] | None:
+    """With an evaluation folder the loss stays on --data's validation split, as in training (the
+    whole evaluation set holds ~9x the windows); None replays and takes the loss on the same set."""
+    try:
+        return _conversations(data, val_fraction, False)[1]
+    except CliError:
+        return None
+
+
+def _evaluation(eval_data: str, data: Path, check) -> list[Conversation] | None:
+    """The evaluation folder's conversations, or None (with a notice when one was asked for)."""
+    try:
+        eval_dir, note = find_eval_dir(eval_data, data)
+        if eval_dir is None:
+            if note:
+                print(note)
+            return None
+        return load_eval_set(eval_dir, check.vocab, {s.digest for s in check.scenarios}).conversations
+    except EvalSetError as exc:
+        raise CliError(str(exc), "fix the evaluation folder, or pass --eval-data '' to replay the "
+                       "validation split of --data") from None
 
 
 def _baseline(spec: str, model: Path) -> Path | None:
