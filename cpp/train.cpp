@@ -1,9 +1,6 @@
 // Fine-tuning through llama.cpp's ggml-opt (AdamW), in full or as a LoRA adapter on a frozen base, one
 // window per llama_opt_epoch call so that window order, learning-rate schedule, evaluation,
 // checkpoints and cancellation stay in our hands.
-// Trainer sets a run up (model, context, trainable tensors, optimizer) and steps one window; Run is
-// the loop (steps, evaluations, checkpoints, progress). Both share this file's private types, which
-// is why it is longer than ~400 lines.
 #include "native.h"
 
 #include "ggml-cpu.h"
@@ -138,17 +135,6 @@ struct Trainer {
           bf16_matmul(resolve_matmul_precision(o.matmul_precision) == "bf16") {
         init();
         last_log_error();
-        load();
-        if (opts.method == "lora") {
-            attach_adapter();
-        }
-        init_optimizer();
-        window.reset(ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1));
-        pred.resize(opts.n_ctx);
-    }
-
-    // The base (writable weights for full training) and a training context over it.
-    void load() {
         const bool lora = opts.method == "lora";
         llama_model_params mp = model_params(opts.n_gpu_layers);
         if (!lora) {
@@ -169,12 +155,10 @@ struct Trainer {
             throw Error("could not create a training context (n_ctx=" + std::to_string(opts.n_ctx) +
                         "): " + last_log_error() + "\nfix: lower --ctx or free memory");
         }
-    }
 
-    // Which tensors train (all F32 weights, those the trainable pattern matches, or LoRA's A and B)
-    // and the optimizer's parameters, through llama_opt_init.
-    void init_optimizer() {
-        const bool lora = opts.method == "lora";
+        if (lora) {
+            attach_adapter();
+        }
         filter.none = lora;
         filter.all = opts.trainable.empty();
         if (!filter.all && !lora) {
@@ -206,6 +190,9 @@ struct Trainer {
             throw Error("no tensor is trainable: only F32 tensors train (the base is quantized or "
                         "the trainable pattern matches nothing)\nfix: dequantize the base to F32 first");
         }
+
+        window.reset(ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1));
+        pred.resize(opts.n_ctx);
     }
 
     void attach_adapter() {
@@ -301,9 +288,9 @@ std::string resolve_matmul_precision(const std::string & precision) {
     return "f32";
 }
 
-namespace {
-
-void check_options(const TrainOptions & opts) {
+TrainResult train(const std::string & base_path, const std::string & out_path,
+                  const Windows & train_set, const Windows & val_set,
+                  const TrainOptions & opts, const ProgressFn & progress) {
     if (opts.n_ctx <= 0 || opts.n_ctx % 256 != 0 || opts.epochs <= 0) {
         // llama.cpp pads every context to a multiple of 256, and a training window must fill
         // the whole context for K and V to receive gradients
@@ -319,10 +306,7 @@ void check_options(const TrainOptions & opts) {
     if (opts.optimizer == "sgd" && (opts.weight_decay < 0 || opts.weight_decay > 1)) {
         throw Error("SGD needs 0 <= weight_decay <= 1");   // ggml-opt asserts it
     }
-}
-
-// Optimizer steps the run takes: epochs x windows / accumulation, capped by max_steps.
-int64_t total_steps_of(const TrainOptions & opts, int64_t n_train) {
+    const int64_t n_train = train_set.count(opts.n_ctx);
     if (n_train == 0) {
         throw Error("the training set is empty: no window of n_ctx tokens");
     }
@@ -335,167 +319,121 @@ int64_t total_steps_of(const TrainOptions & opts, int64_t n_train) {
         throw Error("fewer windows (" + std::to_string(n_train) + ") than --grad-accum (" +
                     std::to_string(accum) + "): no optimizer step would run");
     }
-    return total_steps;
-}
 
-// The loop of one run: windows into optimizer steps, and when to report, evaluate and checkpoint.
-struct Run {
-    const TrainOptions & opts;
-    Trainer & trainer;
-    const Windows & train_set;
-    const Windows & val_set;
-    const ProgressFn & progress;
-    const int64_t total_steps, start_step;
-    const int accum;
-    const bool has_val;
-    const Clock::time_point t0 = Clock::now();
+    Trainer trainer(base_path, opts, total_steps);
+    check_windows(train_set, opts.n_ctx, trainer.n_vocab(), "training set");
+    check_windows(val_set, opts.n_ctx, trainer.n_vocab(), "validation set");
+
     TrainResult res;
+    res.n_trainable = trainer.filter.n_trainable;
+    res.matmul_precision = trainer.bf16_matmul ? "bf16" : "f32";
     Progress p;
-    // the windows of the optimizer step in progress
+    p.epochs = opts.epochs;
+    p.total_steps = total_steps;
+
+    const auto t0 = Clock::now();
+    std::mt19937 rng(opts.seed);
+    std::vector<int64_t> order(n_train);
     double step_loss = 0;
     int64_t step_correct = 0, step_labelled = 0, windows_in_step = 0;
+    // Resuming replays the same shuffles and skips the windows already trained on, so the run
+    // continues where it stopped (the optimizer's moments start afresh).
+    const int64_t start_step = std::clamp<int64_t>(opts.start_step, 0, total_steps);
+    int64_t skip_windows = start_step * accum;
+    res.steps = trainer.schedule.step = start_step;
 
-    Run(const TrainOptions & o, Trainer & t, const Windows & train, const Windows & val, const ProgressFn & fn,
-        int64_t total)
-        : opts(o), trainer(t), train_set(train), val_set(val), progress(fn), total_steps(total),
-          // resuming replays the same shuffles and skips the windows already trained on, so the run
-          // continues where it stopped (the optimizer's moments start afresh)
-          start_step(std::clamp<int64_t>(o.start_step, 0, total)), accum(std::max(1, o.grad_accum)),
-          has_val(val.count(o.n_ctx) > 0) {
-        res.n_trainable = trainer.filter.n_trainable;
-        res.matmul_precision = trainer.bf16_matmul ? "bf16" : "f32";
-        res.steps = trainer.schedule.step = start_step;
-        p.epochs = opts.epochs;
-        p.total_steps = total_steps;
-    }
-
-    bool done() const { return res.cancelled || res.steps >= total_steps; }
-
-    void report(const char * event) {
+    auto report = [&](const char * event) {
         p.event = event;
         p.elapsed_s = seconds_since(t0);
         p.tokens_per_s = res.tokens / std::max(1e-9, p.elapsed_s);
-        const int64_t steps_here = res.steps - start_step;
-        p.eta_s = steps_here ? p.elapsed_s / steps_here * (total_steps - res.steps) : 0;
+        const int64_t done = res.steps - start_step;
+        p.eta_s = done ? p.elapsed_s / done * (total_steps - res.steps) : 0;
         if (progress && !progress(p)) {
             res.cancelled = true;
         }
-    }
-
-    void checkpoint(const std::string & name) {
+    };
+    auto checkpoint = [&](const std::string & name) {
         fs::create_directories(opts.checkpoint_dir);
         p.checkpoint = (fs::path(opts.checkpoint_dir) / (name + ".gguf")).string();
         trainer.save(p.checkpoint);
         report("checkpoint");
         p.checkpoint.clear();
-    }
+    };
 
-    void evaluate() {
+    const bool has_val = val_set.count(opts.n_ctx) > 0;
+    auto evaluate = [&]() {
         std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
         res.val_loss = p.val_loss;
         if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
             res.best_val_loss = p.val_loss;
         }
         report("eval");
-    }
+    };
 
-    // One epoch over `order`, after skipping `skip_windows` (a resume) of them.
-    void epoch(int number, const std::vector<int64_t> & order, int64_t & skip_windows) {
-        p.epoch = number;
+    for (int epoch = 1; epoch <= opts.epochs && !res.cancelled && res.steps < total_steps; ++epoch) {
+        p.epoch = epoch;
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng);
         bool trained = false;
-        const int64_t n = (int64_t) order.size();
-        for (int64_t k = 0; k < n; ++k) {
+        for (int64_t k = 0; k < n_train; ++k) {
+            const int64_t i = order[k];
             if (skip_windows > 0) {
                 --skip_windows;
                 continue;
             }
             trained = true;
-            if (!train_window(order[k], k == n - 1)) {
+            auto [loss, c, l] = trainer.run(train_set, i, true);
+            res.tokens += opts.n_ctx;
+            step_loss += loss;
+            step_correct += c;
+            step_labelled += l;
+            if (++windows_in_step < accum) {
+                continue;
+            }
+            // ggml-opt has just applied the optimizer step for these `accum` windows
+            res.steps = ++trainer.schedule.step;
+            p.step = res.steps;
+            p.loss = step_loss / windows_in_step;
+            p.accuracy = step_labelled ? double(step_correct) / step_labelled : 0;
+            res.train_loss = p.loss;
+            step_loss = 0;
+            step_correct = step_labelled = windows_in_step = 0;
+            report("step");
+            if (res.cancelled || res.steps >= total_steps) {
+                break;
+            }
+            // a mid-epoch evaluation is followed by its checkpoint, so it can be chosen later
+            const bool epoch_end = k == n_train - 1;   // evaluated below anyway
+            const bool eval_now = opts.eval_every > 0 && res.steps % opts.eval_every == 0 && has_val && !epoch_end;
+            if (eval_now) {
+                evaluate();
+            }
+            const bool save_now = opts.save_every > 0 && res.steps % opts.save_every == 0;
+            if (!opts.checkpoint_dir.empty() && !res.cancelled && (eval_now || save_now)) {
+                checkpoint("step-" + std::to_string(res.steps));
+            }
+            if (res.cancelled) {
                 break;
             }
         }
         if (!trained || res.cancelled) {
-            return;   // an epoch skipped by a resume, or a stop: nothing new to evaluate or save
+            continue;   // an epoch skipped by a resume, or a stop: nothing new to evaluate or save
         }
         if (has_val) {
             evaluate();
         }
         if (!opts.checkpoint_dir.empty()) {
-            checkpoint("epoch-" + std::to_string(number));
+            checkpoint("epoch-" + std::to_string(epoch));
         }
     }
 
-    // Trains window i; the last window of a step reports it, then evaluates and checkpoints when
-    // due. False when the run stops here.
-    bool train_window(int64_t i, bool epoch_end) {
-        auto [loss, c, l] = trainer.run(train_set, i, true);
-        res.tokens += opts.n_ctx;
-        step_loss += loss;
-        step_correct += c;
-        step_labelled += l;
-        if (++windows_in_step < accum) {
-            return true;
-        }
-        end_step();
-        if (done()) {
-            return false;
-        }
-        // a mid-epoch evaluation is followed by its checkpoint, so it can be chosen later; the
-        // epoch's end is evaluated by epoch() anyway
-        const bool eval_now = opts.eval_every > 0 && res.steps % opts.eval_every == 0 && has_val && !epoch_end;
-        if (eval_now) {
-            evaluate();
-        }
-        const bool save_now = opts.save_every > 0 && res.steps % opts.save_every == 0;
-        if (!opts.checkpoint_dir.empty() && !res.cancelled && (eval_now || save_now)) {
-            checkpoint("step-" + std::to_string(res.steps));
-        }
-        return !res.cancelled;
-    }
-
-    // ggml-opt has just applied the optimizer step for these `accum` windows
-    void end_step() {
-        res.steps = ++trainer.schedule.step;
-        p.step = res.steps;
-        p.loss = step_loss / windows_in_step;
-        p.accuracy = step_labelled ? double(step_correct) / step_labelled : 0;
-        res.train_loss = p.loss;
-        step_loss = 0;
-        step_correct = step_labelled = windows_in_step = 0;
-        report("step");
-    }
-};
-
-} // namespace
-
-TrainResult train(const std::string & base_path, const std::string & out_path,
-                  const Windows & train_set, const Windows & val_set,
-                  const TrainOptions & opts, const ProgressFn & progress) {
-    check_options(opts);
-    const int64_t n_train = train_set.count(opts.n_ctx);
-    const int64_t total_steps = total_steps_of(opts, n_train);
-
-    Trainer trainer(base_path, opts, total_steps);
-    check_windows(train_set, opts.n_ctx, trainer.n_vocab(), "training set");
-    check_windows(val_set, opts.n_ctx, trainer.n_vocab(), "validation set");
-
-    Run run(opts, trainer, train_set, val_set, progress, total_steps);
-    std::mt19937 rng(opts.seed);
-    std::vector<int64_t> order(n_train);
-    int64_t skip_windows = run.start_step * run.accum;
-    for (int epoch = 1; epoch <= opts.epochs && !run.done(); ++epoch) {
-        std::iota(order.begin(), order.end(), 0);
-        std::shuffle(order.begin(), order.end(), rng);
-        run.epoch(epoch, order, skip_windows);
-    }
-
-    if (!out_path.empty() && !run.res.cancelled) {
+    if (!out_path.empty() && !res.cancelled) {
         trainer.save(out_path);   // a cancelled run keeps its epoch checkpoints, not a final model
     }
-    run.res.seconds = seconds_since(run.t0);
-    run.res.tokens_per_s = run.res.tokens / std::max(1e-9, run.res.seconds);
-    run.report("done");
-    return run.res;
+    res.seconds = seconds_since(t0);
+    res.tokens_per_s = res.tokens / std::max(1e-9, res.seconds);
+    report("done");
+    return res;
 }
 
 } // namespace dnd
