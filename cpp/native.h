@@ -1,8 +1,6 @@
 // The plain C++ API of dndllama's native core. bindings.cpp only converts types and calls in here.
 #pragma once
 
-#include "handles.h"
-
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -11,7 +9,11 @@
 #include <utility>
 #include <vector>
 
+struct llama_model;
+struct llama_model_params;
+struct gguf_context;
 struct llama_adapter_lora;
+struct llama_context;
 
 namespace dnd {
 
@@ -22,6 +24,7 @@ struct Error : std::runtime_error {
 
 // Initialises llama.cpp once and routes its log: errors are kept so exceptions can quote them.
 void init();
+void set_verbose(bool verbose);
 std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
 
 // ---- model.cpp -------------------------------------------------------------------------------
@@ -45,8 +48,11 @@ struct Message {
 class Model {
 public:
     Model(const std::string & path, int n_gpu_layers, bool vocab_only);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
 
-    llama_model * get() const { return model_.get(); }
+    llama_model * get() const { return model_; }
     const std::string & path() const { return path_; }
 
     ModelInfo info() const;
@@ -58,7 +64,7 @@ public:
 
 private:
     std::string path_;
-    ModelHandle model_;
+    llama_model * model_ = nullptr;
 };
 
 // The metadata of a GGUF file, read once: the file may be gone by the time a copy is saved
@@ -66,10 +72,13 @@ private:
 class Metadata {
 public:
     explicit Metadata(const std::string & path);
-    const gguf_context * get() const { return ctx_.get(); }
+    ~Metadata();
+    Metadata(const Metadata &) = delete;
+    Metadata & operator=(const Metadata &) = delete;
+    const gguf_context * get() const { return ctx_; }
 
 private:
-    GgufHandle ctx_;
+    gguf_context * ctx_ = nullptr;
 };
 
 // Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
@@ -101,6 +110,10 @@ void save_adapter(const llama_adapter_lora * adapter, const std::string & out_pa
 // The export-lora step: base + adapter merged into one GGUF at `out_path`.
 void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
                    const std::map<std::string, std::string> & kv);
+
+// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
+std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
+                          const std::string & adapter_file, int n_threads);
 
 // ---- train.cpp -------------------------------------------------------------------------------
 
@@ -158,10 +171,6 @@ struct Windows {
     int64_t count(int n_ctx) const { return (int64_t) tokens.size() / n_ctx; }
 };
 
-// Throws unless `w` is whole windows of n_ctx tokens with ids inside a vocabulary of n_vocab
-// (`what` names the set in the message): never hand ggml an id it would assert on.
-void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what);
-
 // Called after every step and evaluation; returning false stops training cleanly at that point.
 using ProgressFn = std::function<bool(const Progress &)>;
 
@@ -176,17 +185,9 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress);
 
-// ---- evaluate.cpp ----------------------------------------------------------------------------
-
 // Loss and accuracy of a model (with an optional LoRA adapter) on windows, without training.
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
                                    int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file = "");
-
-// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
-std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
-                          const std::string & adapter_file, int n_threads);
-
-// ---- gradcheck.cpp ---------------------------------------------------------------------------
 
 // Value and gradients of sum(op(inputs) * weights) for a single ggml op, through ggml's own
 // backward pass: the raw material for finite-difference checks of backward implementations.

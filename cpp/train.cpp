@@ -7,7 +7,6 @@
 #include "ggml-opt.h"
 #include "llama.h"
 #include "llama-adapter.h"   // ab_map: LoRA trains the adapter's A and B
-#include "handles.h"
 
 #include <algorithm>
 #include <chrono>
@@ -93,7 +92,22 @@ bool param_filter(const ggml_tensor * t, void * ud) {
     return take;
 }
 
-} // namespace
+struct ModelPtr {
+    llama_model * p = nullptr;
+    ~ModelPtr() { if (p) llama_model_free(p); }
+};
+struct ContextPtr {
+    llama_context * p = nullptr;
+    ~ContextPtr() { if (p) llama_free(p); }
+};
+struct DatasetPtr {
+    ggml_opt_dataset_t p = nullptr;
+    ~DatasetPtr() { if (p) ggml_opt_dataset_free(p); }
+};
+struct ResultPtr {
+    ggml_opt_result_t p = ggml_opt_result_init();
+    ~ResultPtr() { ggml_opt_result_free(p); }
+};
 
 void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what) {
     if (w.tokens.size() != w.labels.size()) {
@@ -112,16 +126,14 @@ void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what)
     }
 }
 
-namespace {
-
 // Everything one training run holds: model, context, the one-window dataset and the schedule.
 struct Trainer {
     const TrainOptions & opts;
     std::string base_path;
     Metadata meta;
-    ModelHandle model;
-    ContextHandle ctx;
-    DatasetHandle window;
+    ModelPtr model;
+    ContextPtr ctx;
+    DatasetPtr window;
     Schedule schedule;
     ParamFilter filter;
     llama_adapter_lora * adapter = nullptr;   // LoRA only; freed with the model
@@ -140,8 +152,8 @@ struct Trainer {
         if (!lora) {
             mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
         }
-        model.reset(llama_model_load_from_file(base_path.c_str(), mp));
-        if (!model) {
+        model.p = llama_model_load_from_file(base_path.c_str(), mp);
+        if (!model.p) {
             throw Error("could not load base model " + base_path + ": " + last_log_error());
         }
 
@@ -150,8 +162,8 @@ struct Trainer {
         cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
         cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
-        ctx.reset(llama_init_from_model(model.get(), cp));
-        if (!ctx) {
+        ctx.p = llama_init_from_model(model.p, cp);
+        if (!ctx.p) {
             throw Error("could not create a training context (n_ctx=" + std::to_string(opts.n_ctx) +
                         "): " + last_log_error() + "\nfix: lower --ctx or free memory");
         }
@@ -176,7 +188,7 @@ struct Trainer {
         lp.get_opt_pars_ud = &schedule;
         lp.optimizer_type = opts.optimizer == "sgd" ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
         lp.n_grad_accum = std::max(1, opts.grad_accum);
-        llama_opt_init(ctx.get(), model.get(), lp);
+        llama_opt_init(ctx.p, model.p, lp);
         if (adapter) {
             // llama_opt_init only looks at model weights; ggml-opt trains every tensor flagged as a
             // param when it builds the backward graph, so flagging A and B here is all it takes
@@ -191,20 +203,20 @@ struct Trainer {
                         "the trainable pattern matches nothing)\nfix: dequantize the base to F32 first");
         }
 
-        window.reset(ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1));
+        window.p = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1);
         pred.resize(opts.n_ctx);
     }
 
     void attach_adapter() {
         if (!opts.lora_init.empty()) {
-            adapter = load_adapter(model.get(), opts.lora_init, ctx.get());
+            adapter = load_adapter(model.p, opts.lora_init, ctx.p);
             return;
         }
         // llama.cpp builds adapters only from files: write the fresh one, load it, delete it
         const fs::path fresh = fs::temp_directory_path() / ("dndllama-lora-init-" + std::to_string(getpid()) + ".gguf");
-        write_new_adapter(model.get(), opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, fresh.string());
+        write_new_adapter(model.p, opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, fresh.string());
         try {
-            adapter = load_adapter(model.get(), fresh.string(), ctx.get());
+            adapter = load_adapter(model.p, fresh.string(), ctx.p);
         } catch (...) {
             fs::remove(fresh);
             throw;
@@ -212,24 +224,24 @@ struct Trainer {
         fs::remove(fresh);
     }
 
-    int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.get())); }
+    int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.p)); }
 
     // Runs one window forward (and backward + maybe an optimizer step when training).
     // Returns {loss over labelled positions, correct predictions, labelled positions}.
     std::tuple<double, int64_t, int64_t> run(const Windows & w, int64_t i, bool train) {
         const size_t n = opts.n_ctx;
-        memcpy(ggml_opt_dataset_data(window.get())->data, w.tokens.data() + i * n, n * sizeof(int32_t));
-        memcpy(ggml_opt_dataset_labels(window.get())->data, w.labels.data() + i * n, n * sizeof(int32_t));
-        ResultHandle result(ggml_opt_result_init());
+        memcpy(ggml_opt_dataset_data(window.p)->data, w.tokens.data() + i * n, n * sizeof(int32_t));
+        memcpy(ggml_opt_dataset_labels(window.p)->data, w.labels.data() + i * n, n * sizeof(int32_t));
+        ResultPtr result;
         const MatmulPrecision precision(train && bf16_matmul);
         if (train) {
-            llama_opt_epoch(ctx.get(), window.get(), result.get(), nullptr, 1, nullptr, nullptr);
+            llama_opt_epoch(ctx.p, window.p, result.p, nullptr, 1, nullptr, nullptr);
         } else {
-            llama_opt_epoch(ctx.get(), window.get(), nullptr, result.get(), 0, nullptr, nullptr);
+            llama_opt_epoch(ctx.p, window.p, nullptr, result.p, 0, nullptr, nullptr);
         }
         double loss = 0, unc = 0;
-        ggml_opt_result_loss(result.get(), &loss, &unc);
-        ggml_opt_result_pred(result.get(), pred.data());
+        ggml_opt_result_loss(result.p, &loss, &unc);
+        ggml_opt_result_pred(result.p, pred.data());
         int64_t correct = 0, labelled = 0;
         for (size_t k = 0; k < n; ++k) {
             const int32_t label = w.labels[i * n + k];
@@ -261,7 +273,7 @@ struct Trainer {
         if (adapter) {
             save_adapter(adapter, adapter_path(path), opts.kv);
         }
-        save_weights(model.get(), meta, path, opts.kv, adapter);
+        save_weights(model.p, meta, path, opts.kv, adapter);
     }
 };
 
@@ -434,6 +446,180 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
     res.tokens_per_s = res.tokens / std::max(1e-9, res.seconds);
     report("done");
     return res;
+}
+
+// ---- evaluation without training: plain llama_decode, cross-entropy on the host ----------------
+
+std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
+                                   int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file) {
+    init();
+    ModelPtr model;
+    llama_model_params mp = model_params(n_gpu_layers);
+    model.p = llama_model_load_from_file(model_path.c_str(), mp);
+    if (!model.p) {
+        throw Error("could not load " + model_path + ": " + last_log_error());
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model.p));
+    check_windows(windows, n_ctx, n_vocab, "evaluation set");
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
+    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    // the numerics of training (F32 K/V, no flash attention): losses then agree with train()'s to
+    // float rounding, and finite differences of this loss can check train()'s gradients
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    ContextPtr ctx;
+    ctx.p = llama_init_from_model(model.p, cp);
+    if (!ctx.p) {
+        throw Error("could not create an evaluation context: " + last_log_error());
+    }
+    if (!adapter_file.empty()) {
+        load_adapter(model.p, adapter_file, ctx.p);
+    }
+
+    double nll = 0;
+    int64_t correct = 0, labelled = 0;
+    llama_batch batch = llama_batch_init(n_ctx, 0, 1);
+    for (int64_t w = 0; w < windows.count(n_ctx); ++w) {
+        llama_memory_clear(llama_get_memory(ctx.p), true);
+        batch.n_tokens = n_ctx;
+        for (int i = 0; i < n_ctx; ++i) {
+            batch.token[i] = windows.tokens[w * n_ctx + i];
+            batch.pos[i] = i;
+            batch.n_seq_id[i] = 1;
+            batch.seq_id[i][0] = 0;
+            batch.logits[i] = windows.labels[w * n_ctx + i] >= 0;
+        }
+        if (llama_decode(ctx.p, batch) != 0) {
+            llama_batch_free(batch);
+            throw Error("evaluation decode failed: " + last_log_error());
+        }
+        for (int i = 0; i < n_ctx; ++i) {
+            const int32_t label = windows.labels[w * n_ctx + i];
+            if (label < 0) {
+                continue;
+            }
+            const float * logits = llama_get_logits_ith(ctx.p, i);
+            const float mx = *std::max_element(logits, logits + n_vocab);
+            double sum = 0;
+            for (int v = 0; v < n_vocab; ++v) {
+                sum += std::exp(double(logits[v]) - mx);
+            }
+            nll += std::log(sum) + mx - logits[label];
+            correct += (std::max_element(logits, logits + n_vocab) - logits) == label;
+            labelled += 1;
+        }
+    }
+    llama_batch_free(batch);
+    return {labelled ? nll / labelled : NAN, labelled ? double(correct) / labelled : NAN};
+}
+
+// ---- gradient checks ------------------------------------------------------------------------
+
+std::pair<double, std::vector<std::vector<float>>> op_gradients(
+    const std::string & op, const std::vector<std::vector<float>> & inputs,
+    const std::vector<int64_t> & shape, const std::vector<float> & weights) {
+    init();
+    if (shape.empty() || shape.size() > 4) {
+        throw Error("shape must have 1 to 4 dimensions");
+    }
+    int64_t ne[4] = {1, 1, 1, 1};
+    for (size_t i = 0; i < shape.size(); ++i) {
+        ne[i] = shape[i];
+    }
+    const int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
+    size_t mem = 64 * 1024 * 1024 + 16 * n * sizeof(float) * (inputs.size() + 8);
+    ggml_init_params ip = {mem, nullptr, false};
+    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(ip), ggml_free);
+
+    std::vector<ggml_tensor *> in;
+    for (const auto & values : inputs) {
+        if ((int64_t) values.size() != n) {
+            throw Error("every input must have " + std::to_string(n) + " values");
+        }
+        ggml_tensor * t = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3]);
+        memcpy(t->data, values.data(), n * sizeof(float));
+        in.push_back(t);
+    }
+    auto need = [&](size_t k) {
+        if (in.size() != k) {
+            throw Error(op + " takes " + std::to_string(k) + " inputs");
+        }
+    };
+
+    ggml_tensor * out = nullptr;
+    bool labels_input = false;   // the last input is a label tensor: no gradient
+    if (op == "geglu") {
+        need(2); out = ggml_geglu_split(ctx.get(), in[0], in[1]);
+    } else if (op == "swiglu") {
+        need(2); out = ggml_swiglu_split(ctx.get(), in[0], in[1]);
+    } else if (op == "gelu") {
+        need(1); out = ggml_gelu(ctx.get(), in[0]);
+    } else if (op == "tanh") {
+        need(1); out = ggml_tanh(ctx.get(), in[0]);
+    } else if (op == "concat0" || op == "concat1") {
+        need(2); out = ggml_concat(ctx.get(), in[0], in[1], op == "concat0" ? 0 : 1);
+    } else if (op == "mean_centered") {
+        // x - mean(x) per row, the core of gemma3n's activation sparsity: MEAN and a broadcast SUB
+        need(1); out = ggml_sub(ctx.get(), in[0], ggml_mean(ctx.get(), in[0]));
+    } else if (op == "magnitude_matched") {
+        // a * |b| / |a| per row, gemma3n's AltUp projections: broadcast MUL and DIV of row norms
+        need(2);
+        auto norm = [&](ggml_tensor * x) { return ggml_sqrt(ctx.get(), ggml_sum_rows(ctx.get(), ggml_sqr(ctx.get(), x))); };
+        out = ggml_div(ctx.get(), ggml_mul(ctx.get(), in[0], norm(in[1])), norm(in[0]));
+    } else if (op == "transposed_scale" || op == "transposed_rms_norm") {
+        // the gradient reaching SCALE / RMS_NORM is a transposed view (gemma3n's permuted AltUp streams)
+        need(1);
+        ggml_tensor * y = op == "transposed_scale" ? ggml_scale(ctx.get(), in[0], 0.5f) : ggml_rms_norm(ctx.get(), in[0], 1e-6f);
+        out = ggml_cont(ctx.get(), ggml_transpose(ctx.get(), y));
+    } else if (op == "transposed_plus_square") {
+        // x's first gradient is a transposed view, then a second one is added to it
+        // (gemma3n: K/V that both their own layer and the KV-sharing layers attend to)
+        need(1);
+        ggml_tensor * sq = ggml_sqr(ctx.get(), in[0]);
+        ggml_tensor * t = ggml_cont(ctx.get(), ggml_transpose(ctx.get(), in[0]));
+        out = ggml_add(ctx.get(), sq, ggml_reshape(ctx.get(), t, sq));
+    } else if (op == "cross_entropy") {
+        // exactly the loss ggml-opt builds (patched): mean over rows that carry a label
+        need(2); labels_input = true;
+        ggml_tensor * ce = ggml_cross_entropy_loss(ctx.get(), in[0], in[1]);
+        ggml_tensor * nl = ggml_clamp(ctx.get(), ggml_sum(ctx.get(), in[1]), 1.0f, INFINITY);
+        out = ggml_scale(ctx.get(), ggml_div(ctx.get(), ce, nl), (float) ggml_nrows(in[0]));
+    } else {
+        throw Error("unknown op '" + op + "' (geglu, swiglu, gelu, tanh, concat0, concat1, mean_centered, "
+                    "magnitude_matched, transposed_scale, transposed_rms_norm, transposed_plus_square, cross_entropy)");
+    }
+    for (size_t i = 0; i < in.size() - (labels_input ? 1 : 0); ++i) {
+        ggml_set_param(in[i]);
+    }
+
+    ggml_tensor * loss = out;
+    if (ggml_nelements(out) > 1) {
+        if ((int64_t) weights.size() != ggml_nelements(out)) {
+            throw Error("weights must have one value per output element");
+        }
+        ggml_tensor * w = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, out->ne[0], out->ne[1], out->ne[2], out->ne[3]);
+        memcpy(w->data, weights.data(), weights.size() * sizeof(float));
+        loss = ggml_sum(ctx.get(), ggml_mul(ctx.get(), out, w));
+    }
+    ggml_set_loss(loss);
+
+    ggml_cgraph * gb = ggml_new_graph_custom(ctx.get(), GGML_DEFAULT_GRAPH_SIZE, true);
+    ggml_build_forward_expand(gb, loss);
+    ggml_build_backward_expand(ctx.get(), gb, nullptr);
+    ggml_graph_reset(gb);
+    if (ggml_graph_compute_with_ctx(ctx.get(), gb, 1) != GGML_STATUS_SUCCESS) {
+        throw Error("graph computation failed");
+    }
+
+    std::vector<std::vector<float>> grads;
+    for (size_t i = 0; i < in.size() - (labels_input ? 1 : 0); ++i) {
+        const ggml_tensor * g = ggml_graph_get_grad(gb, in[i]);
+        const float * d = static_cast<const float *>(g->data);
+        grads.emplace_back(d, d + n);
+    }
+    return {double(*static_cast<const float *>(loss->data)), grads};
 }
 
 } // namespace dnd
