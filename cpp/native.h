@@ -232,5 +232,8 @@ struct GenerateResult {
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
 
 int default_threads();
+// A thread count from a caller: 0 = all cores; negative or more than ggml can start (GGML_MAX_N_THREADS)
+// throws, naming `what`, instead of reaching ggml's threadpool with it.
+int resolve_threads(int n_threads, const char * what);
 
 } // namespace dnd

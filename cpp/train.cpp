@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -52,12 +53,14 @@ struct Schedule {
     float lr() const {
         const float lr0 = opts->lr;
         if (step < opts->warmup_steps) {
-            return lr0 * float(step + 1) / float(opts->warmup_steps + 1);
+            return std::max(lr0 * float(step + 1) / float(opts->warmup_steps + 1), std::numeric_limits<float>::min());
         }
         const int64_t decay = std::max<int64_t>(1, total_steps - opts->warmup_steps);
         const float progress = std::min(1.0f, float(step - opts->warmup_steps) / float(decay));
         const float lo = lr0 * opts->lr_min_ratio;
-        return lo + 0.5f * (lr0 - lo) * (1.0f + std::cos(float(M_PI) * progress));
+        // never exactly 0 (lr_min_ratio 0 at the end of a long run rounds there): ggml-opt asserts alpha > 0
+        return std::max(lo + 0.5f * (lr0 - lo) * (1.0f + std::cos(float(M_PI) * progress)),
+                        std::numeric_limits<float>::min());
     }
 };
 
@@ -159,7 +162,7 @@ struct Trainer {
 
         llama_context_params cp = llama_context_default_params();
         cp.n_ctx = cp.n_batch = cp.n_ubatch = opts.n_ctx;   // n_ubatch == n_ctx: K/V get gradients
-        cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
+        cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "train");
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
         cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
         ctx.p = llama_init_from_model(model.p, cp);
@@ -300,6 +303,42 @@ std::string resolve_matmul_precision(const std::string & precision) {
     return "f32";
 }
 
+namespace {
+
+// The optimizer settings ggml-opt asserts on (GGML_ASSERT(alpha > 0), wd in [0, 1], ...), checked as
+// the float32 values it will see: a double lr of 1e-300 or 1e39 passes `> 0` but is 0 or inf here.
+void check_options(const TrainOptions & o) {
+    auto in = [](const char * name, double v, double lo, double hi, const char * fix) {
+        if (!std::isfinite(v) || v < lo || v > hi) {
+            throw Error(std::string(name) + " = " + std::to_string(v) + " is out of range (a finite float32 in [" +
+                        std::to_string(lo) + ", " + std::to_string(hi) + "])\nfix: " + fix);
+        }
+    };
+    if (!(std::isfinite(o.lr) && o.lr >= std::numeric_limits<float>::min() && o.lr <= 1.0f)) {
+        throw Error("lr = " + std::to_string(o.lr) + " is not a learning rate training can use (a positive, "
+                    "finite float32 of at least 1.2e-38 and at most 1)\nfix: pass a learning rate such as 1e-4");
+    }
+    in("weight_decay", o.weight_decay, 0, 1, "pass a weight decay in [0, 1], such as 0.01");
+    in("lr_min_ratio", o.lr_min_ratio, 0, 1, "pass a ratio in [0, 1], such as 0.1");
+    in("beta1", o.beta1, 0, 1, "pass a beta in [0, 1]");
+    in("beta2", o.beta2, 0, 1, "pass a beta in [0, 1]");
+    in("eps", o.eps, 0, 1, "pass a small epsilon such as 1e-8");
+    in("lora_alpha", o.lora_alpha, 1e-30, 1e6, "pass a positive alpha such as 32");
+    const std::pair<const char *, int64_t> counts[] = {
+        {"warmup_steps", o.warmup_steps}, {"save_every", o.save_every}, {"eval_every", o.eval_every},
+        {"start_step", o.start_step}, {"grad_accum", o.grad_accum - 1}, {"lora_rank", o.lora_rank - 1},
+        {"n_gpu_layers", o.n_gpu_layers + 1}};
+    for (const auto & [name, value] : counts) {
+        if (value < 0) {
+            throw Error(std::string(name) + " is below its minimum\nfix: pass a count of 0 or more "
+                        "(grad_accum and lora_rank: 1 or more; n_gpu_layers: -1 for all)");
+        }
+    }
+    resolve_threads(o.n_threads, "train");
+}
+
+} // namespace
+
 TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress) {
@@ -315,9 +354,7 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
     if (opts.optimizer != "adamw" && opts.optimizer != "sgd") {
         throw Error("unknown optimizer '" + opts.optimizer + "' (adamw, sgd)");
     }
-    if (opts.optimizer == "sgd" && (opts.weight_decay < 0 || opts.weight_decay > 1)) {
-        throw Error("SGD needs 0 <= weight_decay <= 1");   // ggml-opt asserts it
-    }
+    check_options(opts);
     const int64_t n_train = train_set.count(opts.n_ctx);
     if (n_train == 0) {
         throw Error("the training set is empty: no window of n_ctx tokens");
@@ -464,7 +501,7 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
 
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
-    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "evaluate");
     // the numerics of training (F32 K/V, no flash attention): losses then agree with train()'s to
     // float rounding, and finite differences of this loss can check train()'s gradients
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
