@@ -152,7 +152,7 @@ def _add_models_commands(groups) -> None:
     ]:
         command = _command(commands, name, func, text)
         if takes_version:
-            command.add_argument("version", help="version name, e.g. v0002 or 2")
+            command.add_argument("version", help="version name, e.g. v0002 or 2, or current")
         command.add_argument("--models-dir", default="models", help="where versions are kept (default: models)")
     models.set_defaults(func=lambda args: _usage(models))
 
@@ -369,11 +369,17 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         parent = m.get("warm_start_from") or m.get("parent") or "-"
         shipped = (m.get("validation") or {}).get("model", {})   # the published file's own validation
         loss = shipped.get("loss", m.get("training", {}).get("best_val_loss"))
+        if v.problem:
+            rows.append(["*" if active and active.name == v.name else "", v.name, "DAMAGED", "-", "-", "-", "-", "-", "-"])
+            continue
         rows.append(["*" if active and active.name == v.name else "", v.name, m.get("created", "?"),
                      m.get("quant", {}).get("type", "?"), human_size(m.get("quant", {}).get("size", 0)),
                      _loss(loss), _loss(shipped.get("tool_name_f1")), parent, m.get("base", {}).get("source", "?")])
     _plain_table(f"Versions in {root} (* = current)",
                  ["", "version", "created", "quant", "size", "val loss", "tool F1", "parent", "base"], rows)
+    for v in found:
+        if v.problem:
+            print(f"{v.name} is DAMAGED: {v.problem}; `models use` refuses it (dndllama models rm {v.name} removes it)")
     return 0
 
 
@@ -393,7 +399,8 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
     _repair(args.models_dir)
     version = registry.get(Path(args.models_dir), args.version)
-    print(json.dumps({**version.metadata, "path": str(version.path)}, indent=2, default=str))
+    print(json.dumps({**version.metadata, "path": str(version.path), "damaged": version.problem}, indent=2,
+                     default=str))
     return 0
 
 
@@ -419,8 +426,9 @@ def cmd_models_rm(args: argparse.Namespace) -> int:
     from . import registry
 
     _repair(args.models_dir)
-    registry.remove(Path(args.models_dir), args.version)
-    print(f"removed {args.version}")
+    name = registry.version_name(Path(args.models_dir), args.version)
+    registry.remove(Path(args.models_dir), name)
+    print(f"removed {name}")
     return 0
 
 
