@@ -33,7 +33,7 @@ from .files import atomic_path, disk_free, read_json, write_json, write_text
 from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
 from .runtime import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
-from .scenarios import ERROR, load_folder, scenario_files
+from .scenarios import ERROR, load_folder, scenario_files, skipped_links
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, adapter_of, matmul_precision, train_model
 from .validate import make_report
@@ -193,6 +193,8 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
 
     data = load_data(config)
     say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
+    for rel, what in skipped_links(data.root):
+        say(f"warning: {data.root / rel}: {what}")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
     check_cap_reachable(base.header, config, runtime)
     config, why = plan.resolve(config, base.header)

@@ -211,8 +211,8 @@ def resolve(models_dir: Path, spec: str | None) -> Path:
 
 
 def next_name(models_dir: Path) -> str:
-    """One past the highest version ever made here, removed and staged ones included (names are
-    not reused). Call it under `lock`, with the staging folder made before the lock is released."""
+    """One past the highest version here, staged and half-removed ones included. Call it under
+    `lock`, with the staging folder made before the lock is released (see `stage`)."""
     if not models_dir.is_dir():
         return "v0001"
     names = [p.name for p in models_dir.glob("v*")]

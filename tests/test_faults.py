@@ -1,0 +1,270 @@
+"""The fault suite: no input a user can type crashes the process or ships a wrong model.
+
+Every case of fault_cases.CASES runs the real CLI in a subprocess on a tiny real model (exit status,
+stderr and the models folder are judged, see fault_cases); the tests below it cover what a CLI case
+cannot: the native core's own input checks, concurrent `models use`, the registry lock, `rm` that
+cannot finish, resuming from a damaged checkpoint, and a fuzz of GGUF headers and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dndllama import _native as native
+from dndllama import registry
+from dndllama.config import Config, ConfigError, Sampling, check_setting, validate
+from dndllama.settings import SETTINGS
+from fault_cases import CASES, CRASH_STATUSES, make_base, make_env, run_case
+
+THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return make_base(tmp_path_factory.mktemp("fault-base"))
+
+
+@pytest.fixture
+def env(tmp_path, base):
+    return make_env(tmp_path, base)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault_case(case, env):
+    result = run_case(case, env)
+    assert result.outcome in ("clear_error", "works"), f"{result.outcome}: {result.detail}"
+    assert result.lost == [], f"versions changed or lost: {result.lost}"
+
+
+# ---------------------------------------------------------------- the settings table
+
+
+def test_every_setting_has_a_rule_and_the_defaults_pass():
+    keys = {f.name for f in fields(Config) if f.name != "sampling"} | {f"sampling.{f.name}" for f in fields(Sampling)}
+    assert keys == set(SETTINGS)
+    validate(Config())
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("lr", 1e-300, "float32"), ("lr", 1e39, "float32"), ("lr", float("inf"), "finite"), ("lr", True, "not a number"),
+    ("weight_decay", 1.0, "[0, 1)"), ("threads", 513, "[0, 512]"), ("seed", 2**32, "[0, 4294967295]"),
+    ("name", "a/b", "file name"), ("name", ".hidden", "file name"), ("size_cap", "-1GB", "size"),
+    ("data", "a\0b", "NUL"), ("sampling.top_p", 1.5, "[0, 1]"), ("ctx", 512.0, "an integer"),
+])
+def test_a_bad_value_names_the_setting_the_value_and_the_range(key, value, words):
+    with pytest.raises(ConfigError) as error:
+        check_setting(key, value, "dndllama.toml")
+    message = str(error.value)
+    assert message.startswith(f"dndllama.toml: {key} = {value!r}") and words in message
+
+
+def test_a_config_built_in_code_meets_the_same_table():
+    with pytest.raises(ConfigError, match="weight_decay"):
+        validate(replace(Config(), weight_decay=2.0))
+
+
+# ---------------------------------------------------------------- the native core's own checks
+
+
+def _windows(n: int = 2, ctx: int = 256, vocab: int = 300):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(10, vocab, size=(n, ctx), dtype=np.int32)
+    return tokens, tokens.copy()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", math.inf), ("lr", 1e39), ("lr", 1e-300), ("lr", 0.0), ("lr", math.nan), ("weight_decay", 2.0),
+    ("weight_decay", -0.5), ("lr_min_ratio", -5.0), ("n_threads", 100000), ("n_threads", -4), ("beta1", 3.0),
+    ("grad_accum", 0), ("warmup_steps", -1),
+])
+def test_native_train_refuses_options_ggml_would_assert_on(base, tmp_path, field, value):
+    options = native.TrainOptions()
+    options.n_ctx, options.epochs, options.max_steps, options.n_threads = 256, 1, 1, THREADS
+    setattr(options, field, value)
+    tokens, labels = _windows()
+    with pytest.raises(native.NativeError, match=field.replace("n_threads", "threads")):
+        native.train(str(base), "", tokens, labels, tokens[:0], labels[:0], options)
+
+
+def test_native_seed_is_range_checked():
+    options = native.TrainOptions()
+    for seed in (-1, 2**32):
+        with pytest.raises(native.NativeError, match="seed"):
+            options.seed = seed
+    options.seed = 2**32 - 1
+    assert options.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"n_threads": 100000}, "threads"), ({"n_threads": -1}, "threads"), ({"max_tokens": 0}, "max_tokens"),
+    ({"temperature": math.nan}, "temperature"), ({"top_p": 2.0}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"seed": -1}, "seed"), ({"n_ctx": 0}, "n_ctx"),
+])
+def test_native_generate_refuses_bad_sampling(base, changes, words):
+    model = native.Model(str(base))
+    with pytest.raises(native.NativeError, match=words):
+        model.generate("hello", **{"max_tokens": 2, "n_threads": THREADS, **changes})
+
+
+def test_native_text_that_is_not_utf8_is_a_native_error_not_a_dump(base):
+    model = native.Model(str(base))
+    text = b"hi \xff there".decode("utf-8", "surrogateescape")
+    for call in (lambda: model.generate(text, max_tokens=1), lambda: model.tokenize(text),
+                 lambda: model.apply_chat_template([{"role": "user", "content": text}])):
+        with pytest.raises(native.NativeError, match="not valid UTF-8") as error:
+            call()
+        assert "there" not in str(error.value)        # the argument is not dumped
+
+
+def test_native_thread_counts_are_checked_everywhere(base, tmp_path):
+    tokens, labels = _windows(1)
+    with pytest.raises(native.NativeError, match="threads"):
+        native.evaluate(str(base), tokens, labels, 100000)
+    with pytest.raises(native.NativeError, match="threads"):
+        native.quantize(str(base), str(tmp_path / "q.gguf"), "Q8_0", 100000)
+    with pytest.raises(native.NativeError, match="threads"):
+        native.logits(str(base), [1, 2, 3], "", 100000)
+    assert not (tmp_path / "q.gguf").exists()
+
+
+# ---------------------------------------------------------------- the registry under concurrency
+
+
+def _use(args) -> str | None:
+    """One `models use` in a worker process, then whether current and the config agree."""
+    root, name = args
+    registry.set_current(Path(root), name)
+    with registry.lock(Path(root)):   # the state as the command left it, with no switch under way
+        active = registry.current(Path(root))
+        config = json.loads((Path(root) / registry.CACTUS_CONFIG).read_text())
+    return None if active and config["version"] == active.name else f"{active and active.name} vs {config['version']}"
+
+
+def test_500_racing_pairs_of_models_use_always_agree(env):
+    jobs = [(str(env.models), name) for _ in range(500) for name in ("v0001", "v0002")]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        problems = [p for p in pool.imap_unordered(_use, jobs, chunksize=10) if p]
+    assert problems == []
+    assert registry.repair(env.models) == []
+    active = registry.current(env.models)
+    assert json.loads((env.models / registry.CACTUS_CONFIG).read_text())["version"] == active.name
+    assert not list(env.models.glob(".*.tmp"))
+
+
+def test_a_second_writer_waits_then_fails_clearly(env):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from dndllama import registry\n"
+        "with registry.lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)\n"), str(env.models)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(registry.RegistryError, match=f"another dndllama command \\(pid {holder.pid}\\)"):
+            with registry.lock(env.models, wait_s=0.3):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    registry.set_current(env.models, "v0002")       # released with the process
+    assert registry.current(env.models).name == "v0002"
+
+
+def test_rm_that_cannot_rename_deletes_nothing(env, monkeypatch):
+    before = sorted(p.name for p in (env.models / "v0002").iterdir())
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(registry.os, "replace", refuse)
+    with pytest.raises(registry.RegistryError, match="nothing was deleted"):
+        registry.remove(env.models, "v0002")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (env.models / "v0002").iterdir()) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may delete in a read-only folder")
+def test_rm_in_a_read_only_version_deletes_nothing(env):
+    folder = env.models / "v0002"
+    before = sorted(p.name for p in folder.iterdir())
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(registry.RegistryError, match="nothing was deleted"):
+            registry.remove(env.models, "v0002")
+    finally:
+        folder.chmod(0o755)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_rm_cut_short_after_the_rename_is_finished_by_repair(env, monkeypatch):
+    monkeypatch.setattr(registry.shutil, "rmtree", lambda *a, **k: None)   # killed right after the rename
+    registry.remove(env.models, "v0002")
+    monkeypatch.undo()
+    assert [v.name for v in registry.versions(env.models)] == ["v0001"]
+    assert registry.repair(env.models) == ["finished removing v0002 (.v0002.trash)"]
+    assert not (env.models / ".v0002.trash").exists()
+
+
+# ---------------------------------------------------------------- fuzz: GGUF headers and settings
+
+
+HOSTILE = ["-1", "0", "nan", "inf", "-inf", "1e39", "1e-300", "100000", "abc", "", "../x", "9" * 30, "0.5", "2"]
+FUZZ_FLAGS = {
+    "train": ["--lr", "--lora-lr", "--threads", "--ctx", "--epochs", "--max-steps", "--size-cap", "--quant", "--name",
+              "--lora-rank", "--patience", "--save-every", "--eval-every", "--min-f1-gain", "--quant-f1-tolerance",
+              "--validate-turns", "--gpu-layers", "--method", "--matmul-precision"],
+    "validate": ["--threads", "--max-tokens", "--seed", "--ctx", "--max-turns"],
+    "chat": ["--temperature", "--seed", "--max-tokens", "--ctx"],
+}
+
+
+def mutate_header(data: bytes, rng: random.Random) -> bytes:
+    """A GGUF with a few bytes of its header (magic, counts, key lengths, types) changed, or cut."""
+    cut = rng.random() < 0.3
+    if cut:
+        return data[: rng.randrange(0, 4096)]
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(0, 2048)
+        out[at] = rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
+    return bytes(out)
+
+
+def fuzz_runs(env, n: int, seed: int) -> list[tuple[list[str], int, str]]:
+    """n random CLI runs: mutated GGUFs given as the base, the model and the tokenizer, and hostile
+    flag values; returns (argv, exit status, stderr) of each."""
+    from fault_cases import CHAT, TRAIN, VALIDATE
+
+    rng = random.Random(seed)
+    runs = []
+    for i in range(n):
+        if i % 2 == 0:
+            bad = env.root / f"mutated-{i}.gguf"
+            bad.write_bytes(mutate_header(env.base.read_bytes(), rng))
+            argv = rng.choice([["data", "check", "{data}", "--base", str(bad)], [*CHAT[:1], str(bad), *CHAT[2:]],
+                               [*VALIDATE[:1], str(bad), *VALIDATE[2:]], ["check-runtime", str(bad)]])
+        else:
+            command = rng.choice(list(FUZZ_FLAGS))
+            argv = {"train": TRAIN, "validate": VALIDATE, "chat": CHAT}[command] + ["--plan"] * (command == "train")
+            argv = argv + [rng.choice(FUZZ_FLAGS[command]), rng.choice(HOSTILE)]
+        argv = [env.format(a) for a in argv]
+        done = subprocess.run([sys.executable, "-m", "dndllama", *argv], input=b"Hello.\n", capture_output=True,
+                              timeout=120, cwd=env.root)
+        runs.append((argv, done.returncode, done.stderr.decode(errors="replace")))
+    return runs
+
+
+def test_fuzzed_headers_and_settings_never_crash_or_dump_a_traceback(env):
+    for argv, code, err in fuzz_runs(env, 16, seed=18):
+        assert code not in CRASH_STATUSES, f"{argv}: exit {code}: {err[-800:]}"
+        assert "Traceback" not in err and "GGML_ASSERT" not in err, f"{argv}: {err[-800:]}"
+        assert code == 0 or err.lstrip().startswith(("error:", "usage:")), f"{argv}: {err[-800:]}"
