@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from dndllama import registry
 from tiny_models import make_tiny_model
 
 HERE = Path(__file__).parent
@@ -90,8 +92,6 @@ def make_env(root: Path, base: Path) -> Env:
         (folder / "cactus.config.json").write_text(json.dumps(config))
         (folder / "metadata.json").write_text(json.dumps({"version": name, "model_file": model.name,
                                                           "config": {"data": str(env.data)}}))
-    from dndllama import registry
-
     registry.set_current(env.models, "v0001")
     return env
 
@@ -180,8 +180,6 @@ def _v2_file(env: Env, pattern: str) -> Path:
 
 
 def agree(env: Env, said: str) -> str | None:
-    from dndllama import registry
-
     active = registry.current(env.models)
     config = json.loads((env.models / "cactus.config.json").read_text())
     if active is None or config.get("version") != active.name:
@@ -257,3 +255,63 @@ CASES: list[Case] = [
          check=all_of(agree, lambda env, said: "v0002 still there" if (env.models / "v0002").exists() else None)),
     Case("models rollback with none older", ["models", "rollback", *MODELS], "no older whole version"),
 ]
+
+
+# ---------------------------------------------------------------- racing `models use`
+
+
+def use_and_check(args) -> str | None:
+    """One `models use` in a worker process, then whether current and the config agree."""
+    root, name = args
+    registry.set_current(Path(root), name)
+    with registry.lock(Path(root)):   # the state as the command left it, with no switch under way
+        active = registry.current(Path(root))
+        config = json.loads((Path(root) / registry.CACTUS_CONFIG).read_text())
+    return None if active and config["version"] == active.name else f"{active and active.name} vs {config['version']}"
+
+
+# ---------------------------------------------------------------- fuzz: GGUF headers and settings
+
+
+HOSTILE = ["-1", "0", "nan", "inf", "-inf", "1e39", "1e-300", "100000", "abc", "", "../x", "9" * 30, "0.5", "2"]
+FUZZ_FLAGS = {
+    "train": ["--lr", "--lora-lr", "--threads", "--ctx", "--epochs", "--max-steps", "--size-cap", "--quant", "--name",
+              "--lora-rank", "--patience", "--save-every", "--eval-every", "--min-f1-gain", "--quant-f1-tolerance",
+              "--validate-turns", "--gpu-layers", "--method", "--matmul-precision"],
+    "validate": ["--threads", "--max-tokens", "--seed", "--ctx", "--max-turns"],
+    "chat": ["--temperature", "--seed", "--max-tokens", "--ctx"],
+}
+
+
+def mutate_header(data: bytes, rng: random.Random) -> bytes:
+    """A GGUF with a few bytes of its header (magic, counts, key lengths, types) changed, or cut."""
+    cut = rng.random() < 0.3
+    if cut:
+        return data[: rng.randrange(0, 4096)]
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(0, 2048)
+        out[at] = rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
+    return bytes(out)
+
+
+def fuzz_runs(env, n: int, seed: int) -> list[tuple[list[str], int, str]]:
+    """n random CLI runs: mutated GGUFs given as the base, the model and the tokenizer, and hostile
+    flag values; returns (argv, exit status, stderr) of each."""
+    rng = random.Random(seed)
+    runs = []
+    for i in range(n):
+        if i % 2 == 0:
+            bad = env.root / f"mutated-{i}.gguf"
+            bad.write_bytes(mutate_header(env.base.read_bytes(), rng))
+            argv = rng.choice([["data", "check", "{data}", "--base", str(bad)], [*CHAT[:1], str(bad), *CHAT[2:]],
+                               [*VALIDATE[:1], str(bad), *VALIDATE[2:]], ["check-runtime", str(bad)]])
+        else:
+            command = rng.choice(list(FUZZ_FLAGS))
+            argv = {"train": TRAIN, "validate": VALIDATE, "chat": CHAT}[command] + ["--plan"] * (command == "train")
+            argv = argv + [rng.choice(FUZZ_FLAGS[command]), rng.choice(HOSTILE)]
+        argv = [env.format(a) for a in argv]
+        done = subprocess.run([sys.executable, "-m", "dndllama", *argv], input=b"Hello.\n", capture_output=True,
+                              timeout=120, cwd=env.root)
+        runs.append((argv, done.returncode, done.stderr.decode(errors="replace")))
+    return runs

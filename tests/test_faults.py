@@ -12,7 +12,6 @@ import json
 import math
 import multiprocessing
 import os
-import random
 import subprocess
 import sys
 from dataclasses import fields, replace
@@ -25,7 +24,7 @@ from dndllama import _native as native
 from dndllama import registry
 from dndllama.config import Config, ConfigError, Sampling, check_setting, validate
 from dndllama.settings import SETTINGS
-from fault_cases import CASES, CRASH_STATUSES, INDEPENDENT, make_base, make_env, run_case
+from fault_cases import CASES, CRASH_STATUSES, INDEPENDENT, fuzz_runs, make_base, make_env, run_case, use_and_check
 
 THREADS = 2
 
@@ -141,20 +140,10 @@ def test_native_thread_counts_are_checked_everywhere(base, tmp_path):
 # ---------------------------------------------------------------- the registry under concurrency
 
 
-def _use(args) -> str | None:
-    """One `models use` in a worker process, then whether current and the config agree."""
-    root, name = args
-    registry.set_current(Path(root), name)
-    with registry.lock(Path(root)):   # the state as the command left it, with no switch under way
-        active = registry.current(Path(root))
-        config = json.loads((Path(root) / registry.CACTUS_CONFIG).read_text())
-    return None if active and config["version"] == active.name else f"{active and active.name} vs {config['version']}"
-
-
 def test_500_racing_pairs_of_models_use_always_agree(env):
     jobs = [(str(env.models), name) for _ in range(500) for name in ("v0001", "v0002")]
     with multiprocessing.get_context("fork").Pool(4) as pool:
-        problems = [p for p in pool.imap_unordered(_use, jobs, chunksize=10) if p]
+        problems = [p for p in pool.imap_unordered(use_and_check, jobs, chunksize=10) if p]
     assert problems == []
     assert registry.repair(env.models) == []
     active = registry.current(env.models)
@@ -215,52 +204,6 @@ def test_rm_cut_short_after_the_rename_is_finished_by_repair(env, monkeypatch):
 
 
 # ---------------------------------------------------------------- fuzz: GGUF headers and settings
-
-
-HOSTILE = ["-1", "0", "nan", "inf", "-inf", "1e39", "1e-300", "100000", "abc", "", "../x", "9" * 30, "0.5", "2"]
-FUZZ_FLAGS = {
-    "train": ["--lr", "--lora-lr", "--threads", "--ctx", "--epochs", "--max-steps", "--size-cap", "--quant", "--name",
-              "--lora-rank", "--patience", "--save-every", "--eval-every", "--min-f1-gain", "--quant-f1-tolerance",
-              "--validate-turns", "--gpu-layers", "--method", "--matmul-precision"],
-    "validate": ["--threads", "--max-tokens", "--seed", "--ctx", "--max-turns"],
-    "chat": ["--temperature", "--seed", "--max-tokens", "--ctx"],
-}
-
-
-def mutate_header(data: bytes, rng: random.Random) -> bytes:
-    """A GGUF with a few bytes of its header (magic, counts, key lengths, types) changed, or cut."""
-    cut = rng.random() < 0.3
-    if cut:
-        return data[: rng.randrange(0, 4096)]
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        at = rng.randrange(0, 2048)
-        out[at] = rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
-    return bytes(out)
-
-
-def fuzz_runs(env, n: int, seed: int) -> list[tuple[list[str], int, str]]:
-    """n random CLI runs: mutated GGUFs given as the base, the model and the tokenizer, and hostile
-    flag values; returns (argv, exit status, stderr) of each."""
-    from fault_cases import CHAT, TRAIN, VALIDATE
-
-    rng = random.Random(seed)
-    runs = []
-    for i in range(n):
-        if i % 2 == 0:
-            bad = env.root / f"mutated-{i}.gguf"
-            bad.write_bytes(mutate_header(env.base.read_bytes(), rng))
-            argv = rng.choice([["data", "check", "{data}", "--base", str(bad)], [*CHAT[:1], str(bad), *CHAT[2:]],
-                               [*VALIDATE[:1], str(bad), *VALIDATE[2:]], ["check-runtime", str(bad)]])
-        else:
-            command = rng.choice(list(FUZZ_FLAGS))
-            argv = {"train": TRAIN, "validate": VALIDATE, "chat": CHAT}[command] + ["--plan"] * (command == "train")
-            argv = argv + [rng.choice(FUZZ_FLAGS[command]), rng.choice(HOSTILE)]
-        argv = [env.format(a) for a in argv]
-        done = subprocess.run([sys.executable, "-m", "dndllama", *argv], input=b"Hello.\n", capture_output=True,
-                              timeout=120, cwd=env.root)
-        runs.append((argv, done.returncode, done.stderr.decode(errors="replace")))
-    return runs
 
 
 def test_fuzzed_headers_and_settings_never_crash_or_dump_a_traceback(env):
