@@ -79,6 +79,8 @@ py::dict progress_dict(const Progress & p) {
     d["eta_s"] = p.eta_s;
     d["elapsed_s"] = p.elapsed_s;
     d["checkpoint"] = p.checkpoint.empty() ? py::object(py::none()) : py::object(py::str(p.checkpoint));
+    d["eval_done"] = p.eval_done;
+    d["eval_total"] = p.eval_total;
     return d;
 }
 

@@ -44,6 +44,9 @@ double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// evaluations of at least this many windows report their progress
+constexpr int64_t EVAL_PROGRESS_MIN_WINDOWS = 20;
+
 struct Schedule {
     const TrainOptions * opts;
     int64_t total_steps;
@@ -259,14 +262,21 @@ struct Trainer {
         return {loss, correct, labelled};
     }
 
-    std::pair<double, double> evaluate(const Windows & w) {
+    // `progress(done, total)` at a coarse grain (about every tenth of a long evaluation), so a
+    // validation set of hundreds of windows is never silent
+    std::pair<double, double> evaluate(const Windows & w, const std::function<void(int64_t, int64_t)> & progress) {
         double loss_sum = 0;
         int64_t correct = 0, labelled = 0;
-        for (int64_t i = 0; i < w.count(opts.n_ctx); ++i) {
+        const int64_t total = w.count(opts.n_ctx);
+        const int64_t every = total >= EVAL_PROGRESS_MIN_WINDOWS ? std::max<int64_t>(1, total / 10) : 0;
+        for (int64_t i = 0; i < total; ++i) {
             auto [loss, c, l] = run(w, i, false);
             loss_sum += loss * l;   // window losses are means over their labelled positions
             correct += c;
             labelled += l;
+            if (every && (i + 1) % every == 0 && i + 1 < total) {
+                progress(i + 1, total);
+            }
         }
         return {labelled ? loss_sum / labelled : NAN, labelled ? double(correct) / labelled : NAN};
     }
@@ -324,14 +334,14 @@ void check_options(const TrainOptions & o) {
     in("beta2", o.beta2, 0, 1, "pass a beta in [0, 1]");
     in("eps", o.eps, 0, 1, "pass a small epsilon such as 1e-8");
     in("lora_alpha", o.lora_alpha, 1e-30, 1e6, "pass a positive alpha such as 32");
-    const std::pair<const char *, int64_t> counts[] = {
-        {"warmup_steps", o.warmup_steps}, {"save_every", o.save_every}, {"eval_every", o.eval_every},
-        {"start_step", o.start_step}, {"grad_accum", o.grad_accum - 1}, {"lora_rank", o.lora_rank - 1},
-        {"n_gpu_layers", o.n_gpu_layers + 1}};
-    for (const auto & [name, value] : counts) {
-        if (value < 0) {
-            throw Error(std::string(name) + " is below its minimum\nfix: pass a count of 0 or more "
-                        "(grad_accum and lora_rank: 1 or more; n_gpu_layers: -1 for all)");
+    struct Count { const char * name; int64_t value, min; };   // lora_rank: lora.cpp checks it
+    const Count counts[] = {{"warmup_steps", o.warmup_steps, 0}, {"save_every", o.save_every, 0},
+                            {"eval_every", o.eval_every, 0}, {"start_step", o.start_step, 0},
+                            {"grad_accum", o.grad_accum, 1}, {"n_gpu_layers", o.n_gpu_layers, -1}};
+    for (const auto & c : counts) {
+        if (c.value < c.min) {
+            throw Error(std::string(c.name) + " = " + std::to_string(c.value) + " is below " + std::to_string(c.min) +
+                        "\nfix: pass " + std::to_string(c.min) + " or more");
         }
     }
     resolve_threads(o.n_threads, "train");
@@ -411,7 +421,11 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
 
     const bool has_val = val_set.count(opts.n_ctx) > 0;
     auto evaluate = [&]() {
-        std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
+        std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set, [&](int64_t done, int64_t total) {
+            p.eval_done = done;
+            p.eval_total = total;
+            report("eval_progress");
+        });
         res.val_loss = p.val_loss;
         if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
             res.best_val_loss = p.val_loss;

@@ -303,3 +303,18 @@ def test_a_long_loss_evaluation_reports_progress(base):
     assert result.windows > LOSS_CHUNK and result.loss is not None and math.isfinite(result.loss)
     assert said[0].startswith(f"loss: {LOSS_CHUNK}/{result.windows} windows") and said[-1].startswith(
         f"loss: {result.windows}/{result.windows} windows")
+
+
+def test_a_long_evaluation_in_training_shows_progress_even_when_quiet(base, tmp_path, capsys):
+    from dndllama import train
+
+    config = replace(Config(), ctx=256, max_steps=1, save_every=0, threads=THREADS, lr=1e-3, patience=0)
+    tokens, labels = _windows(2)
+    val_tokens, val_labels = _windows(20)
+    arrays = train.Arrays(tokens, labels, val_tokens, val_labels)
+    train.train_model(base, arrays, config, tmp_path / "run", {}, quiet=True, say=lambda line: None)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluating:")]
+    assert lines[0] == "evaluating: 2/20 validation windows" and lines[-1].startswith("evaluating: 18/20")
+    assert "left" in lines[-1] and len(lines) == 9
+    log = (tmp_path / "run" / "train-log.jsonl").read_text()
+    assert "eval_progress" not in log                   # shown, not part of the resume record

@@ -243,7 +243,8 @@ def test_config_file_and_flags(project):
         load_config(project.data)
     with pytest.raises(ConfigError, match="multiple of 256"):
         load_config(project.root, {"ctx": 300})
-    with pytest.raises(ConfigError, match="matmul_precision must be one of auto, bf16, f32"):
+    with pytest.raises(ConfigError, match="--matmul-precision = 'fp16' is not one of the choices; accepted: "
+                                          "a string, one of auto, bf16, f32"):
         load_config(project.root, {"matmul_precision": "fp16"})
 
 

@@ -136,7 +136,10 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     log = open(log_path, "a", encoding="utf-8")
 
     def on_event(event: dict):
-        record = {k: v for k, v in event.items() if v is not None}
+        if event["event"] == "eval_progress":   # shown, not logged: the log is the resume record
+            view.eval_progress(event)
+            return True
+        record = {k: v for k, v in event.items() if v is not None and k not in ("eval_done", "eval_total")}
         record["time"] = round(time.time(), 3)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -304,6 +307,7 @@ class _ProgressView:
         self.rich = sys.stdout.isatty() and not quiet
         self.last_val = None
         self.progress = None
+        self.eval_first: tuple[int, float] | None = None   # (windows, time) at a long evaluation's first report
 
     def __enter__(self):
         if self.rich:
@@ -318,6 +322,20 @@ class _ProgressView:
     def __exit__(self, *exc):
         if self.progress:
             self.progress.stop()
+
+    def eval_progress(self, event: dict) -> None:
+        """A long evaluation's coarse progress: printed even with --quiet (a silent minute looks hung)."""
+        done, total, now = event["eval_done"], event["eval_total"], time.monotonic()
+        if self.eval_first is None or done <= self.eval_first[0]:   # the first report of this evaluation
+            self.eval_first = (done, now)
+        first_done, first_time = self.eval_first
+        line = f"evaluating: {done}/{total} validation windows"
+        if done > first_done:
+            line += f", ~{_eta((now - first_time) / (done - first_done) * (total - done))} left"
+        if self.progress:
+            self.progress.console.print(line)
+        else:
+            print(line, flush=True)
 
     def update(self, event: dict, state: _State) -> None:
         kind = event["event"]
