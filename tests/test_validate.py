@@ -1,6 +1,6 @@
-"""Validation: tool-call metrics on hand-made predictions, then replay, loss, the report files and
-`dndllama validate` end to end on a tiny real Gemma-3-architecture model, trained a few steps so that
-model and baseline differ."""
+"""Validation: replay, loss, the report files and `dndllama validate` end to end on a tiny real
+Gemma-3-architecture model, trained a few steps so that model and baseline differ. The scores on
+hand-made turns are in test_scoring.py, the report's rendering in test_report.py."""
 
 from __future__ import annotations
 
@@ -16,104 +16,19 @@ import pytest
 
 from dndllama import _native as native
 from dndllama import cli
-from dndllama.cli_validate import add_validate_command
+from dndllama.cli.validate import add_validate_command
 from dndllama.dataset import build_dataset, dataset_windows, render_gemma, window_arrays
 from dndllama.scenarios import load_folder
-from dndllama.tools import default_vocabulary, load_vocabulary
+from dndllama.tools import load_vocabulary
 from dndllama.validate import (LOSS_PNG, REPORT_JSON, REPORT_MD, TOOLS_PNG, PeakMemory, Report, ValidationError,
-                               dm_turns, gate, normalize_value, reference_loss, replay, tool_metrics, turn_calls,
-                               validate_model, write_report)
+                               dm_turns, gate, reference_loss, replay, validate_model, write_report)
 from tiny_models import make_tiny_model
 
 INDEPENDENT = Path(__file__).parent / "data" / "independent"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-VOCAB = default_vocabulary()
 # the tiny vocabulary is mostly characters: the system prompt alone is ~1,700 tokens
 GEN_CTX, LOSS_CTX, MAX_TOKENS, TURNS = 4096, 2048, 16, 3
 THREADS = 1   # two cores: one thread per model call stays fast when another process is busy too
-
-
-def metrics(*pairs):
-    return tool_metrics(pairs, VOCAB)
-
-
-# ---- metrics on hand-made predictions ----------------------------------------------------------
-
-def test_perfect_predictions_score_one_everywhere():
-    m = metrics(("You scan the room. [roll: perception]", "You scan the room. [roll: perception]"),
-                ("The wolf bites. [health: Brakka, -6]", "The wolf bites. [health: Brakka, -6]"),
-                ("The night is quiet.", "Nothing stirs."))
-    assert (m.turns, m.reference_calls, m.predicted_calls, m.valid_calls) == (3, 2, 2, 2)
-    for score in ("format_validity", "name_precision", "name_recall", "name_f1", "exact_precision", "exact_recall",
-                  "exact_f1", "turn_exact_match", "no_call_accuracy"):
-        assert getattr(m, score) == 1.0, score
-    assert m.per_tool["roll"] == {"reference": 1, "predicted": 1, "name_match": 1, "exact": 1, "invalid": 0}
-    assert m.per_tool["health"]["exact"] == 1 and m.per_tool["inventory"]["reference"] == 0
-    assert m.invalid == {} and m.over_calling_turns == m.missed_call_turns == 0
-
-
-def test_a_missing_call_costs_recall_not_precision():
-    m = metrics(("Roll for it. [roll: stealth]", "Roll for it."), ("[roll: perception]", "[roll: perception]"))
-    assert (m.name_precision, m.name_recall) == (1.0, 0.5)
-    assert m.name_f1 == pytest.approx(2 / 3)
-    assert m.missed_call_turns == 1 and m.turn_exact_match == 0.5
-    assert m.no_call_accuracy is None        # no turn without a reference call
-
-
-def test_a_call_on_a_no_call_turn_is_over_calling():
-    m = metrics(("The innkeeper nods.", "The innkeeper nods. [roll: insight]"),
-                ("The bar is empty.", "The bar is empty."))
-    assert m.no_call_turns == 2 and m.over_calling_turns == 1 and m.no_call_accuracy == 0.5
-    assert m.name_precision == 0.0 and m.name_recall is None and m.name_f1 == 0.0
-    assert m.format_validity == 1.0          # a valid call, at the wrong time
-    assert m.turn_exact_match == 0.5
-
-
-def test_malformed_and_unknown_tool_calls_are_invalid_and_never_match():
-    m = metrics(("[roll: perception]", "Let me see. [roll perception]"), ("[roll: stealth]", "[fly: away]"),
-                ("You rest.", "You rest. [Sighs]"))   # prose in brackets is not a call
-    assert (m.predicted_calls, m.valid_calls, m.format_validity) == (2, 0, 0.0)
-    assert m.invalid == {"malformed": 1, "unknown-tool": 1}
-    assert m.name_precision == m.name_recall == m.name_f1 == 0.0
-    assert m.per_tool["roll"]["invalid"] == 1 and "fly" not in m.per_tool
-    assert m.no_call_accuracy == 1.0
-    calls = turn_calls("[fly: away] then [roll perception] and [health: Mira, 7]", VOCAB)
-    assert [(c.name, c.reason) for c in calls.invalid] == [
-        ("fly", "unknown-tool"), ("roll", "malformed"), ("health", "bad-arguments")]   # text order
-
-
-def test_a_wrong_argument_keeps_the_name_but_not_the_exact_match():
-    m = metrics(("[health: Brakka, -6]", "[health: Brakka, -5]"), ("[roll: Sella, initiative]", "[roll: initiative]"))
-    assert m.name_f1 == 1.0 and m.exact_f1 == 0.0 and m.turn_exact_match == 0.0
-    assert m.per_tool["health"] == {"reference": 1, "predicted": 1, "name_match": 1, "exact": 0, "invalid": 0}
-
-
-def test_multiple_calls_match_as_multisets():
-    reference = "Both of you. [roll: Brakka, initiative] [roll: Sella, initiative] [health: Sella, -2]"
-    m = metrics((reference, "[roll: Sella, initiative] [roll: Brakka, initiative]"),       # order is free
-                (reference, "[roll: Sella, initiative] [roll: Sella, initiative] [roll: Sella, initiative]"))
-    assert m.reference_calls == 6 and m.predicted_calls == 5
-    # turn 1: both rolls by name and exactly; turn 2: two of three rolls by name, one exactly
-    assert m.name_precision == pytest.approx(4 / 5) and m.name_recall == pytest.approx(4 / 6)
-    assert m.exact_precision == pytest.approx(3 / 5) and m.exact_recall == pytest.approx(3 / 6)
-    assert m.per_tool["roll"] == {"reference": 4, "predicted": 5, "name_match": 4, "exact": 3, "invalid": 0}
-    assert m.per_tool["health"]["reference"] == 2 and m.turn_exact_match == 0.0
-
-
-def test_case_and_whitespace_do_not_break_an_exact_match():
-    m = metrics(("[roll: 1d6 + 4] [inventory: Mira, +rope]", "[ROLL:   1D6+4 ] [Inventory: mira,  + Rope]"),
-                ("[check: Sleight of Hand, 15]", "[check:SLEIGHT of hand,15 ]"),
-                ("[health: Old\u2019Tom, -3]", "[health: Old'Tom, -3]"))
-    assert m.exact_f1 == 1.0 and m.turn_exact_match == 1.0
-    assert normalize_value("  Sleight   OF hand ") == "sleight of hand" and normalize_value("2d6 - 1") == "2d6-1"
-    # but what the vocabulary rejects stays invalid: the app's parser would reject it too
-    assert metrics(("[check: sleight of hand, 15]", "[check: sleight  of hand, 15]")).invalid == {"bad-arguments": 1}
-
-
-def test_no_turns_give_undefined_scores_not_nan():
-    m = metrics()
-    assert m.turns == 0 and m.name_f1 is None and m.format_validity is None
-    assert json.loads(json.dumps(m.to_dict())) == m.to_dict()
 
 
 # ---- a tiny real model, trained a few steps ------------------------------------------------------
@@ -288,7 +203,7 @@ def test_validation_without_turns_or_room_says_what_to_change(models, data):
 
 @pytest.fixture
 def command(monkeypatch):
-    """cli.main with the validate command registered (as cli.py's COMMAND_GROUPS will hold it)."""
+    """cli.main with the validate command registered (cli/__init__.py's COMMAND_GROUPS holds it)."""
     if add_validate_command not in cli.COMMAND_GROUPS:
         monkeypatch.setattr(cli, "COMMAND_GROUPS", [*cli.COMMAND_GROUPS, add_validate_command])
     return cli.main
@@ -300,7 +215,7 @@ def test_validate_command_writes_the_report_and_prints_the_table(command, models
     (data / "dndllama.toml").write_text("ctx = 256\n")   # training's windows: too short, so no loss (quick)
     out = tmp_path / "report"
     flags = ["--data", str(data), "--max-turns", "1", "--ctx", str(GEN_CTX), "--max-tokens", "8", "--threads", "1"]
-    code = command(["validate", str(models[1]), "--out", str(out), *flags])
+    code = command(["validate", str(models[1]), "--out", str(out), "--eval-data", "", *flags])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"against {models[0]}" in printed                         # the base recorded in the model
@@ -316,6 +231,33 @@ def test_validate_command_writes_the_report_and_prints_the_table(command, models
     printed = capsys.readouterr().out
     assert code == 0 and "no baseline" in printed and "quality gate" not in printed
     assert len(json.loads((tmp_path / "all" / REPORT_JSON).read_text())["scenarios"]) == 3
+
+
+def test_validate_command_replays_the_evaluation_folder_by_default(command, models, tmp_path, monkeypatch, capsys):
+    data, held_out = tmp_path / "data", tmp_path / "ai-eval"
+    shutil.copytree(INDEPENDENT, data)
+    (data / "dndllama.toml").write_text("ctx = 256\n")
+    (held_out / "combat").mkdir(parents=True)
+    shutil.move(data / "combat" / "wolves_at_the_ford.md", held_out / "combat" / "wolves_at_the_ford.md")
+    monkeypatch.chdir(tmp_path)   # eval_data's default, ai-eval, is found like data: from the working folder
+    flags = ["--data", "data", "--max-turns", "1", "--ctx", str(GEN_CTX), "--max-tokens", "8", "--threads", "1",
+             "--baseline", "none"]
+    assert command(["validate", str(models[1]), "--out", "with", *flags]) == 0
+    assert "evaluation scenario(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "with" / REPORT_JSON).read_text())
+    assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]
+    assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"    # the loss stays on --data's split
+    markdown = (tmp_path / "with" / REPORT_MD).read_text()
+    assert "loss windows of 256 tokens on 1 in-corpus validation scenarios" in markdown
+
+    shutil.rmtree(held_out)   # no evaluation folder: the in-corpus split, with a notice
+    assert command(["validate", str(models[1]), "--out", "without", *flags]) == 0
+    assert "evaluation folder 'ai-eval' not found" in capsys.readouterr().out
+    without = json.loads((tmp_path / "without" / REPORT_JSON).read_text())
+    assert without["scenarios"] == ["roleplay/the_spice_merchant.md"] and "loss_on" not in without["settings"]
+
+    assert command(["validate", str(models[1]), "--eval-data", "data/combat", *flags]) == 1
+    assert "inside the training data" in capsys.readouterr().err
 
 
 def test_validate_command_errors_say_what_to_do(command, models, tmp_path, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import Config
 from .dataset import END_OF_TURN
+from .grammar import GRAMMAR_FILE, tool_call_grammar
 from .tools import Vocabulary, render_tool_prompt
 
 
@@ -32,5 +33,9 @@ def cactus_config(model: Path, mmproj: Path | None, config: Config, vocab: Vocab
         "toolPrompt": render_tool_prompt(vocab),
         "tools": sorted(vocab.tools),
         "toolResultFormat": "<TOOLCALL>\\nlabel: result\\n</TOOLCALL> as the next user message",
+        # constrained decoding: every `[` the model writes opens a valid call (also in the version
+        # folder as grammarFile); null when the config's `grammar` is off
+        "grammar": tool_call_grammar(vocab) if config.grammar else None,
+        "grammarFile": GRAMMAR_FILE if config.grammar else None,
     }
 

@@ -42,6 +42,7 @@ class Sampling:
 @dataclass
 class Config:
     data: str = "ai-training"
+    eval_data: str = "ai-eval"           # held-out scenarios for validate, checkpoint/quant choice, the gate ("" = none)
     base: str = EMBEDDED_BASE
     runtime: str = "cactus-0.2"          # the runtime the exported GGUF must load in
     name: str = "dndllama-dm"            # general.name of the output and the registry's label
@@ -52,6 +53,10 @@ class Config:
     val_fraction: float = 0.1
     augment: int = 0                     # extra renamed copies of each training scenario
     seed: int = 0
+    # synthetic scenarios (dndllama.synth), training split only: synthetic DM turns per hand-written one
+    synth: float = 0.0                   # 0 = off; e.g. 1, 5, 20
+    synth_seed: int = 0
+    synth_loss: str = "calls"            # "calls": loss on their call lines + the sentence before; "all"
     # training
     epochs: int = 2
     max_steps: int = 0                   # 0 = the epochs decide
@@ -87,6 +92,7 @@ class Config:
     size_cap: str = "2GB"
     quant: str = "auto"                  # "auto" = best type under the cap, or a type such as Q4_K_M
     app_ctx: int = 2048                  # n_ctx the app should use
+    grammar: bool = True                 # ship tool-calls.gbnf and make it the app's completion grammar
     sampling: Sampling = field(default_factory=Sampling)
 
     @property
@@ -101,6 +107,7 @@ class Config:
                 "matmul_precision")
         keys += (("lora_rank", "lora_alpha", "lora_targets", "lora_lr") if self.method == "lora"
                  else ("lr", "trainable"))
+        keys += ("synth", "synth_seed", "synth_loss") if self.synth else ()   # absent when off: old keys stay valid
         return {k: getattr(self, k) for k in keys} | ({"method": "lora"} if self.method == "lora" else {})
 
     @property

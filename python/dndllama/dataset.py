@@ -25,6 +25,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from .files import atomic_path
+from .loss_mask import LOSS_MODES, answer_mask
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -94,6 +95,7 @@ class Conversation:
     scenario: str
     category: str
     messages: list[Message]
+    loss: str = "all"   # "all": every DM token trains; "calls": the call lines and the sentence before them
 
 
 @dataclass
@@ -216,16 +218,17 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
     mask: list[bool] = []
     for index, exchange in enumerate(exchanges):
         answer = tokenizer.tokenize(_answer_text(exchange), False, True)
+        trained = answer_mask(_answer_text(exchange), answer, tokenizer, conversation.loss, END_OF_TURN)
         follow = tokenizer.tokenize(_prompt_text(system, exchange, first=False), False, True)
         if tokens and len(tokens) + len(follow) + len(answer) + len(newline) <= ctx:
             tokens += follow + answer + newline
-            mask += [False] * len(follow) + [True] * len(answer) + [False] * len(newline)
+            mask += [False] * len(follow) + trained + [False] * len(newline)
             continue
         if tokens:
             windows.append(Window(tokens, mask, conversation.scenario, conversation.category))
         head = tokenizer.tokenize(_prompt_text(system, exchange, first=True), True, True)
         tokens = head + answer + newline
-        mask = [False] * len(head) + [True] * len(answer) + [False] * len(newline)
+        mask = [False] * len(head) + trained + [False] * len(newline)
         if len(tokens) > ctx:
             warnings.warn(
                 f"{conversation.scenario}: exchange {index + 1} has {len(tokens)} tokens, cut to ctx={ctx}",
@@ -281,11 +284,12 @@ def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndar
 
 
 def conversation_to_json(conversation: Conversation) -> dict:
-    return {
+    data = {
         "messages": [{"role": m.role, "content": m.content} for m in conversation.messages],
         "scenario": conversation.scenario,
         "category": conversation.category,
     }
+    return data | ({"loss": conversation.loss} if conversation.loss != "all" else {})
 
 
 def conversation_from_json(data: dict) -> Conversation:
@@ -296,7 +300,10 @@ def conversation_from_json(data: dict) -> Conversation:
     unknown = {m.role for m in messages} - set(ROLES)
     if unknown:
         raise DatasetError(f"unknown roles {sorted(unknown)}; expected {', '.join(ROLES)}")
-    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages)
+    loss = str(data.get("loss", "all"))
+    if loss not in LOSS_MODES:
+        raise DatasetError(f"unknown loss '{loss}'; expected one of {', '.join(LOSS_MODES)}")
+    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages, loss)
 
 
 def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> Path:
@@ -320,7 +327,7 @@ def read_jsonl(path: str | Path) -> list[Conversation]:
     return conversations
 
 
-# ---------------------------------------------------------------- split, weights, augmentation
+# ---------------------------------------------------------------- split, augmentation
 
 
 def _unit_hash(*parts: object) -> float:
@@ -342,20 +349,6 @@ def split_scenarios(paths: Iterable[str], validation_fraction: float = 0.1) -> t
         validation = [min(paths, key=lambda p: _unit_hash("split", p))]
     chosen = set(validation)
     return [p for p in paths if p not in chosen], validation
-
-
-def weighted(conversations: list[Conversation], weights: dict[str, float]) -> list[Conversation]:
-    """Repeat or drop conversations by their category weight (default 1.0), deterministically.
-
-    Weight 2.5 gives every conversation 2 copies and half of them (chosen by hash) a third.
-    """
-    out = []
-    for conversation in conversations:
-        weight = max(0.0, float(weights.get(conversation.category, 1.0)))
-        whole, part = math.floor(weight), weight - math.floor(weight)
-        copies = whole + (1 if _unit_hash("weight", conversation.scenario) < part else 0)
-        out.extend([conversation] * copies)
-    return out
 
 
 def augment_scenario(scenario: Scenario, seed: int, copy: int = 1, vocab: Vocabulary | None = None) -> Scenario:
@@ -420,13 +413,12 @@ def _hp_is_private(member, scenario: Scenario) -> bool:
 def build_dataset(
     check: FolderCheck,
     validation_fraction: float = 0.1,
-    weights: dict[str, float] | None = None,
     augment_copies: int = 0,
     seed: int = 0,
 ) -> DatasetSplit:
-    """Conversations from a validated folder: split by path, then weight and augment train only.
+    """Conversations from a validated folder: split by path, then augment train only.
 
-    Validation holds each of its scenarios once, unweighted and never augmented, so it stays a
+    Validation holds each of its scenarios once and never augmented, so it stays a
     clean measure. Raises ScenarioError when the folder has errors.
     """
     if check.errors:
@@ -438,7 +430,7 @@ def build_dataset(
         train += [to_conversation(augment_scenario(by_path[p], seed, copy, check.vocab), check.vocab)
                   for p in train_paths]
     return DatasetSplit(
-        train=weighted(train, weights or {}),
+        train=train,
         validation=[to_conversation(by_path[p], check.vocab) for p in validation_paths],
     )
 

@@ -326,11 +326,6 @@ def _sync_config(models_dir: Path, version: Version) -> bool:
     return True
 
 
-def update_metadata(version: Version, **changes) -> None:
-    version.metadata.update(changes)
-    write_json(version.path / METADATA, version.metadata)
-
-
 def remove(models_dir: Path, name: str) -> None:
     """Delete a version that is not current: renamed to a trash name first (one step that either
     happens or not), then deleted; a deletion cut short is finished by the next `repair`."""

@@ -48,6 +48,7 @@ DIAGNOSTIC_KINDS = {
     "unknown-field": WARNING,  # a SYSTEM `Key:` that is not known; ignored
     "unknown-target": WARNING,  # a tool call names someone outside the party (creatures are fine)
     "label-mismatch": WARNING,  # a result label that does not mention the call's key argument
+    "unknown-value": WARNING,  # an argument that fits only its loose type, e.g. [roll: juggling]
 }
 
 # (heading level, normalized title) -> section kind.
@@ -637,6 +638,7 @@ def _attempted(turn: Turn | None) -> int:
 
 def _check_dm_turn(turn: Turn, following: Turn | None, report: _Report, vocab: Vocabulary, party: set[str]) -> None:
     for call in turn.tool_calls:
+        _check_loose_args(turn, call, report, vocab, party)
         tool = vocab.tools[call.name]
         for spec in tool.args:
             value = call.named.get(spec.name)
@@ -652,6 +654,24 @@ def _check_dm_turn(turn: Turn, following: Turn | None, report: _Report, vocab: V
     elif following.kind != "tool":
         report.add(_call_line(turn, None), "missing-result", "DM tool call with no result",
                    f"a ## TOOLCALL section before the ## {_heading(following.kind)} at line {following.line}")
+
+
+def _check_loose_args(turn: Turn, call: ToolCall, report: _Report, vocab: Vocabulary, party: set[str]) -> None:
+    """A value that fits only its arg's loose type is a warning (the meaning is clear), unless it is
+    a party member's name: `[roll: Mira]` lost the comma and the skill, so it is an error."""
+    tool = vocab.tools[call.name]
+    for spec in tool.args:
+        if spec.name not in call.loose:
+            continue
+        value = call.named[spec.name]
+        if _in_party(value, party):
+            report.add(_call_line(turn, call), "bad-arguments",
+                       f"{call.raw.strip()} names party member '{value}' as its {spec.name}",
+                       f"the member first, then what to roll, e.g. [{call.name}: {value}, perception]")
+        else:
+            report.add(_call_line(turn, call), "unknown-value",
+                       f"'{value}' in {call.raw.strip()} is not a known {spec.type} (kept as written)",
+                       f"a {spec.type} of tools.toml, e.g. {tool.example}, or add it to the [lists] there")
 
 
 def _check_results(turn: Turn, previous: Turn | None, report: _Report, vocab: Vocabulary) -> None:

@@ -24,6 +24,7 @@ SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"   # one file-name component: no '
 QUANT_NAME = r"auto|[A-Za-z0-9_]{1,16}"   # a type name; whether this build and the runtime know it is checked
                                           # before training (pipeline.preflight)
 SELECT_BY = ("tool_f1", "loss")
+SYNTH_LOSS = ("calls", "all")
 METHODS = ("auto", "full", "lora")
 MATMUL_PRECISIONS = ("auto", "bf16", "f32")
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -129,10 +130,15 @@ SETTINGS: dict[str, Rule] = {
                                                "letter or digit, at most 64 characters"),
     "models_dir": PATH,
     "cache_dir": PATH,
+    "eval_data": Rule(str, check=lambda v: "holds a NUL byte" if "\0" in v else None,
+                      note='a folder of held-out scenarios, "" = none'),
     "ctx": _int(256, MAX_CTX, multiple_of=256),
     "val_fraction": _fraction(),
     "augment": _int(0, 100),
     "seed": _int(0, UINT32_MAX, "a uint32 (the native samplers and shuffles take one)"),
+    "synth": Rule(float, 0.0, 1000.0, note="synthetic DM turns per hand-written one, 0 = off"),
+    "synth_seed": _int(0, UINT32_MAX),
+    "synth_loss": Rule(str, choices=SYNTH_LOSS),
     "epochs": _int(1, 10_000),
     "max_steps": _int(0, BIG, "0 = the epochs decide"),
     "lr": Rule(float, 0.0, 1.0, lo_open=True, hi_open=True, float32=True),
@@ -163,6 +169,7 @@ SETTINGS: dict[str, Rule] = {
     "size_cap": Rule((str, int), check=_size_problem, note="a size such as 2GB, 1.5GiB or 800MB, above 0"),
     "quant": Rule(str, pattern=QUANT_NAME, note="auto or a quant type such as Q4_K_M"),
     "app_ctx": _int(256, MAX_CTX),
+    "grammar": Rule(bool),
     "sampling.temperature": Rule(float, 0.0, 100.0, float32=True, note="0 = greedy"),
     "sampling.top_k": _int(0, 1_000_000, "0 = off"),
     "sampling.top_p": Rule(float, 0.0, 1.0, float32=True),

@@ -22,6 +22,8 @@ Config keys:
   tools         tool names the DM writes as `[name: args]` in its text (parsed by the app)
   adapterPath   optional LoRA adapter GGUF, loaded at init with lora_list
   n_gpu_layers  optional, default 99 (all layers on the GPU where there is one)
+  grammar       optional GBNF text (grammar.tool_call_grammar), passed as the completion's `grammar`
+                so the app decodes as validation did; None or absent: free decoding
 """
 
 from __future__ import annotations
@@ -75,13 +77,23 @@ def _constants(config: dict, package: str) -> str:
         "}",
         "// Tool calls are text, `[name: args]` inside the DM's reply; the app parses and runs them.",
         f"export const TOOLS = {_ts(list(config['tools']))};",
+        *_grammar_lines(config),
         "export const COMPLETION_PARAMS = " + _object(_completion_entries(config), "") + ";",
     ]
     return "\n".join(lines)
 
 
+def _grammar_lines(config: dict) -> list[str]:
+    if not config.get("grammar"):
+        return []
+    return ["// Constrained decoding (GBNF): prose, and every `[` opens a complete, valid tool call.",
+            f"export const GRAMMAR = {_ts(config['grammar'])};"]
+
+
 def _completion_entries(config: dict) -> list[tuple[str, str]]:
     entries = [(SAMPLING_OPTIONS[k], _ts(v)) for k, v in config["sampling"].items()]
+    if config.get("grammar"):
+        entries.append(("grammar", "GRAMMAR"))
     return entries + [("jinja", "false")]  # llama.cpp's built-in template: the prompt training used
 
 
@@ -145,5 +157,3 @@ export async function reply(context: LlamaContext, systemBlock: string, history:
 }}
 """
 
-
-SNIPPETS = {"cactus-0.2": cactus_ts, "llama.rn": llama_rn_ts}
