@@ -278,7 +278,7 @@ def test_with_every_checkpoint_damaged_training_starts_over(base, tmp_path, monk
 def test_a_quant_type_the_runtime_lacks_is_refused_before_training(tmp_path, base, monkeypatch):
     from dndllama import pipeline
     from dndllama.config import load_config
-    from dndllama.runtime import load_runtime
+    from dndllama.runtime_profiles import load_runtime
 
     runtime = load_runtime("cactus-0.2")
     lacking = replace(runtime, file_types=tuple(t for t in runtime.file_types if t != "Q4_K_M"),
