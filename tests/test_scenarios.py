@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from dndllama.scenarios import (
     load_folder,
     parse_scenario,
 )
+from dndllama.tools import load_vocabulary
 
 DATA = Path(__file__).parent / "data"
 SEED = (DATA / "seed_tavern.md").read_text(encoding="utf-8")
@@ -211,8 +213,19 @@ def test_non_utf8_file_is_a_diagnostic(tmp_path):
     assert [(d.path, d.code) for d in check.errors] == [("bad.md", "unreadable")]
 
 
+def test_a_catastrophic_tools_regex_is_a_diagnostic_within_its_time_budget(tmp_path):
+    (tmp_path / "tools.toml").write_text('[arg_types]\nrunes = \'(a+)+\'\n[tools.chant]\ndescription = "chant"\n'
+                                         'args = [{ name = "runes", type = "runes" }]\nexample = "[chant: aa]"\n'
+                                         'result = "chant: aa = *done*"\n')
+    text = VALID.replace("[roll: Mira, stealth]", "[chant: " + "a" * 40 + "b]")
+    started = time.monotonic()
+    _, found = check_scenario(text, "combat/chant.md", load_vocabulary(tmp_path))
+    assert [d.code for d in found] == ["vocabulary"] and "backtracks catastrophically" in found[0].found
+    assert time.monotonic() - started < 10
+
+
 def test_every_error_code_is_exercised():
-    tested = {case[0] for case in ERROR_CASES} | {"duplicate", "unreadable", "internal"}
+    tested = {case[0] for case in ERROR_CASES} | {"duplicate", "unreadable", "internal", "vocabulary"}
     assert {c for c, s in DIAGNOSTIC_KINDS.items() if s == "error"} <= tested
 
 

@@ -250,6 +250,23 @@ def dataset_windows(conversations: Iterable[Conversation], tokenizer: Tokenizer,
     return [w for c in conversations for w in conversation_windows(c, tokenizer, ctx)]
 
 
+def windows_and_cuts(conversations: Iterable[Conversation], tokenizer: Tokenizer,
+                     ctx: int) -> tuple[list[Window], list[str]]:
+    """dataset_windows, plus one line per exchange cut to fit `ctx` (what TruncationWarning says).
+    A cut exchange trains a DM turn without its end and breaks the template check, so training
+    refuses these before it starts, and `data check --base` reports them."""
+    with warnings.catch_warnings(record=True) as cut:
+        warnings.simplefilter("always", TruncationWarning)
+        windows = dataset_windows(conversations, tokenizer, ctx)
+    return windows, [str(w.message) for w in cut if issubclass(w.category, TruncationWarning)]
+
+
+def ctx_for(cuts: list[str]) -> int:
+    """The smallest ctx (a multiple of 256) that holds every exchange the lines of `cuts` name."""
+    longest = max((int(m.group(1)) for m in map(re.compile(r"has (\d+) tokens").search, cuts) if m), default=0)
+    return -(-longest // 256) * 256
+
+
 def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, labels) int32 arrays of shape (n, ctx) for the native trainer.
 

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,15 +28,15 @@ from typing import Callable
 
 from . import __version__, plan, registry
 from .base import BaseModel, resolve_base
-from .config import Config
-from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
+from .config import Config, ConfigError, validate
+from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, build_dataset, ctx_for, window_arrays, windows_and_cuts
 from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
 from .ship_checks import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
-from .quantize import QuantChoice, candidates, choose_quant, human_size
+from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
 from .runtime_profiles import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
-from .scenarios import ERROR, load_folder, scenario_files
+from .scenarios import ERROR, load_folder, scenario_files, skipped_links
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, adapter_of, matmul_precision, train_model
 from .validate import make_report
@@ -183,17 +182,19 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
         return arrays, read_json(path.with_suffix(".json"), {})
     tokenizer = _native.Model(str(base.gguf), vocab_only=True)
     pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
-    with warnings.catch_warnings(record=True) as cut:
-        warnings.simplefilter("always", TruncationWarning)
-        train = dataset_windows(data.train, tokenizer, config.ctx)
-        validation = dataset_windows(data.validation, tokenizer, config.ctx)
-    for w in cut[:5]:
-        say(f"warning: {w.message} (raise --ctx to keep it whole)")
+    train, cut = windows_and_cuts(data.train, tokenizer, config.ctx)
+    validation, cut_validation = windows_and_cuts(data.validation, tokenizer, config.ctx)
+    cut += cut_validation
+    if cut:
+        shown = "\n".join(f"  {line}" for line in cut[:MAX_ERRORS_SHOWN])
+        raise DataError(f"{len(cut)} exchange(s) do not fit the training window of {config.ctx} tokens; nothing was "
+                        f"trained:\n{shown}\nraise ctx to {ctx_for(cut)} (--ctx or ctx in dndllama.toml) or split "
+                        "the long DM turns")
     if not train:
         raise DataError("no training window has a DM token; add scenarios with DM turns")
     tokens, labels = window_arrays(train, config.ctx, pad)
     val_tokens, val_labels = window_arrays(validation, config.ctx, pad)
-    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": len(cut),
+    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": 0,
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
         np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
@@ -243,8 +244,13 @@ def ensure_disk(path: Path, need: int, what: str) -> None:
 def run(config: Config, force: bool = False, quiet: bool = False, require_resume: bool = False,
         say: Callable[[str], None] = print) -> Outcome:
     t0 = time.monotonic()
+    validate(config)   # a Config built in code meets the same checks as the CLI's
     cache, models_dir = Path(config.cache_dir).expanduser(), Path(config.models_dir)
     runtime = _runtime(config.runtime)
+    try:   # an unknown type, or one the runtime lacks: refused before anything runs
+        candidates(config.quant, runtime.supports_quant)
+    except CapError as e:
+        raise ConfigError(f"quant = {config.quant!r}: {e}") from None
 
     data = load_data(config)
     say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train) - data.synthetic} train, "
@@ -253,7 +259,10 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
            f"loss on {config.synth_loss})" if data.synthetic else ""))
     say(f"evaluation: {data.evaluation.describe()}" if data.evaluation else data.eval_note
         or "evaluation: eval_data is off; choosing and gating on the in-corpus validation split")
+    for rel, what in skipped_links(data.root):
+        say(f"warning: {data.root / rel}: {what}")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
+    check_cap_reachable(base.header, config, runtime)
     config, why = plan.resolve(config, base.header)
     say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
@@ -299,6 +308,22 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     return _ship(config, base, data, data_key, stats, trained, choice, adapter, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
                  previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, say)
+
+
+def check_cap_reachable(header, config: Config, runtime) -> None:
+    """Refuse, before training, a size cap that even the smallest allowed quant type cannot meet.
+    The estimate (parameters x bits per weight) is a lower bound: llama.cpp keeps some tensors
+    wider, so a cap it passes may still be missed after training, with CapError then."""
+    allowed = candidates(config.quant, runtime.supports_quant)
+    bits = min(b for t, b in QUANT_LADDER if t in allowed) if set(allowed) <= set(LADDER_TYPES) else None
+    n_params = sum(t.n for t in header.tensors.values())
+    if bits is None or not n_params:
+        return
+    smallest = int(n_params * bits / 8)
+    if smallest > config.size_cap_bytes:
+        raise CapError(f"the size cap {human_size(config.size_cap_bytes)} is below what {allowed[-1]} makes of this "
+                       f"base ({n_params / 1e6:.1f}M parameters: about {human_size(smallest)}); nothing was trained. "
+                       "Raise --size-cap, choose another --quant, or use a smaller base model")
 
 
 def memory_plan(config: Config, say: Callable[[str], None] = print) -> str:
@@ -402,8 +427,7 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
     report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], judge, choices, say)
     passed, verdict = gate(report, config.min_f1_gain)
 
-    name = registry.next_name(models_dir)
-    staged = registry.staging_dir(models_dir, name)
+    name, staged = registry.stage(models_dir)
     model_file = f"{config.name}-{name}-{choice.type.lower()}.gguf"
     _link_or_copy(choice.path, staged / model_file)
     adapter_file = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 VOCABULARY_FILE = "tools.toml"
+MATCH_BUDGET_S = 1.0     # one argument against one user regex; real ones take microseconds
+MAX_ARG_CHARS = 200      # off the main thread (no timer): longer arguments are cut before matching
 
 # `[name: args]` anywhere in DM text; a markdown link `[text](url)` is not a call.
 CALL_PATTERN = re.compile(r"\[\s*([A-Za-z_][\w-]*)\s*:([^\[\]\n]*)\](?!\()")
@@ -226,7 +230,7 @@ def parse_tool_call(raw: str, vocab: Vocabulary, offset: int = 0) -> ToolCall:
         expected = f"{_describe(tool)}, e.g. {tool.example}"
         raise ToolCallError("bad-arguments", f"{_mismatch(tool, values, vocab)} in {raw.strip()}", expected, raw, span)
     loose = tuple(a.name for a in tool.args
-                  if a.name in named and not vocab.arg_types[a.type].fullmatch(named[a.name]))
+                  if a.name in named and not arg_matches(vocab, a.type, named[a.name]))
     return ToolCall(tool.name, values, raw, span, named, loose)
 
 
@@ -238,7 +242,7 @@ def _mismatch(tool: Tool, values: tuple[str, ...], vocab: Vocabulary) -> str:
         return f"'{tool.name}' takes {wanted} arguments, found {len(values)}"
     specs = [a for a in tool.args if not a.optional][: len(values)] if len(values) == required else tool.args
     for position, (spec, value) in enumerate(zip(specs, values), start=1):
-        if not vocab.arg_types[spec.type].fullmatch(value):
+        if not arg_matches(vocab, spec.type, value):
             return f"argument {position} '{value}' is not a valid {spec.type} for '{spec.name}'"
     return "arguments do not fit"
 
@@ -258,9 +262,42 @@ def _bind(tool: Tool, values: tuple[str, ...], vocab: Vocabulary, loose: bool = 
 
 
 def _fits(spec: ArgSpec, value: str, vocab: Vocabulary, loose: bool) -> bool:
-    if vocab.arg_types[spec.type].fullmatch(value):
+    if arg_matches(vocab, spec.type, value):
         return True
-    return bool(loose and spec.loose and vocab.arg_types[spec.loose].fullmatch(value))
+    return bool(loose and spec.loose and arg_matches(vocab, spec.loose, value))
+
+
+def arg_matches(vocab: Vocabulary, type_name: str, value: str) -> bool:
+    """Whether `value` is a valid `type_name`, within a time budget: arg types are user regexes
+    (tools.toml), and one with nested quantifiers such as (a+)+ can backtrack for hours on a short
+    argument. CPython's regex engine checks for signals while it matches, so a timer interrupts it
+    exactly; that needs no new dependency and refuses only a regex that really is slow on this data
+    (a static ban on nested quantifiers would also refuse the default `name` type's harmless
+    (?: [...]+){0,5}). Off the main thread, where no timer can be set, arguments are cut to
+    MAX_ARG_CHARS instead."""
+    pattern = vocab.arg_types[type_name]
+    if threading.current_thread() is not threading.main_thread():
+        return bool(pattern.fullmatch(value[:MAX_ARG_CHARS]))
+    previous = signal.signal(signal.SIGALRM, _too_slow)
+    signal.setitimer(signal.ITIMER_REAL, MATCH_BUDGET_S)
+    try:
+        return bool(pattern.fullmatch(value))
+    except _RegexTimeout:
+        where = " + ".join(vocab.sources) or "tools.toml"
+        raise VocabularyError(f"{where}: arg type '{type_name}' (regex {pattern.pattern!r}) took over "
+                              f"{MATCH_BUDGET_S:g} s on the argument {value[:60]!r}: it backtracks catastrophically; "
+                              "rewrite it without a repeated group that repeats inside, such as (a+)+") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+class _RegexTimeout(Exception):
+    pass
+
+
+def _too_slow(signum, frame):
+    raise _RegexTimeout
 
 
 def _describe(tool: Tool) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, Reply, load_system, result_example
+from ..config import check_setting
 from ..files import read_json
 from ..registry import CACTUS_CONFIG, METADATA
 from ..tools import VocabularyError, default_vocabulary, load_vocabulary, render_tool_prompt
@@ -83,7 +84,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
     out = Output("json" if args.json else "rich" if sys.stdout.isatty() else "plain")
     if sys.stdin.isatty():
         return interactive(session, out, model_path)
-    return scripted(session, out, sys.stdin)
+    return scripted(session, out, utf8_lines(sys.stdin.buffer))
+
+
+def utf8_lines(stream):
+    """The lines of a byte stream as text; a line that is not UTF-8 is an error naming it (Python's
+    own decoding would either fail without the line number or, under a C locale, smuggle the bytes
+    in as surrogates that the native tokenizer cannot take)."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"stdin line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                               f"{exc.start + 1})", "send the chat script as UTF-8 (iconv -t UTF-8 converts it)") from None
 
 
 def _vocabulary(data: str | None, metadata: dict):
@@ -99,13 +112,17 @@ def _vocabulary(data: str | None, metadata: dict):
 def _settings(args: argparse.Namespace, app: dict) -> ChatSettings:
     """Flags first, then the app's settings from the version's cactus.config.json, then defaults."""
     sampling, default = app.get("sampling", {}), ChatSettings()
+    flag = lambda key, value, name: value if value is None else check_setting(key, value, "command line", name)  # noqa: E731
+    app_value = lambda key, value: value if value is None else check_setting(key, value, CACTUS_CONFIG)  # noqa: E731
     settings = ChatSettings(
-        max_tokens=_first(args.max_tokens, sampling.get("n_predict"), default.max_tokens),
-        temperature=_first(args.temperature, sampling.get("temperature"), default.temperature),
-        top_k=_first(sampling.get("top_k"), default.top_k),
-        top_p=_first(sampling.get("top_p"), default.top_p),
-        seed=args.seed,
-        n_ctx=_first(args.ctx, app.get("n_ctx"), default.n_ctx),
+        max_tokens=_first(flag("sampling.max_tokens", args.max_tokens, "--max-tokens"),
+                          app_value("sampling.max_tokens", sampling.get("n_predict")), default.max_tokens),
+        temperature=_first(flag("sampling.temperature", args.temperature, "--temperature"),
+                           app_value("sampling.temperature", sampling.get("temperature")), default.temperature),
+        top_k=_first(app_value("sampling.top_k", sampling.get("top_k")), default.top_k),
+        top_p=_first(app_value("sampling.top_p", sampling.get("top_p")), default.top_p),
+        seed=flag("seed", args.seed, "--seed"),
+        n_ctx=_first(flag("app_ctx", args.ctx, "--ctx"), app_value("app_ctx", app.get("n_ctx")), default.n_ctx),
     )
     if settings.max_tokens <= 0 or settings.n_ctx <= settings.max_tokens:
         raise CliError(f"--ctx {settings.n_ctx} leaves no room for --max-tokens {settings.max_tokens}",

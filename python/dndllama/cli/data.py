@@ -29,13 +29,36 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(diagnostic)
     if check.diagnostics:
         print()
-    print_stats(data_stats(check.scenarios, vocab, _load_tokenizer(args.base)), sys.stdout.isatty())
-    errors = sum(d.severity == ERROR for d in check.diagnostics)
+    tokenizer = _load_tokenizer(args.base)
+    cuts = _exchanges_over_ctx(check, root, tokenizer)
+    print_stats(data_stats(check.scenarios, vocab, tokenizer), sys.stdout.isatty())
+    errors = sum(d.severity == ERROR for d in check.diagnostics) + len(cuts)
     warnings = sum(d.severity == WARNING for d in check.diagnostics)
     print(f"\n{len(files)} files checked: {errors} {plural('error', errors)}, {warnings} {plural('warning', warnings)}")
     if errors:
         print("fix the errors above (file:line), then run `dndllama data check` again", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
+    """With a tokenizer (--base), the exchanges that do not fit the training window (ctx of the
+    folder's dndllama.toml): train refuses them, so they are errors here too."""
+    from ..config import load_config
+    from ..dataset import build_dataset, ctx_for, windows_and_cuts
+
+    if tokenizer is None:
+        print("note: pass --base MODEL.gguf to check every exchange against the training window (ctx) in tokens")
+        return []
+    if check.errors:
+        return []
+    ctx = load_config(root).ctx
+    split = build_dataset(check, 0.0)
+    _, cuts = windows_and_cuts(split.train + split.validation, tokenizer, ctx)
+    for line in cuts:
+        print(f"error: {line}")
+    if cuts:
+        print(f"  fix: raise ctx to {ctx_for(cuts)} in {root / 'dndllama.toml'}, or split the long DM turns\n")
+    return cuts
 
 
 def _load_tokenizer(base: str | None):

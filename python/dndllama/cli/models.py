@@ -23,7 +23,7 @@ def add_models_commands(groups) -> None:
     ]:
         leaf = command(commands, name, func, text)
         if takes_version:
-            leaf.add_argument("version", help="version name, e.g. v0002 or 2")
+            leaf.add_argument("version", help="version name, e.g. v0002 or 2, or current")
         add_models_dir(leaf)
 
 
@@ -38,10 +38,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     print_table(f"Versions in {root} (* = current)",
                 ["", "version", "created", "quant", "size", "val loss", "tool F1", "parent", "base"], rows,
                 rich_output=False)
+    for v in found:
+        if v.problem:
+            print(f"{v.name} is DAMAGED: {v.problem}; `models use` refuses it (dndllama models rm {v.name} removes it)")
     return 0
 
 
 def _version_row(version: registry.Version, is_current: bool) -> list:
+    if version.problem:
+        return ["*" if is_current else "", version.name, "DAMAGED", "-", "-", "-", "-", "-", "-"]
     m = version.metadata
     parent = m.get("warm_start_from") or m.get("parent") or "-"
     shipped = (m.get("validation") or {}).get("model", {})   # the published file's own validation
@@ -66,7 +71,8 @@ def _number(value) -> str:
 
 def cmd_models_show(args: argparse.Namespace) -> int:
     version = registry.get(_repaired(args.models_dir), args.version)
-    print(json.dumps({**version.metadata, "path": str(version.path)}, indent=2, default=str))
+    print(json.dumps({**version.metadata, "path": str(version.path), "damaged": version.problem}, indent=2,
+                     default=str))
     return 0
 
 
@@ -83,6 +89,8 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rm(args: argparse.Namespace) -> int:
-    registry.remove(_repaired(args.models_dir), args.version)
-    print(f"removed {args.version}")
+    root = _repaired(args.models_dir)
+    name = registry.version_name(root, args.version)
+    registry.remove(root, name)
+    print(f"removed {name}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import load_config
+from ..config import check_setting, load_config
 from ..dataset import Conversation, build_dataset
 from ..evalset import EvalSetError, find_eval_dir, load_eval_set
 from ..scenarios import ScenarioError
@@ -22,6 +22,9 @@ from ..validate import (DEFAULT_MAX_TOKENS, ValidationError, dm_turns, gate, met
 BASE_KEY = "dndllama.base"       # GGUF metadata: the base a dndllama model was trained from
 TRAIN_LOG = "train-log.jsonl"
 DEFAULT_OUT = "validation"
+# setting -> the flag of this command that sets it
+VALIDATE_FLAGS = {"validate_max_tokens": "--max-tokens", "app_ctx": "--ctx", "seed": "--seed", "threads": "--threads",
+                  "validate_turns": "--max-turns"}
 
 
 def add_validate_command(groups) -> None:
@@ -56,6 +59,10 @@ def add_validate_command(groups) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .. import _native
 
+    for key, flag in VALIDATE_FLAGS.items():   # the same table as the config file's settings
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            check_setting(key, value, "command line", flag)
     model = resolve_model(args.model, Path(args.models_dir))
     config = load_config(args.data, {})
     eval_data = config.eval_data if args.eval_data is None else args.eval_data
@@ -68,10 +75,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(DEFAULT_OUT) / model.stem
     settings = dict(
         max_tokens=args.max_tokens, n_ctx=args.ctx or config.app_ctx,
-        loss_ctx=config.ctx, seed=config.seed if args.seed is None else args.seed, max_turns=args.max_turns,
+        loss_ctx=config.ctx, seed=config.seed if args.seed is None else args.seed, max_turns=args.max_turns or None,
         n_threads=config.threads if args.threads is None else args.threads, n_gpu_layers=config.gpu_layers,
     )
-    turns = len(dm_turns(conversations)[: args.max_turns])
+    turns = len(dm_turns(conversations)[: args.max_turns or None])
     print(f"validating {model} on {turns} DM turns of {len(conversations)} {which}scenario(s)"
           + (f", against {baseline}" if baseline else ", no baseline"), flush=True)
     try:
