@@ -22,6 +22,29 @@ py::str lenient_str(const std::string & s) {
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
 }
 
+// Python text as UTF-8 for the native side. A str holding lone surrogates (bytes that were not
+// UTF-8, decoded with surrogateescape) cannot be, and pybind11 would answer with a TypeError that
+// dumps the whole argument: say what it is instead.
+std::string utf8_arg(const py::str & text, const char * what) {
+    Py_ssize_t size = 0;
+    const char * data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
+    if (data == nullptr) {
+        PyErr_Clear();
+        throw Error(std::string(what) + " is not valid UTF-8 text (it holds bytes that are not UTF-8)"
+                    "\nfix: save or pipe the text as UTF-8");
+    }
+    return std::string(data, (size_t) size);
+}
+
+// A seed from Python: any int, checked here, since pybind11's uint32_t conversion refuses -1 with a
+// dump of every argument
+uint32_t seed_arg(int64_t seed) {
+    if (seed < 0 || seed > (int64_t) UINT32_MAX) {
+        throw Error("seed " + std::to_string(seed) + " is out of range\nfix: pass a seed in [0, 4294967295]");
+    }
+    return (uint32_t) seed;
+}
+
 Windows to_windows(const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & tokens,
                    const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & labels,
                    const char * what) {
@@ -56,6 +79,8 @@ py::dict progress_dict(const Progress & p) {
     d["eta_s"] = p.eta_s;
     d["elapsed_s"] = p.elapsed_s;
     d["checkpoint"] = p.checkpoint.empty() ? py::object(py::none()) : py::object(py::str(p.checkpoint));
+    d["eval_done"] = p.eval_done;
+    d["eval_total"] = p.eval_total;
     return d;
 }
 
@@ -156,25 +181,29 @@ PYBIND11_MODULE(_native, m) {
              py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("vocab_only") = false)
         .def_property_readonly("path", &Model::path)
         .def("info", &Model::info)
-        .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("add_special") = false,
-             py::arg("parse_special") = true)
+        .def("tokenize",
+             [](const Model & self, const py::str & text, bool add_special, bool parse_special) {
+                 return self.tokenize(utf8_arg(text, "the text to tokenize"), add_special, parse_special);
+             },
+             py::arg("text"), py::arg("add_special") = false, py::arg("parse_special") = true)
         .def("detokenize",
              [](const Model & self, const std::vector<int32_t> & tokens, bool render_special) {
                  return lenient_str(self.detokenize(tokens, render_special));
              },
              py::arg("tokens"), py::arg("render_special") = true)
         .def("apply_chat_template",
-             [](const Model & self, const std::vector<std::map<std::string, std::string>> & messages,
-                bool add_assistant, const std::string & tmpl) {
+             [](const Model & self, const std::vector<py::dict> & messages, bool add_assistant,
+                const std::string & tmpl) {
                  std::vector<Message> msgs;
                  for (const auto & mm : messages) {
-                     auto role = mm.find("role"), content = mm.find("content");
-                     if (role == mm.end() || content == mm.end()) {
-                         throw Error("every message needs 'role' and 'content'");
+                     if (!mm.contains("role") || !mm.contains("content") || !py::isinstance<py::str>(mm["role"]) ||
+                         !py::isinstance<py::str>(mm["content"])) {
+                         throw Error("every message needs a text 'role' and 'content'");
                      }
-                     msgs.push_back({role->second, content->second});
+                     msgs.push_back({utf8_arg(mm["role"], "a message's role"),
+                                     utf8_arg(mm["content"], "a message's content")});
                  }
-                 return self.apply_chat_template(msgs, add_assistant, tmpl);
+                 return lenient_str(self.apply_chat_template(msgs, add_assistant, tmpl));
              },
              py::arg("messages"), py::arg("add_assistant") = true, py::arg("template") = "")
         .def("save", [](const Model & self, const std::string & out, const std::map<std::string, std::string> & kv) {
@@ -184,14 +213,15 @@ PYBIND11_MODULE(_native, m) {
              py::arg("out_path"), py::arg("kv") = std::map<std::string, std::string>{},
              "Write the model as GGUF with its file's metadata plus `kv` (atomic).")
         .def("generate",
-             [](const Model & self, const std::string & prompt, int max_tokens, float temperature, int top_k,
-                float top_p, uint32_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads) {
+             [](const Model & self, const py::str & text, int max_tokens, float temperature, int top_k,
+                float top_p, int64_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads) {
+                 const std::string prompt = utf8_arg(text, "the prompt");
                  GenerateOptions o;
                  o.max_tokens = max_tokens;
                  o.temperature = temperature;
                  o.top_k = top_k;
                  o.top_p = top_p;
-                 o.seed = seed;
+                 o.seed = seed_arg(seed);
                  o.stop = stop;
                  o.n_ctx = n_ctx;
                  o.n_threads = n_threads;
@@ -236,7 +266,8 @@ PYBIND11_MODULE(_native, m) {
         .def_readwrite("n_threads", &TrainOptions::n_threads)
         .def_readwrite("n_gpu_layers", &TrainOptions::n_gpu_layers)
         .def_readwrite("matmul_precision", &TrainOptions::matmul_precision)
-        .def_readwrite("seed", &TrainOptions::seed)
+        .def_property("seed", [](const TrainOptions & o) { return (int64_t) o.seed; },
+                      [](TrainOptions & o, int64_t seed) { o.seed = seed_arg(seed); })
         .def_readwrite("checkpoint_dir", &TrainOptions::checkpoint_dir)
         .def_readwrite("save_every", &TrainOptions::save_every)
         .def_readwrite("eval_every", &TrainOptions::eval_every)

@@ -4,6 +4,7 @@
 #include "llama.h"
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 
 namespace dnd {
@@ -43,9 +44,33 @@ size_t find_stop(const std::string & text, const std::vector<std::string> & stop
     return best;
 }
 
+// Sampling settings llama.cpp's samplers do not check themselves (a NaN temperature samples garbage,
+// max_tokens 0 or a context of 0 tokens fail deep inside the context).
+void check_options(const GenerateOptions & o) {
+    auto bad = [](const std::string & what, const std::string & fix) {
+        throw Error(what + "\nfix: " + fix);
+    };
+    if (o.max_tokens < 1) {
+        bad("max_tokens " + std::to_string(o.max_tokens) + " is below 1", "generate at least one token");
+    }
+    if (o.n_ctx < 1) {
+        bad("n_ctx " + std::to_string(o.n_ctx) + " is below 1", "pass a context of at least the prompt plus max_tokens");
+    }
+    if (!std::isfinite(o.temperature) || o.temperature < 0) {
+        bad("temperature " + std::to_string(o.temperature) + " is not a finite number >= 0", "0 (greedy) or above");
+    }
+    if (!std::isfinite(o.top_p) || o.top_p < 0 || o.top_p > 1) {
+        bad("top_p " + std::to_string(o.top_p) + " is not in [0, 1]", "pass top_p in [0, 1]");
+    }
+    if (o.top_k < 0) {
+        bad("top_k " + std::to_string(o.top_k) + " is negative", "0 (off) or above");
+    }
+}
+
 } // namespace
 
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts) {
+    check_options(opts);
     const llama_vocab * vocab = llama_model_get_vocab(model.get());
     std::vector<int32_t> tokens = model.tokenize(prompt, true, true);
     if ((int) tokens.size() + opts.max_tokens > opts.n_ctx) {
@@ -57,7 +82,7 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = opts.n_ctx;
     cp.n_batch = std::max<int>(512, tokens.size());
-    cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
+    cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "generate");
     std::unique_ptr<llama_context, ContextDeleter> ctx(llama_init_from_model(model.get(), cp));
     if (!ctx) {
         throw Error("could not create an inference context: " + last_log_error());

@@ -149,7 +149,7 @@ std::vector<float> logits(const std::string & model_path, const std::vector<int3
     const int n = (int) tokens.size();
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = std::max(n, 8);
-    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "logits");
     std::unique_ptr<llama_context, decltype(&llama_free)> ctx(llama_init_from_model(model, cp), llama_free);
     if (!ctx) {
         throw Error("could not create a context: " + last_log_error());

@@ -149,12 +149,13 @@ struct TrainOptions {
 };
 
 struct Progress {
-    std::string event;                 // "step", "eval", "checkpoint", "done"
+    std::string event;                 // "step", "eval", "checkpoint", "done"; "eval_progress" during a long eval
     int epoch = 0, epochs = 0;
     int64_t step = 0, total_steps = 0;
     double loss = 0, accuracy = 0, val_loss = -1, val_accuracy = -1;
     double tokens_per_s = 0, eta_s = 0, elapsed_s = 0;
     std::string checkpoint;
+    int64_t eval_done = 0, eval_total = 0;   // eval_progress: validation windows done, of
 };
 
 struct TrainResult {
@@ -232,5 +233,8 @@ struct GenerateResult {
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
 
 int default_threads();
+// A thread count from a caller: 0 = all cores; negative or more than ggml can start (GGML_MAX_N_THREADS)
+// throws, naming `what`, instead of reaching ggml's threadpool with it.
+int resolve_threads(int n_threads, const char * what);
 
 } // namespace dnd

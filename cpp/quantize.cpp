@@ -78,7 +78,7 @@ QuantizeResult quantize(const std::string & in_path, const std::string & out_pat
     }
     llama_model_quantize_params params = llama_model_quantize_default_params();
     params.ftype = qt.ftype;
-    params.nthread = n_threads > 0 ? n_threads : default_threads();
+    params.nthread = resolve_threads(n_threads, "quantize");
     params.allow_requantize = true;   // the embedded base is Q4_K_M; dequantizing it is requantizing
     if (!token_embedding_type.empty()) {
         params.token_embedding_type = tensor_type(token_embedding_type);

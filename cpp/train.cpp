@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -43,6 +44,9 @@ double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// evaluations of at least this many windows report their progress
+constexpr int64_t EVAL_PROGRESS_MIN_WINDOWS = 20;
+
 struct Schedule {
     const TrainOptions * opts;
     int64_t total_steps;
@@ -52,12 +56,14 @@ struct Schedule {
     float lr() const {
         const float lr0 = opts->lr;
         if (step < opts->warmup_steps) {
-            return lr0 * float(step + 1) / float(opts->warmup_steps + 1);
+            return std::max(lr0 * float(step + 1) / float(opts->warmup_steps + 1), std::numeric_limits<float>::min());
         }
         const int64_t decay = std::max<int64_t>(1, total_steps - opts->warmup_steps);
         const float progress = std::min(1.0f, float(step - opts->warmup_steps) / float(decay));
         const float lo = lr0 * opts->lr_min_ratio;
-        return lo + 0.5f * (lr0 - lo) * (1.0f + std::cos(float(M_PI) * progress));
+        // never exactly 0 (lr_min_ratio 0 at the end of a long run rounds there): ggml-opt asserts alpha > 0
+        return std::max(lo + 0.5f * (lr0 - lo) * (1.0f + std::cos(float(M_PI) * progress)),
+                        std::numeric_limits<float>::min());
     }
 };
 
@@ -159,7 +165,7 @@ struct Trainer {
 
         llama_context_params cp = llama_context_default_params();
         cp.n_ctx = cp.n_batch = cp.n_ubatch = opts.n_ctx;   // n_ubatch == n_ctx: K/V get gradients
-        cp.n_threads = cp.n_threads_batch = opts.n_threads > 0 ? opts.n_threads : default_threads();
+        cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "train");
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
         cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
         ctx.p = llama_init_from_model(model.p, cp);
@@ -256,14 +262,21 @@ struct Trainer {
         return {loss, correct, labelled};
     }
 
-    std::pair<double, double> evaluate(const Windows & w) {
+    // `progress(done, total)` at a coarse grain (about every tenth of a long evaluation), so a
+    // validation set of hundreds of windows is never silent
+    std::pair<double, double> evaluate(const Windows & w, const std::function<void(int64_t, int64_t)> & progress) {
         double loss_sum = 0;
         int64_t correct = 0, labelled = 0;
-        for (int64_t i = 0; i < w.count(opts.n_ctx); ++i) {
+        const int64_t total = w.count(opts.n_ctx);
+        const int64_t every = total >= EVAL_PROGRESS_MIN_WINDOWS ? std::max<int64_t>(1, total / 10) : 0;
+        for (int64_t i = 0; i < total; ++i) {
             auto [loss, c, l] = run(w, i, false);
             loss_sum += loss * l;   // window losses are means over their labelled positions
             correct += c;
             labelled += l;
+            if (every && (i + 1) % every == 0 && i + 1 < total) {
+                progress(i + 1, total);
+            }
         }
         return {labelled ? loss_sum / labelled : NAN, labelled ? double(correct) / labelled : NAN};
     }
@@ -300,6 +313,42 @@ std::string resolve_matmul_precision(const std::string & precision) {
     return "f32";
 }
 
+namespace {
+
+// The optimizer settings ggml-opt asserts on (GGML_ASSERT(alpha > 0), wd in [0, 1], ...), checked as
+// the float32 values it will see: a double lr of 1e-300 or 1e39 passes `> 0` but is 0 or inf here.
+void check_options(const TrainOptions & o) {
+    auto in = [](const char * name, double v, double lo, double hi, const char * fix) {
+        if (!std::isfinite(v) || v < lo || v > hi) {
+            throw Error(std::string(name) + " = " + std::to_string(v) + " is out of range (a finite float32 in [" +
+                        std::to_string(lo) + ", " + std::to_string(hi) + "])\nfix: " + fix);
+        }
+    };
+    if (!(std::isfinite(o.lr) && o.lr >= std::numeric_limits<float>::min() && o.lr <= 1.0f)) {
+        throw Error("lr = " + std::to_string(o.lr) + " is not a learning rate training can use (a positive, "
+                    "finite float32 of at least 1.2e-38 and at most 1)\nfix: pass a learning rate such as 1e-4");
+    }
+    in("weight_decay", o.weight_decay, 0, 1, "pass a weight decay in [0, 1], such as 0.01");
+    in("lr_min_ratio", o.lr_min_ratio, 0, 1, "pass a ratio in [0, 1], such as 0.1");
+    in("beta1", o.beta1, 0, 1, "pass a beta in [0, 1]");
+    in("beta2", o.beta2, 0, 1, "pass a beta in [0, 1]");
+    in("eps", o.eps, 0, 1, "pass a small epsilon such as 1e-8");
+    in("lora_alpha", o.lora_alpha, 1e-30, 1e6, "pass a positive alpha such as 32");
+    struct Count { const char * name; int64_t value, min; };   // lora_rank: lora.cpp checks it
+    const Count counts[] = {{"warmup_steps", o.warmup_steps, 0}, {"save_every", o.save_every, 0},
+                            {"eval_every", o.eval_every, 0}, {"start_step", o.start_step, 0},
+                            {"grad_accum", o.grad_accum, 1}, {"n_gpu_layers", o.n_gpu_layers, -1}};
+    for (const auto & c : counts) {
+        if (c.value < c.min) {
+            throw Error(std::string(c.name) + " = " + std::to_string(c.value) + " is below " + std::to_string(c.min) +
+                        "\nfix: pass " + std::to_string(c.min) + " or more");
+        }
+    }
+    resolve_threads(o.n_threads, "train");
+}
+
+} // namespace
+
 TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress) {
@@ -315,9 +364,7 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
     if (opts.optimizer != "adamw" && opts.optimizer != "sgd") {
         throw Error("unknown optimizer '" + opts.optimizer + "' (adamw, sgd)");
     }
-    if (opts.optimizer == "sgd" && (opts.weight_decay < 0 || opts.weight_decay > 1)) {
-        throw Error("SGD needs 0 <= weight_decay <= 1");   // ggml-opt asserts it
-    }
+    check_options(opts);
     const int64_t n_train = train_set.count(opts.n_ctx);
     if (n_train == 0) {
         throw Error("the training set is empty: no window of n_ctx tokens");
@@ -374,7 +421,11 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
 
     const bool has_val = val_set.count(opts.n_ctx) > 0;
     auto evaluate = [&]() {
-        std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set);
+        std::tie(p.val_loss, p.val_accuracy) = trainer.evaluate(val_set, [&](int64_t done, int64_t total) {
+            p.eval_done = done;
+            p.eval_total = total;
+            report("eval_progress");
+        });
         res.val_loss = p.val_loss;
         if (res.best_val_loss < 0 || p.val_loss < res.best_val_loss) {
             res.best_val_loss = p.val_loss;
@@ -464,7 +515,7 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
 
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx;
-    cp.n_threads = cp.n_threads_batch = n_threads > 0 ? n_threads : default_threads();
+    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "evaluate");
     // the numerics of training (F32 K/V, no flash attention): losses then agree with train()'s to
     // float rounding, and finite differences of this loss can check train()'s gradients
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;

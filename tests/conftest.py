@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
     compat = [item for item in items if "compat" in item.keywords]
     if not compat:
         return
-    from dndllama.compat import find_runtime_env, runtimes_root
+    from dndllama.app_runtime import find_runtime_env, runtimes_root
 
     if find_runtime_env(COMPAT_RUNTIME) is None:
         skip = pytest.mark.skip(reason=f"the {COMPAT_RUNTIME} runtime is not installed under {runtimes_root()}: "

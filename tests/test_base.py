@@ -18,7 +18,7 @@ from gguf import GGUFReader
 from dndllama import _native as native
 from dndllama import base
 from dndllama.base import BaseModelError, resolve_base
-from dndllama.runtime import RuntimeCompatError, load_runtime
+from dndllama.runtime_profiles import RuntimeCompatError, load_runtime
 from tiny_models import CORPUS, GEMMA_TEMPLATE, make_tiny_gemma3n, make_tiny_model, write_hf_tokenizer
 
 CTX = 256

@@ -1,4 +1,4 @@
-"""`dndllama chat` (chat.py, cli_chat.py) on a tiny random GGUF: the replies are noise, so the tests
+"""`dndllama chat` (chat.py, cli/chat.py) on a tiny random GGUF: the replies are noise, so the tests
 check structure — the messages training would have built, the prompt the GGUF's own template
 renders, tool calls answered by the `<TOOLCALL>` user message, trimming to the context — and the
 command driven from stdin. Replies with tool calls come from a scripted `generate` (the tiny model
@@ -19,8 +19,8 @@ import pytest
 
 from dndllama import _native, cli
 from dndllama.chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, ContextFull, load_system
-from dndllama.cli import resolve_model
-from dndllama.cli_chat import Output, add_chat_command, interactive, scripted
+from dndllama.cli.chat import Output, interactive, scripted
+from dndllama.cli.common import resolve_model
 from dndllama.dataset import check_alternation, render_gemma, to_conversation
 from dndllama.scenarios import parse_scenario
 from tiny_models import make_tiny_model
@@ -231,19 +231,8 @@ def registry_with(models: Path, model: Path) -> Path:
 # ---------------------------------------------------------------- the command, from a script
 
 
-def chat_registered() -> bool:
-    return any(getattr(register, "__name__", "") == add_chat_command.__name__ for register in cli.COMMAND_GROUPS)
-
-
-# Until cli.COMMAND_GROUPS lists add_chat_command, run the same main() with it added.
-RUN_WITH_CHAT = ("import sys; from dndllama import cli; from dndllama.cli_chat import add_chat_command; "
-                 "cli.COMMAND_GROUPS.append(add_chat_command); sys.exit(cli.main(['chat', *sys.argv[1:]]))")
-
-
 def run_chat(*args: str, stdin: str) -> subprocess.CompletedProcess:
-    command = ([sys.executable, "-m", "dndllama", "chat"] if chat_registered()
-               else [sys.executable, "-c", RUN_WITH_CHAT])
-    return subprocess.run(command + list(args), input=stdin, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "dndllama", "chat", *args], input=stdin, capture_output=True, text=True, timeout=120,
                           check=False)
 
 

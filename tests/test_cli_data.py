@@ -78,7 +78,7 @@ def test_unexpected_failure_traceback_only_with_debug(monkeypatch, capsys):
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "load_folder", explode)
+    monkeypatch.setattr(cli.common, "load_folder", explode)
     code, _, err = run(capsys, "data", "check", str(INDEPENDENT))
     assert code == 1 and err.startswith("error: disk on fire\n") and "Traceback" not in err
     with pytest.raises(RuntimeError):

@@ -20,7 +20,6 @@ from dndllama.dataset import (
     split_scenarios,
     system_prompt,
     to_conversation,
-    weighted,
     write_jsonl,
 )
 from dndllama.scenarios import check_scenario, format_scenario, load_folder, parse_scenario
@@ -244,14 +243,6 @@ def test_split_keeps_one_validation_scenario_when_there_are_two():
     assert split_scenarios(["only.md"]) == (["only.md"], [])
 
 
-def test_category_weights_repeat_and_downsample_deterministically():
-    items = [Conversation(f"{c}/{i}.md", c, []) for c in ("combat", "social", "lore") for i in range(40)]
-    out = weighted(items, {"combat": 2, "social": 0.5, "lore": 0})
-    count = lambda category: sum(c.category == category for c in out)  # noqa: E731
-    assert count("combat") == 80 and count("lore") == 0 and 10 <= count("social") <= 30
-    assert weighted(items, {"combat": 2, "social": 0.5, "lore": 0}) == out
-
-
 def test_augmentation_renames_everywhere_and_stays_valid():
     variant = augment_scenario(FIGHT, seed=3)
     assert variant == augment_scenario(FIGHT, seed=3)
@@ -290,7 +281,7 @@ def test_build_dataset_keeps_validation_clean(tmp_path):
     check = load_folder(tmp_path)
     assert not check.errors
     plain = build_dataset(check)
-    split = build_dataset(check, augment_copies=2, seed=11, weights={"combat": 2})
+    split = build_dataset(check, augment_copies=2, seed=11)
     assert split.validation == plain.validation and split.validation
     validation_paths = {c.scenario for c in split.validation}
     sources = {c.scenario.split("#")[0] for c in split.train}
@@ -299,4 +290,4 @@ def test_build_dataset_keeps_validation_clean(tmp_path):
     for conversation in split.validation:  # validation is the untouched originals
         original = next(s for s in check.scenarios if s.path == conversation.scenario)
         assert conversation == to_conversation(original)
-    assert len(split.train) == 3 * sum(2 if c.category == "combat" else 1 for c in plain.train)
+    assert len(split.train) == 3 * len(plain.train)

@@ -141,7 +141,7 @@ print(json.dumps(out))
 def test_the_apps_llama_cpp_decodes_only_valid_calls_with_the_grammar(tmp_path):
     """llama-cpp-python 0.3.9 (cactus-0.2's llama.cpp) on the embedded Gemma 3 270M: greedy and sampled."""
     from dndllama.base import embedded_gguf
-    from dndllama.compat import find_runtime_env
+    from dndllama.app_runtime import find_runtime_env
 
     env = find_runtime_env("cactus-0.2")
     calls, full = tmp_path / "calls.gbnf", tmp_path / "full.gbnf"

@@ -22,12 +22,12 @@ from dndllama import _native as native
 from dndllama import pipeline, registry
 from dndllama.base import BaseModelError
 from dndllama.cli import main
-from dndllama.compat import find_runtime_env
+from dndllama.app_runtime import find_runtime_env
 from dndllama.config import ConfigError, load_config, parse_size
 from dndllama.dataset import GEMMA_CHAT_TEMPLATE
-from dndllama.export import TemplateMismatch, check_chat_template
+from dndllama.ship_checks import TemplateMismatch, check_chat_template
 from dndllama.quantize import CapError
-from dndllama.runtime import RuntimeCompatError
+from dndllama.runtime_profiles import RuntimeCompatError
 from tiny_models import make_tiny_model
 
 INDEPENDENT = Path(__file__).parent / "data" / "independent"
@@ -48,6 +48,7 @@ def project(tmp_path, tiny_base):
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
                 "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
                 "validate_turns": 2, "validate_max_tokens": 16, "gate": False,
+                "eval_data": "",   # the in-corpus split, whatever folder the tests run from (test_evalset covers it)
                 # the best type under the cap, without replaying every candidate: the tests on choosing
                 # by tool calls ask for select_by="tool_f1" (the default)
                 "select_by": "loss"}
@@ -105,6 +106,24 @@ def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, 
     assert summary["steps"] == 4 and summary["final_loss"] < summary["first_loss"]
     assert steps_logged(version) == [1, 2, 3, 4]
     assert (version.path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_evaluation_folder_is_what_gets_judged_and_part_of_the_export_key(project):
+    held_out = project.root / "held-out"
+    (held_out / "combat").mkdir(parents=True)
+    shutil.move(project.data / "combat" / "wolves_at_the_ford.md", held_out / "combat" / "wolves_at_the_ford.md")
+    outcome, said = train(project, eval_data=str(held_out))
+    assert "evaluation: 1 scenarios" in said and "of 1 evaluation scenarios" in said
+    report = json.loads((outcome.version.path / "report.json").read_text())
+    assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]        # model and base both replayed it
+    assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"   # the loss: the cheap split
+    assert "combat/wolves_at_the_ford.md" not in outcome.version.metadata["data_files"]
+
+    path = held_out / "combat" / "wolves_at_the_ford.md"
+    path.write_text(path.read_text(encoding="utf-8").replace("## User\n", "## User\nQuietly: ", 1), encoding="utf-8")
+    again, said = train(project, eval_data=str(held_out))
+    assert not again.unchanged and again.version.name == "v0002"          # judged again on the new content
+    assert "training: unchanged since the last run" in said               # ... without retraining
 
 
 def test_reruns_do_only_what_changed(project):
@@ -178,7 +197,7 @@ def test_a_version_that_fails_the_quality_gate_is_kept_but_not_promoted(project,
 def test_cap_too_small_fails_and_keeps_the_current_model(project):
     first, _ = train(project)
     before = first.version.model.read_bytes()
-    with pytest.raises(CapError, match="no quantization fits"):
+    with pytest.raises(CapError, match="nothing was trained"):   # below any quant type's estimate: refused first
         train(project, size_cap="10kB")
     assert registry.current(project.models).name == "v0001" and first.version.model.read_bytes() == before
     outcome, said = train(project, size_cap="180kB")    # the trained weights were kept: only requantizes
@@ -244,7 +263,8 @@ def test_config_file_and_flags(project):
         load_config(project.data)
     with pytest.raises(ConfigError, match="multiple of 256"):
         load_config(project.root, {"ctx": 300})
-    with pytest.raises(ConfigError, match="matmul_precision must be one of auto, bf16, f32"):
+    with pytest.raises(ConfigError, match="--matmul-precision = 'fp16' is not one of the choices; accepted: "
+                                          "a string, one of auto, bf16, f32"):
         load_config(project.root, {"matmul_precision": "fp16"})
 
 
@@ -268,6 +288,10 @@ def test_cli_train_prints_model_path_and_models_commands_switch_versions(project
     assert main(["models", "rollback", *models]) == 0
     assert registry.current(project.models).name == "v0001"
     assert json.loads((project.models / "cactus.config.json").read_text())["version"] == "v0001"
+    capsys.readouterr()
+    assert main(["train", "--quiet", *flags, "--quant", "Q8_0"]) == 3     # unchanged: the newest is v0002
+    assert "v0002 is NOT current (nothing changed since it was trained" in capsys.readouterr().out
+    assert registry.current(project.models).name == "v0001"
     assert main(["models", "rm", "v0001", *models]) == 1         # the current version is protected
     assert "switch first" in capsys.readouterr().err
     assert main(["models", "use", "2", *models]) == 0 and main(["models", "rm", "v0001", *models]) == 0

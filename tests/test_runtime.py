@@ -1,5 +1,5 @@
-"""Runtime profiles (runtime.py), app snippets (snippets.py) and the real old-runtime check
-(compat.py, cli_runtime.py). Tests marked `compat` run llama-cpp-python 0.3.9 (the app's
+"""Runtime profiles (runtime_profiles.py), app snippets (snippets.py) and the real old-runtime check
+(app_runtime.py, app_runtime_probe.py, cli/runtime.py). Tests marked `compat` run llama-cpp-python 0.3.9 (the app's
 cactus-0.2 llama.cpp) in its own venv; conftest skips them when it is not installed."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from dndllama import cli
-from dndllama.cli_runtime import add_runtime_commands
-from dndllama.compat import (RuntimeNotInstalled, check_runtime, ensure_runtime_env, first_difference,
-                             require_runtime_env, static_problems)
+from dndllama.cli.runtime import add_runtime_commands
+from dndllama.app_runtime import (RuntimeNotInstalled, check_runtime, ensure_runtime_env, first_difference,
+                                  require_runtime_env, static_problems)
 from dndllama.dataset import Message, render_gemma
-from dndllama.runtime import RUNTIMES, RuntimeCompatError, UnknownRuntime, load_runtime
+from dndllama.runtime_profiles import RUNTIMES, RuntimeCompatError, UnknownRuntime, load_runtime
 from dndllama.snippets import cactus_ts, llama_rn_ts
 from tiny_models import make_tiny_model
 

@@ -45,8 +45,12 @@ def test_default_tools_parse(raw, name, named):
         ("[heal: Elara, 5]", "unknown-tool", "unknown tool 'heal'"),
         ("[health: Elara, 7]", "bad-arguments", "argument 2 '7' is not a valid signed_int"),
         ("[health: Elara]", "bad-arguments", "'health' takes 2 arguments, found 1"),
-        ("[roll: Mira]", "bad-arguments", "argument 1 'Mira' is not a valid roll_expr"),
-        ("[roll: a, stealth, c]", "bad-arguments", "takes 1 to 2 arguments, found 3"),
+        ("[roll: 2d6+x]", "bad-arguments", "argument 1 '2d6+x' is not a valid roll_expr"),
+        ("[roll: d2O]", "bad-arguments", "argument 1 'd2O' is not a valid roll_expr"),
+        ("[roll: a, stealth, c]", "bad-arguments", "argument 3 'c' is not a valid roll_mode"),
+        ("[roll: a, stealth, advantage, d]", "bad-arguments", "takes 1 to 3 arguments, found 4"),
+        ("[roll: Mira, 2d]", "bad-arguments", "not a valid"),
+        ("[check: juggling, 12]", "bad-arguments", "'juggling' is not a valid skill"),
         ("[check: stealth, 41]", "bad-arguments", "'41' is not a valid dc"),
         ("[check: stealth, 0]", "bad-arguments", "'0' is not a valid dc"),
         ("[spellcast: Elara, fireball, 10]", "bad-arguments", "'10' is not a valid slot"),
@@ -59,6 +63,76 @@ def test_bad_calls_say_what_and_what_was_expected(raw, code, fragment):
     assert info.value.code == code
     assert fragment in info.value.found
     assert info.value.expected
+
+
+# The roll forms a real table makes (issue 15 item 2), each with the arguments it binds.
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        ("[roll: thieves' tools]", {"what": "thieves' tools"}),
+        ("[roll: Vex, thieves' tools]", {"actor": "Vex", "what": "thieves' tools"}),
+        ("[roll: Vex, thieves’ tools]", {"actor": "Vex", "what": "thieves’ tools"}),
+        ("[roll: herbalism kit]", {"what": "herbalism kit"}),
+        ("[roll: navigator's tools]", {"what": "navigator's tools"}),
+        ("[roll: disguise kit]", {"what": "disguise kit"}),
+        ("[roll: forgery kit]", {"what": "forgery kit"}),
+        ("[roll: poisoner's kit]", {"what": "poisoner's kit"}),
+        ("[roll: calligrapher's supplies]", {"what": "calligrapher's supplies"}),
+        ("[roll: Tamsin, cook's utensils]", {"actor": "Tamsin", "what": "cook's utensils"}),
+        ("[roll: glassblower's tools]", {"what": "glassblower's tools"}),
+        ("[roll: lute]", {"what": "lute"}),
+        ("[roll: pan flute]", {"what": "pan flute"}),
+        ("[roll: bagpipes]", {"what": "bagpipes"}),
+        ("[roll: three-dragon ante set]", {"what": "three-dragon ante set"}),
+        ("[roll: playing card set]", {"what": "playing card set"}),
+        ("[roll: vehicles (water)]", {"what": "vehicles (water)"}),
+        ("[roll: Vehicles (Land)]", {"what": "Vehicles (Land)"}),
+        ("[roll: stealth check]", {"what": "stealth check"}),
+        ("[roll: thieves' tools check]", {"what": "thieves' tools check"}),
+        ("[roll: group stealth]", {"what": "group stealth"}),
+        ("[roll: group dex save]", {"what": "group dex save"}),
+        ("[roll: Thordak, athletics]", {"actor": "Thordak", "what": "athletics"}),
+        ("[roll: ogre, athletics]", {"actor": "ogre", "what": "athletics"}),
+        ("[roll: stealth, advantage]", {"what": "stealth", "mode": "advantage"}),
+        ("[roll: Mira, perception, disadvantage]", {"actor": "Mira", "what": "perception", "mode": "disadvantage"}),
+        ("[roll: Mira, shortbow attack, advantage]", {"actor": "Mira", "what": "shortbow attack", "mode": "advantage"}),
+        ("[check: thieves' tools, 15]", {"skill": "thieves' tools", "dc": "15"}),
+        ("[check: herbalism kit, 12]", {"skill": "herbalism kit", "dc": "12"}),
+    ],
+)
+def test_table_roll_forms_parse_strictly(raw, named):
+    call = parse_tool_call(raw, VOCAB)
+    assert call.named == named
+    assert call.loose == ()
+
+
+@pytest.mark.parametrize(
+    "raw, named",
+    [
+        ("[roll: juggling]", {"what": "juggling"}),
+        ("[roll: Vex, card counting]", {"actor": "Vex", "what": "card counting"}),
+        ("[roll: juggling, advantage]", {"what": "juggling", "mode": "advantage"}),
+    ],
+)
+def test_plausible_unknown_roll_parses_loosely(raw, named):
+    call = parse_tool_call(raw, VOCAB)
+    assert (call.named, call.loose) == (named, ("what",))
+
+
+def test_strict_binding_wins_over_loose():
+    # "Mira" also fits the loose roll phrase; the strict reading (actor, skill) must be chosen
+    assert parse_tool_call("[roll: Mira, stealth]", VOCAB).named == {"actor": "Mira", "what": "stealth"}
+    assert parse_tool_call("[roll: Mira, stealth]", VOCAB).loose == ()
+
+
+def test_lists_expand_into_arg_types_and_can_be_extended(tmp_path):
+    (tmp_path / "tools.toml").write_text('[lists]\ntools = ["lockpicks", "soldering iron"]\n', encoding="utf-8")
+    vocab = load_vocabulary(tmp_path)
+    assert parse_tool_call("[roll: soldering iron]", vocab).loose == ()
+    assert parse_tool_call("[check: lockpicks, 14]", vocab).named == {"skill": "lockpicks", "dc": "14"}
+    assert parse_tool_call("[roll: thieves' tools]", vocab).loose == ("what",)   # replaced list: loose only
+    with pytest.raises(ToolCallError):
+        parse_tool_call("[check: thieves' tools, 14]", vocab)
 
 
 def test_unknown_tool_lists_the_vocabulary():
@@ -131,6 +205,10 @@ result = "stealth: *17*"
         ("[tools.x]\ndescription='d'\nargs=[{name='a', type='int'}]\nexample='[x: one]'\nresult='r'", "does not parse"),
         ("[tools.x]\nargs=[]", "needs description"),
         ("this is = = not toml", "not valid TOML"),
+        ("[arg_types]\nkit = '{kits}'", "names {kits}, which is not a [lists] entry"),
+        ("[lists]\nkits = 'not a list'\n[arg_types]\nkit = '{kits}'", "not a [lists] entry"),
+        ("[tools.x]\ndescription='d'\nargs=[{name='a', type='int', loose='nope'}]\nexample='[x: 1]'\nresult='r'",
+         "unknown type 'nope'"),
     ],
 )
 def test_bad_vocabulary_files_are_reported(tmp_path, text, fragment):

@@ -16,7 +16,7 @@ import pytest
 
 from dndllama import _native as native
 from dndllama import cli
-from dndllama.cli_validate import add_validate_command
+from dndllama.cli.validate import add_validate_command
 from dndllama.dataset import build_dataset, dataset_windows, render_gemma, window_arrays
 from dndllama.scenarios import load_folder
 from dndllama.tools import load_vocabulary
@@ -203,7 +203,7 @@ def test_validation_without_turns_or_room_says_what_to_change(models, data):
 
 @pytest.fixture
 def command(monkeypatch):
-    """cli.main with the validate command registered (as cli.py's COMMAND_GROUPS will hold it)."""
+    """cli.main with the validate command registered (cli/__init__.py's COMMAND_GROUPS holds it)."""
     if add_validate_command not in cli.COMMAND_GROUPS:
         monkeypatch.setattr(cli, "COMMAND_GROUPS", [*cli.COMMAND_GROUPS, add_validate_command])
     return cli.main
@@ -215,7 +215,7 @@ def test_validate_command_writes_the_report_and_prints_the_table(command, models
     (data / "dndllama.toml").write_text("ctx = 256\n")   # training's windows: too short, so no loss (quick)
     out = tmp_path / "report"
     flags = ["--data", str(data), "--max-turns", "1", "--ctx", str(GEN_CTX), "--max-tokens", "8", "--threads", "1"]
-    code = command(["validate", str(models[1]), "--out", str(out), *flags])
+    code = command(["validate", str(models[1]), "--out", str(out), "--eval-data", "", *flags])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"against {models[0]}" in printed                         # the base recorded in the model
@@ -231,6 +231,33 @@ def test_validate_command_writes_the_report_and_prints_the_table(command, models
     printed = capsys.readouterr().out
     assert code == 0 and "no baseline" in printed and "quality gate" not in printed
     assert len(json.loads((tmp_path / "all" / REPORT_JSON).read_text())["scenarios"]) == 3
+
+
+def test_validate_command_replays_the_evaluation_folder_by_default(command, models, tmp_path, monkeypatch, capsys):
+    data, held_out = tmp_path / "data", tmp_path / "ai-eval"
+    shutil.copytree(INDEPENDENT, data)
+    (data / "dndllama.toml").write_text("ctx = 256\n")
+    (held_out / "combat").mkdir(parents=True)
+    shutil.move(data / "combat" / "wolves_at_the_ford.md", held_out / "combat" / "wolves_at_the_ford.md")
+    monkeypatch.chdir(tmp_path)   # eval_data's default, ai-eval, is found like data: from the working folder
+    flags = ["--data", "data", "--max-turns", "1", "--ctx", str(GEN_CTX), "--max-tokens", "8", "--threads", "1",
+             "--baseline", "none"]
+    assert command(["validate", str(models[1]), "--out", "with", *flags]) == 0
+    assert "evaluation scenario(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "with" / REPORT_JSON).read_text())
+    assert report["scenarios"] == ["combat/wolves_at_the_ford.md"]
+    assert report["settings"]["loss_on"] == "1 in-corpus validation scenarios"    # the loss stays on --data's split
+    markdown = (tmp_path / "with" / REPORT_MD).read_text()
+    assert "loss windows of 256 tokens on 1 in-corpus validation scenarios" in markdown
+
+    shutil.rmtree(held_out)   # no evaluation folder: the in-corpus split, with a notice
+    assert command(["validate", str(models[1]), "--out", "without", *flags]) == 0
+    assert "evaluation folder 'ai-eval' not found" in capsys.readouterr().out
+    without = json.loads((tmp_path / "without" / REPORT_JSON).read_text())
+    assert without["scenarios"] == ["roleplay/the_spice_merchant.md"] and "loss_on" not in without["settings"]
+
+    assert command(["validate", str(models[1]), "--eval-data", "data/combat", *flags]) == 1
+    assert "inside the training data" in capsys.readouterr().err
 
 
 def test_validate_command_errors_say_what_to_do(command, models, tmp_path, capsys):

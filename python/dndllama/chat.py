@@ -15,7 +15,7 @@ Each player message opens a *round* (the player's message, the DM's reply, any t
 continuations). When the prompt plus the reply budget no longer fits the context, whole rounds are
 dropped from the oldest on (the system message is always kept) and the reply says how many.
 
-`dndllama chat` (cli_chat.py) is the terminal front end; everything here runs without a terminal.
+`dndllama chat` (cli/chat.py) is the terminal front end; everything here runs without a terminal.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .settings import SETTINGS
+
 CONFIG_FILE = "dndllama.toml"
 EMBEDDED_BASE = "embedded"
 
@@ -35,14 +37,12 @@ class Sampling:
     max_tokens: int = 256
 
 
-SELECT_BY = ("tool_f1", "loss")
-METHODS = ("auto", "full", "lora")
-MATMUL_PRECISIONS = ("auto", "bf16", "f32")
 
 
 @dataclass
 class Config:
     data: str = "ai-training"
+    eval_data: str = "ai-eval"           # held-out scenarios for validate, checkpoint/quant choice, the gate ("" = none)
     base: str = EMBEDDED_BASE
     runtime: str = "cactus-0.2"          # the runtime the exported GGUF must load in
     name: str = "dndllama-dm"            # general.name of the output and the registry's label
@@ -53,6 +53,10 @@ class Config:
     val_fraction: float = 0.1
     augment: int = 0                     # extra renamed copies of each training scenario
     seed: int = 0
+    # synthetic scenarios (dndllama.synth), training split only: synthetic DM turns per hand-written one
+    synth: float = 0.0                   # 0 = off; e.g. 1, 5, 20
+    synth_seed: int = 0
+    synth_loss: str = "calls"            # "calls": loss on their call lines + the sentence before; "all"
     # training
     epochs: int = 2
     max_steps: int = 0                   # 0 = the epochs decide
@@ -103,6 +107,7 @@ class Config:
                 "matmul_precision")
         keys += (("lora_rank", "lora_alpha", "lora_targets", "lora_lr") if self.method == "lora"
                  else ("lr", "trainable"))
+        keys += ("synth", "synth_seed", "synth_loss") if self.synth else ()   # absent when off: old keys stay valid
         return {k: getattr(self, k) for k in keys} | ({"method": "lora"} if self.method == "lora" else {})
 
     @property
@@ -130,15 +135,19 @@ def parse_size(text: str | int) -> int:
 
 
 def load_config(data_dir: str | Path | None = None, overrides: dict | None = None) -> Config:
-    """Defaults, then `<data_dir>/dndllama.toml` if present, then `overrides` (None values skipped)."""
+    """Defaults, then `<data_dir>/dndllama.toml` if present, then `overrides` (None values skipped).
+    Each value is checked where it came from, so an error names the file or the flag."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in overrides.items():
+        if key in SETTINGS:
+            check_setting(key, value, "command line", label="--" + key.replace("_", "-"))
     data_dir = Path(overrides.get("data") or data_dir or Config.data)
     values: dict = {}
     path = data_dir / CONFIG_FILE
     if path.is_file():
         try:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: {e}") from None
     values.update(overrides)
     values["data"] = str(data_dir)
@@ -146,52 +155,40 @@ def load_config(data_dir: str | Path | None = None, overrides: dict | None = Non
 
 
 def _build(values: dict, where: str) -> Config:
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(values) - set(known))
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     sampling = values.pop("sampling", {})
-    if isinstance(sampling, dict):
-        sampling_fields = {f.name for f in fields(Sampling)}
-        if set(sampling) - sampling_fields:
-            raise ConfigError(f"{where}: unknown [sampling] setting(s) {', '.join(sorted(set(sampling) - sampling_fields))}")
-        sampling = Sampling(**sampling)
-    config = Config(**{k: _coerce(known[k], v, where) for k, v in values.items()}, sampling=sampling)
-    _validate(config, where)
+    if not isinstance(sampling, dict):
+        raise ConfigError(f"{where}: sampling must be a [sampling] table, got {sampling!r}")
+    sampling_fields = {f.name for f in fields(Sampling)}
+    if set(sampling) - sampling_fields:
+        raise ConfigError(f"{where}: unknown [sampling] setting(s) {', '.join(sorted(set(sampling) - sampling_fields))}; "
+                          f"known: {', '.join(sorted(sampling_fields))}")
+    sampling = Sampling(**{k: check_setting(f"sampling.{k}", v, where) for k, v in sampling.items()})
+    config = Config(**{k: check_setting(k, v, where) for k, v in values.items()}, sampling=sampling)
+    return validate(config, where)
+
+
+def validate(config: Config, where: str = "settings") -> Config:
+    """Every setting of a Config, however it was made, against settings.SETTINGS, plus the rules that
+    relate two settings. Raises ConfigError naming the setting, the value and what is accepted."""
+    for f in fields(Config):
+        if f.name != "sampling":
+            check_setting(f.name, getattr(config, f.name), where)
+    for f in fields(Sampling):
+        check_setting(f"sampling.{f.name}", getattr(config.sampling, f.name), where)
+    if config.sampling.max_tokens >= config.app_ctx:
+        raise ConfigError(f"{where}: sampling.max_tokens = {config.sampling.max_tokens} leaves no room for a "
+                          f"prompt in app_ctx = {config.app_ctx}; accepted: below app_ctx")
     return config
 
 
-def _coerce(f: dataclasses.Field, value, where: str):
-    kind = type(f.default) if f.default is not dataclasses.MISSING else str
-    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
-        return kind(value)
-    raise ConfigError(f"{where}: '{f.name}' must be a {kind.__name__}, got {value!r}")
-
-
-def _validate(c: Config, where: str) -> None:
-    checks = [
-        (c.ctx > 0 and c.ctx % 256 == 0, "ctx must be a positive multiple of 256 (llama.cpp pads contexts to 256)"),
-        (0 <= c.val_fraction < 1, "val_fraction must be in [0, 1)"),
-        (c.epochs > 0, "epochs must be positive"),
-        (c.max_steps >= 0, "max_steps must be 0 (no limit) or positive"),
-        (c.lr > 0 and c.lora_lr > 0, "lr and lora_lr must be positive"),
-        (c.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
-        (c.matmul_precision in MATMUL_PRECISIONS,
-         f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}"),
-        (c.lora_rank > 0 and c.lora_alpha > 0, "lora_rank and lora_alpha must be positive"),
-        (0 <= c.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
-        (c.grad_accum > 0, "grad_accum must be positive"),
-        (c.patience >= 0, "patience must be 0 (off) or positive"),
-        (c.save_every >= 0, "save_every must be 0 (per epoch only) or positive"),
-        (c.eval_every >= 0, "eval_every must be 0 (per epoch only) or positive"),
-        (c.checkpoint_candidates > 0, "checkpoint_candidates must be positive"),
-        (c.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
-        (c.quant_f1_tolerance >= 0 and c.quant_loss_tolerance >= 0, "the quant tolerances must be 0 or positive"),
-        (c.app_ctx > 0, "app_ctx must be positive"),
-        (c.validate_turns >= 0, "validate_turns must be 0 (all) or positive"),
-        (c.validate_max_tokens > 0, "validate_max_tokens must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{where}: {message}")
-    parse_size(c.size_cap)
+def check_setting(key: str, value, where: str = "settings", label: str | None = None):
+    """One setting's value, checked against its row of settings.SETTINGS and returned in its type."""
+    rule = SETTINGS[key]
+    problem = rule.problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {label or key} = {value!r} {problem}; accepted: {rule.accepted()}")
+    return rule.convert(value)

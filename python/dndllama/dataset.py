@@ -8,6 +8,9 @@ Conversation shape (what the model sees at run time, too):
   assistant  the DM turn that uses them
 Consecutive messages of one role merge (joined by a blank line); a conversation that opens with
 a DM turn gets a first user message "Begin the scenario.".
+
+Four steps share the conversation types here, hence more than ~400 lines: rendering, token windows,
+the train/validation split with augmentation, and the statistics `dndllama data check` prints.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from .files import atomic_path
+from .loss_mask import LOSS_MODES, answer_mask
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -94,6 +98,7 @@ class Conversation:
     scenario: str
     category: str
     messages: list[Message]
+    loss: str = "all"   # "all": every DM token trains; "calls": the call lines and the sentence before them
 
 
 @dataclass
@@ -216,16 +221,17 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
     mask: list[bool] = []
     for index, exchange in enumerate(exchanges):
         answer = tokenizer.tokenize(_answer_text(exchange), False, True)
+        trained = answer_mask(_answer_text(exchange), answer, tokenizer, conversation.loss, END_OF_TURN)
         follow = tokenizer.tokenize(_prompt_text(system, exchange, first=False), False, True)
         if tokens and len(tokens) + len(follow) + len(answer) + len(newline) <= ctx:
             tokens += follow + answer + newline
-            mask += [False] * len(follow) + [True] * len(answer) + [False] * len(newline)
+            mask += [False] * len(follow) + trained + [False] * len(newline)
             continue
         if tokens:
             windows.append(Window(tokens, mask, conversation.scenario, conversation.category))
         head = tokenizer.tokenize(_prompt_text(system, exchange, first=True), True, True)
         tokens = head + answer + newline
-        mask = [False] * len(head) + [True] * len(answer) + [False] * len(newline)
+        mask = [False] * len(head) + trained + [False] * len(newline)
         if len(tokens) > ctx:
             warnings.warn(
                 f"{conversation.scenario}: exchange {index + 1} has {len(tokens)} tokens, cut to ctx={ctx}",
@@ -242,6 +248,23 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
 
 def dataset_windows(conversations: Iterable[Conversation], tokenizer: Tokenizer, ctx: int) -> list[Window]:
     return [w for c in conversations for w in conversation_windows(c, tokenizer, ctx)]
+
+
+def windows_and_cuts(conversations: Iterable[Conversation], tokenizer: Tokenizer,
+                     ctx: int) -> tuple[list[Window], list[str]]:
+    """dataset_windows, plus one line per exchange cut to fit `ctx` (what TruncationWarning says).
+    A cut exchange trains a DM turn without its end and breaks the template check, so training
+    refuses these before it starts, and `data check --base` reports them."""
+    with warnings.catch_warnings(record=True) as cut:
+        warnings.simplefilter("always", TruncationWarning)
+        windows = dataset_windows(conversations, tokenizer, ctx)
+    return windows, [str(w.message) for w in cut if issubclass(w.category, TruncationWarning)]
+
+
+def ctx_for(cuts: list[str]) -> int:
+    """The smallest ctx (a multiple of 256) that holds every exchange the lines of `cuts` name."""
+    longest = max((int(m.group(1)) for m in map(re.compile(r"has (\d+) tokens").search, cuts) if m), default=0)
+    return -(-longest // 256) * 256
 
 
 def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,11 +287,12 @@ def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndar
 
 
 def conversation_to_json(conversation: Conversation) -> dict:
-    return {
+    data = {
         "messages": [{"role": m.role, "content": m.content} for m in conversation.messages],
         "scenario": conversation.scenario,
         "category": conversation.category,
     }
+    return data | ({"loss": conversation.loss} if conversation.loss != "all" else {})
 
 
 def conversation_from_json(data: dict) -> Conversation:
@@ -279,7 +303,10 @@ def conversation_from_json(data: dict) -> Conversation:
     unknown = {m.role for m in messages} - set(ROLES)
     if unknown:
         raise DatasetError(f"unknown roles {sorted(unknown)}; expected {', '.join(ROLES)}")
-    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages)
+    loss = str(data.get("loss", "all"))
+    if loss not in LOSS_MODES:
+        raise DatasetError(f"unknown loss '{loss}'; expected one of {', '.join(LOSS_MODES)}")
+    return Conversation(str(data.get("scenario", "")), str(data.get("category", "")), messages, loss)
 
 
 def write_jsonl(conversations: Iterable[Conversation], path: str | Path) -> Path:
@@ -303,7 +330,7 @@ def read_jsonl(path: str | Path) -> list[Conversation]:
     return conversations
 
 
-# ---------------------------------------------------------------- split, weights, augmentation
+# ---------------------------------------------------------------- split, augmentation
 
 
 def _unit_hash(*parts: object) -> float:
@@ -325,20 +352,6 @@ def split_scenarios(paths: Iterable[str], validation_fraction: float = 0.1) -> t
         validation = [min(paths, key=lambda p: _unit_hash("split", p))]
     chosen = set(validation)
     return [p for p in paths if p not in chosen], validation
-
-
-def weighted(conversations: list[Conversation], weights: dict[str, float]) -> list[Conversation]:
-    """Repeat or drop conversations by their category weight (default 1.0), deterministically.
-
-    Weight 2.5 gives every conversation 2 copies and half of them (chosen by hash) a third.
-    """
-    out = []
-    for conversation in conversations:
-        weight = max(0.0, float(weights.get(conversation.category, 1.0)))
-        whole, part = math.floor(weight), weight - math.floor(weight)
-        copies = whole + (1 if _unit_hash("weight", conversation.scenario) < part else 0)
-        out.extend([conversation] * copies)
-    return out
 
 
 def augment_scenario(scenario: Scenario, seed: int, copy: int = 1, vocab: Vocabulary | None = None) -> Scenario:
@@ -403,13 +416,12 @@ def _hp_is_private(member, scenario: Scenario) -> bool:
 def build_dataset(
     check: FolderCheck,
     validation_fraction: float = 0.1,
-    weights: dict[str, float] | None = None,
     augment_copies: int = 0,
     seed: int = 0,
 ) -> DatasetSplit:
-    """Conversations from a validated folder: split by path, then weight and augment train only.
+    """Conversations from a validated folder: split by path, then augment train only.
 
-    Validation holds each of its scenarios once, unweighted and never augmented, so it stays a
+    Validation holds each of its scenarios once and never augmented, so it stays a
     clean measure. Raises ScenarioError when the folder has errors.
     """
     if check.errors:
@@ -421,7 +433,7 @@ def build_dataset(
         train += [to_conversation(augment_scenario(by_path[p], seed, copy, check.vocab), check.vocab)
                   for p in train_paths]
     return DatasetSplit(
-        train=weighted(train, weights or {}),
+        train=train,
         validation=[to_conversation(by_path[p], check.vocab) for p in validation_paths],
     )
 

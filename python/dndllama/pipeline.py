@@ -7,7 +7,9 @@ key, so a rerun does only what changed:
   dataset key  data key, base model (its tokenizer), ctx, split, augmentation
   train key    dataset key, base model, training settings, warm-start parent, stage version
   export key   train key, quant type, size cap, runtime, app settings
-An unchanged rerun finds its export key on the current version and stops in seconds. When data
+  eval key     the evaluation folder's files (eval_data): part of the export key and of every
+               judged result, since checkpoint choice, quant choice and the gate replay it
+An unchanged rerun finds its export key on the newest version and stops in seconds. When data
 was only added (no file changed or removed) and nothing else changed, training warm-starts from the
 current version's weights and runs one epoch over all data (see docs/training.md).
 """
@@ -19,7 +21,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,14 +28,15 @@ from typing import Callable
 
 from . import __version__, plan, registry
 from .base import BaseModel, resolve_base
-from .config import Config
-from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, build_dataset, dataset_windows, window_arrays
-from .export import check_chat_template, smoke_test
+from .config import Config, ConfigError, validate
+from .dataset import GEMMA_CHAT_TEMPLATE, Conversation, build_dataset, ctx_for, window_arrays, windows_and_cuts
+from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
+from .ship_checks import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
-from .quantize import QuantChoice, candidates, choose_quant, human_size
-from .runtime import RuntimeCompatError
+from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
+from .runtime_profiles import RuntimeCompatError
 from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
-from .scenarios import ERROR, load_folder, scenario_files
+from .scenarios import ERROR, load_folder, scenario_files, skipped_links
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, adapter_of, matmul_precision, train_model
 from .validate import make_report
@@ -62,6 +64,9 @@ class Data:
     files: dict[str, str]          # relative path -> sha256 of its bytes
     train: list[Conversation]
     validation: list[Conversation]
+    evaluation: EvalSet | None = None      # held-out scenarios (eval_data); None: use `validation`
+    eval_note: str = ""                    # why there is no evaluation set, when one was asked for
+    synthetic: int = 0             # how many of `train` are generated (dndllama.synth), not from files
 
 
 @dataclass
@@ -102,7 +107,62 @@ def load_data(config: Config) -> Data:
         raise DataError(f"{len(errors)} error(s) in the scenarios; nothing was trained:\n{shown}{more}")
     split = build_dataset(check, config.val_fraction, augment_copies=config.augment, seed=config.seed)
     hashes = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-    return Data(root, vocab, hashes, split.train, split.validation)
+    evaluation, note = load_evaluation(config, vocab, {s.digest for s in check.scenarios})
+    synthetic = synthetic_train(config, split.train, vocab)
+    return Data(root, vocab, hashes, split.train + synthetic, split.validation, evaluation=evaluation,
+                eval_note=note, synthetic=len(synthetic))
+
+
+def load_evaluation(config: Config, vocab: Vocabulary, training_digests: set[str]) -> tuple[EvalSet | None, str]:
+    """The evaluation folder's scenarios, or None and a notice when it is missing (or "" asks for none)."""
+    try:
+        eval_dir, note = find_eval_dir(config.eval_data, config.data)
+        return (load_eval_set(eval_dir, vocab, training_digests) if eval_dir else None), note
+    except EvalSetError as exc:
+        raise DataError(str(exc)) from None
+
+
+def judged_conversations(data: Data) -> list[Conversation]:
+    """What checkpoint choice, quant choice and the gate replay: the evaluation set when there is one."""
+    return data.evaluation.conversations if data.evaluation else (data.validation or data.train)
+
+
+def loss_conversations(data: Data) -> list[Conversation] | None:
+    """The loss stays on the in-corpus split: over the whole evaluation set it costs ~9x the windows
+    (253 against 28 of 768 tokens), and the replayed tool calls are what choose and gate."""
+    return (data.validation or data.train) if data.evaluation else None
+
+
+def eval_key(data: Data) -> str:
+    return data.evaluation.key if data.evaluation else "in-corpus"
+
+
+def synthetic_train(config: Config, train: list[Conversation], vocab: Vocabulary) -> list[Conversation]:
+    """Generated conversations for the training split only (validation stays hand-written): config.synth
+    synthetic DM messages per hand-written one. The generator reads no files, the evaluation folder least."""
+    if not config.synth:
+        return []
+    from .synth import SynthError, training_conversations
+
+    hand = sum(m.role == "assistant" for c in train if "#aug" not in c.scenario for m in c.messages)
+    try:
+        return training_conversations(config.synth, config.synth_seed, config.synth_loss, hand, vocab)
+    except SynthError as exc:
+        raise DataError(str(exc)) from None
+
+
+def synth_settings(config: Config) -> tuple:
+    """What the synthetic part of the dataset depends on; empty when off, so other keys do not move."""
+    if not config.synth:
+        return ()
+    from .synth import SYNTH_VERSION
+
+    return ("synth", config.synth, config.synth_seed, config.synth_loss, SYNTH_VERSION)
+
+
+def dataset_cache_key(config: Config, data_key: str, base_sha256: str) -> str:
+    return digest("dataset", data_key, base_sha256, config.ctx, config.val_fraction, config.augment,
+                  config.seed, *synth_settings(config), code_version())
 
 
 def vocabulary_fingerprint(vocab: Vocabulary) -> str:
@@ -122,17 +182,19 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
         return arrays, read_json(path.with_suffix(".json"), {})
     tokenizer = _native.Model(str(base.gguf), vocab_only=True)
     pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
-    with warnings.catch_warnings(record=True) as cut:
-        warnings.simplefilter("always", TruncationWarning)
-        train = dataset_windows(data.train, tokenizer, config.ctx)
-        validation = dataset_windows(data.validation, tokenizer, config.ctx)
-    for w in cut[:5]:
-        say(f"warning: {w.message} (raise --ctx to keep it whole)")
+    train, cut = windows_and_cuts(data.train, tokenizer, config.ctx)
+    validation, cut_validation = windows_and_cuts(data.validation, tokenizer, config.ctx)
+    cut += cut_validation
+    if cut:
+        shown = "\n".join(f"  {line}" for line in cut[:MAX_ERRORS_SHOWN])
+        raise DataError(f"{len(cut)} exchange(s) do not fit the training window of {config.ctx} tokens; nothing was "
+                        f"trained:\n{shown}\nraise ctx to {ctx_for(cut)} (--ctx or ctx in dndllama.toml) or split "
+                        "the long DM turns")
     if not train:
         raise DataError("no training window has a DM token; add scenarios with DM turns")
     tokens, labels = window_arrays(train, config.ctx, pad)
     val_tokens, val_labels = window_arrays(validation, config.ctx, pad)
-    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": len(cut),
+    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": 0,
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
         np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
@@ -182,17 +244,29 @@ def ensure_disk(path: Path, need: int, what: str) -> None:
 def run(config: Config, force: bool = False, quiet: bool = False, require_resume: bool = False,
         say: Callable[[str], None] = print) -> Outcome:
     t0 = time.monotonic()
+    validate(config)   # a Config built in code meets the same checks as the CLI's
     cache, models_dir = Path(config.cache_dir).expanduser(), Path(config.models_dir)
     runtime = _runtime(config.runtime)
+    try:   # an unknown type, or one the runtime lacks: refused before anything runs
+        candidates(config.quant, runtime.supports_quant)
+    except CapError as e:
+        raise ConfigError(f"quant = {config.quant!r}: {e}") from None
 
     data = load_data(config)
-    say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train)} train, {len(data.validation)} validation)")
+    say(f"data: {len(data.files)} scenarios in {data.root} ({len(data.train) - data.synthetic} train, "
+        f"{len(data.validation)} validation)"
+        + (f", plus {data.synthetic} synthetic (synth {config.synth:g}, seed {config.synth_seed}, "
+           f"loss on {config.synth_loss})" if data.synthetic else ""))
+    say(f"evaluation: {data.evaluation.describe()}" if data.evaluation else data.eval_note
+        or "evaluation: eval_data is off; choosing and gating on the in-corpus validation split")
+    for rel, what in skipped_links(data.root):
+        say(f"warning: {data.root / rel}: {what}")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
+    check_cap_reachable(base.header, config, runtime)
     config, why = plan.resolve(config, base.header)
     say(why)
     data_key = digest("data", sorted(data.files.items()), vocabulary_fingerprint(data.vocab))
-    dataset_key = digest("dataset", data_key, base.sha256, config.ctx, config.val_fraction, config.augment,
-                         config.seed, code_version())
+    dataset_key = dataset_cache_key(config, data_key, base.sha256)
     for line in registry.repair(models_dir):
         say(f"repaired: {line}")
     previous = registry.current(models_dir)
@@ -202,7 +276,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     export_key = digest("export", train_key, config.quant, config.size_cap_bytes, config.runtime, config.app_ctx,
                         config.sampling, config.validate_turns, config.validate_max_tokens, config.gate,
                         config.min_f1_gain, config.select_by, config.quant_f1_tolerance,
-                        config.quant_loss_tolerance, EXPORT_VERSION, code_version())
+                        config.quant_loss_tolerance, EXPORT_VERSION, code_version(), eval_key(data))
 
     latest = (registry.versions(models_dir) or [None])[-1]
     if not force and latest and latest.metadata.get("export_key") == export_key and latest.model.exists():
@@ -222,7 +296,8 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
                             "leave out --resume to start one")
     trained = _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say)
 
-    judge = Judge(data.validation or data.train, data.vocab, validation_settings(config), run_dir / "judged")
+    judge = Judge(judged_conversations(data), data.vocab, validation_settings(config), run_dir / "judged",
+                  scope=eval_key(data), loss_conversations=loss_conversations(data))
     by_task = config.select_by == "tool_f1"
     checkpoint, checkpoint_rows = trained.model, []
     if by_task:
@@ -233,6 +308,22 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     return _ship(config, base, data, data_key, stats, trained, choice, adapter, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
                  previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, say)
+
+
+def check_cap_reachable(header, config: Config, runtime) -> None:
+    """Refuse, before training, a size cap that even the smallest allowed quant type cannot meet.
+    The estimate (parameters x bits per weight) is a lower bound: llama.cpp keeps some tensors
+    wider, so a cap it passes may still be missed after training, with CapError then."""
+    allowed = candidates(config.quant, runtime.supports_quant)
+    bits = min(b for t, b in QUANT_LADDER if t in allowed) if set(allowed) <= set(LADDER_TYPES) else None
+    n_params = sum(t.n for t in header.tensors.values())
+    if bits is None or not n_params:
+        return
+    smallest = int(n_params * bits / 8)
+    if smallest > config.size_cap_bytes:
+        raise CapError(f"the size cap {human_size(config.size_cap_bytes)} is below what {allowed[-1]} makes of this "
+                       f"base ({n_params / 1e6:.1f}M parameters: about {human_size(smallest)}); nothing was trained. "
+                       "Raise --size-cap, choose another --quant, or use a smaller base model")
 
 
 def memory_plan(config: Config, say: Callable[[str], None] = print) -> str:
@@ -336,8 +427,7 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
     report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], judge, choices, say)
     passed, verdict = gate(report, config.min_f1_gain)
 
-    name = registry.next_name(models_dir)
-    staged = registry.staging_dir(models_dir, name)
+    name, staged = registry.stage(models_dir)
     model_file = f"{config.name}-{name}-{choice.type.lower()}.gguf"
     _link_or_copy(choice.path, staged / model_file)
     adapter_file = None
@@ -400,16 +490,21 @@ def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, tra
                    dataset_key: str, judge: Judge, choices: dict, say):
     """The shipped file's validation (already done if it was judged) next to the base model's (cached
     across runs: it only changes with the base, the data and these settings)."""
-    conversations = data.validation or data.train
+    conversations = judged_conversations(data)
     settings = validation_settings(config)
-    say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} scenarios ...")
+    which = "evaluation" if data.evaluation else "validation"
+    say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} {which} scenarios ...")
     result = judge(model)
     baselines = Judge(conversations, data.vocab, settings, cache / "baselines",
-                      scope=digest(base.sha256, dataset_key, code_version()))
+                      scope=digest(base.sha256, dataset_key, code_version(), eval_key(data)),
+                      loss_conversations=loss_conversations(data))
     if not baselines.cached(base.gguf):
         say(f"validating the base model {base.gguf.name} as the baseline (once) ...")
     baseline = baselines(base.gguf, label="baseline")
-    return make_report(result, baseline, conversations, settings, train_log, choices)
+    report = make_report(result, baseline, conversations, settings, train_log, choices)
+    if data.evaluation:
+        report.settings["loss_on"] = f"{len(loss_conversations(data))} in-corpus validation scenarios"
+    return report
 
 
 def validation_summary(report) -> dict:
@@ -428,8 +523,8 @@ def prune_runs(runs: Path, keep: Path, count: int = KEPT_RUNS) -> None:
 def old_runtime_check(model, path: Path, conversation: Conversation, config: Config, say) -> dict:
     """Load the GGUF in the app's own (older) llama.cpp, when that runtime is installed, and check it
     renders the first prompt exactly as training did and answers. Refuses to ship on failure."""
-    from .compat import check_runtime, find_runtime_env, report_json
-    from .export import first_prompt
+    from .app_runtime import check_runtime, find_runtime_env, report_json
+    from .ship_checks import first_prompt
 
     if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
         reason = (f"the {config.runtime} runtime is not installed; `dndllama runtime install {config.runtime}` "
@@ -453,8 +548,8 @@ def old_runtime_check(model, path: Path, conversation: Conversation, config: Con
 def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversation, config: Config, say) -> dict:
     """Load the LoRA adapter over the base in the app's llama.cpp, as its `lora` option would. The
     merged model is what ships, so a failure here is reported, not fatal."""
-    from .compat import check_runtime, find_runtime_env
-    from .export import first_exchange
+    from .app_runtime import check_runtime, find_runtime_env
+    from .ship_checks import first_exchange
 
     if not config.runtime.startswith("cactus") or find_runtime_env(config.runtime) is None:
         return {"skipped": "the app's runtime is not installed"}
@@ -469,7 +564,7 @@ def adapter_runtime_check(base: BaseModel, adapter: Path, conversation: Conversa
 
 
 def _runtime(name: str):
-    from .runtime import load_runtime
+    from .runtime_profiles import load_runtime
 
     return load_runtime(name)
 

@@ -59,7 +59,8 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
         f"- **data**: {_count(len(report.scenarios), 'scenario')} ({_some(report.scenarios)}); {replayed} DM turns "
         f"replayed, {model.skipped_turns} skipped (prompt + max_tokens over n_ctx)",
         f"- **settings**: {s['decoding']} decoding, seed {s['seed']}, max_tokens {s['max_tokens']}, "
-        f"n_ctx {s['n_ctx']}, loss windows of {s['loss_ctx']} tokens",
+        f"n_ctx {s['n_ctx']}, loss windows of {s['loss_ctx']} tokens"
+        + (f" on {s['loss_on']}" if s.get("loss_on") else ""),
         f"- **created**: {report.created}",
     ]
     if base:

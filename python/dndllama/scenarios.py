@@ -10,17 +10,20 @@ returns diagnostics or raises ScenarioError; nothing else escapes, whatever the 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tools import ToolCall, Vocabulary, default_vocabulary, find_tool_calls, label_matches, load_vocabulary
+from .tools import ToolCall, Vocabulary, VocabularyError, default_vocabulary, find_tool_calls, label_matches, load_vocabulary
 
 ERROR, WARNING = "error", "warning"
 
 # Every kind of problem the validator reports, with its severity. Tests and the CLI key on codes.
 DIAGNOSTIC_KINDS = {
     "unreadable": ERROR,  # not UTF-8, or the file cannot be read
+    "vocabulary": ERROR,  # tools.toml cannot check this file (a regex that backtracks catastrophically)
+    "skipped-link": WARNING,  # a symlinked folder or a dangling link: not read
     "unknown-heading": ERROR,  # a heading that is not one of SECTION_HEADINGS
     "section-order": ERROR,  # e.g. `## DM` before `# CONVERSATION`, or a second `# SYSTEM`
     "missing-system": ERROR,
@@ -45,6 +48,7 @@ DIAGNOSTIC_KINDS = {
     "unknown-field": WARNING,  # a SYSTEM `Key:` that is not known; ignored
     "unknown-target": WARNING,  # a tool call names someone outside the party (creatures are fine)
     "label-mismatch": WARNING,  # a result label that does not mention the call's key argument
+    "unknown-value": WARNING,  # an argument that fits only its loose type, e.g. [roll: juggling]
 }
 
 # (heading level, normalized title) -> section kind.
@@ -216,6 +220,9 @@ def check_scenario(text: str | bytes, path: str = "<string>", vocab: Vocabulary 
         scenario = _parse(_decode(text, report), report, vocab or default_vocabulary(), category)
     except _Unreadable:
         return None, report.sorted()
+    except VocabularyError as exc:   # a user regex of tools.toml too slow on this file's arguments
+        report.add(1, "vocabulary", str(exc), "an arg type in tools.toml that matches without backtracking")
+        return None, report.sorted()
     except Exception as exc:  # noqa: BLE001 - the contract is "diagnostics, never a crash"
         report.add(1, "internal", f"parser failure {type(exc).__name__}: {exc}", "a bug report with this file")
         return None, report.sorted()
@@ -257,7 +264,26 @@ def load_folder(data_dir: str | Path, vocab: Vocabulary | None = None) -> Folder
         if scenario is not None:
             scenarios.append(scenario)
     diagnostics.extend(find_duplicates(scenarios))
+    diagnostics.extend(_diagnostic(rel, 1, "skipped-link", found, "the folder itself, moved or copied into the data folder")
+                       for rel, found in skipped_links(root))
     return FolderCheck(root, scenarios, diagnostics, vocab)
+
+
+def skipped_links(root: Path) -> list[tuple[str, str]]:
+    """Links scenario_files does not follow: symlinked folders (a link can loop, or reach outside the
+    data) and links to no file. (relative path, what was skipped), so nothing is dropped unsaid."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if name.startswith(".") or not path.is_symlink():
+                continue
+            if path.is_dir():
+                found.append((rel, "a symlinked folder: links are not followed, its scenarios are not read"))
+            elif not path.exists() and name.endswith(".md"):
+                found.append((rel, "a link to a file that does not exist"))
+    return found
 
 
 def find_duplicates(scenarios: list[Scenario]) -> list[Diagnostic]:
@@ -612,6 +638,7 @@ def _attempted(turn: Turn | None) -> int:
 
 def _check_dm_turn(turn: Turn, following: Turn | None, report: _Report, vocab: Vocabulary, party: set[str]) -> None:
     for call in turn.tool_calls:
+        _check_loose_args(turn, call, report, vocab, party)
         tool = vocab.tools[call.name]
         for spec in tool.args:
             value = call.named.get(spec.name)
@@ -627,6 +654,24 @@ def _check_dm_turn(turn: Turn, following: Turn | None, report: _Report, vocab: V
     elif following.kind != "tool":
         report.add(_call_line(turn, None), "missing-result", "DM tool call with no result",
                    f"a ## TOOLCALL section before the ## {_heading(following.kind)} at line {following.line}")
+
+
+def _check_loose_args(turn: Turn, call: ToolCall, report: _Report, vocab: Vocabulary, party: set[str]) -> None:
+    """A value that fits only its arg's loose type is a warning (the meaning is clear), unless it is
+    a party member's name: `[roll: Mira]` lost the comma and the skill, so it is an error."""
+    tool = vocab.tools[call.name]
+    for spec in tool.args:
+        if spec.name not in call.loose:
+            continue
+        value = call.named[spec.name]
+        if _in_party(value, party):
+            report.add(_call_line(turn, call), "bad-arguments",
+                       f"{call.raw.strip()} names party member '{value}' as its {spec.name}",
+                       f"the member first, then what to roll, e.g. [{call.name}: {value}, perception]")
+        else:
+            report.add(_call_line(turn, call), "unknown-value",
+                       f"'{value}' in {call.raw.strip()} is not a known {spec.type} (kept as written)",
+                       f"a {spec.type} of tools.toml, e.g. {tool.example}, or add it to the [lists] there")
 
 
 def _check_results(turn: Turn, previous: Turn | None, report: _Report, vocab: Vocabulary) -> None:

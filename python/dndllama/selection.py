@@ -41,6 +41,7 @@ class Judge:
     settings: dict          # validate_one's max_tokens, n_ctx, loss_ctx, seed, max_turns, n_threads, n_gpu_layers
     cache_dir: Path
     scope: str = ""         # what else the results depend on, for a cache shared across runs
+    loss_conversations: list[Conversation] | None = None   # the loss's, when not `conversations`
 
     def __call__(self, path: Path, label: str = "model", with_loss: bool = True,
                  stand_in: Callable[[Path], Path] | None = None) -> ModelResult:
@@ -52,7 +53,8 @@ class Judge:
         replayed = stand_in(path) if stand_in else path
         try:
             result = validate_one(label, replayed, conversations=self.conversations, vocab=self.vocab,
-                                  with_loss=with_loss, **self.settings)
+                                  with_loss=with_loss, loss_conversations=self.loss_conversations,
+                                  **self.settings)
         finally:
             if stand_in:
                 replayed.unlink(missing_ok=True)

@@ -157,5 +157,3 @@ export async function reply(context: LlamaContext, systemBlock: string, history:
 }}
 """
 
-
-SNIPPETS = {"cactus-0.2": cactus_ts, "llama.rn": llama_rn_ts}

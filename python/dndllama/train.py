@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
+from .config import Config, validate
 from .files import atomic_path, write_json
 
 LOG_FILE, PLOT_FILE, MODEL_FILE, SUMMARY_FILE = "train-log.jsonl", "loss.png", "model-f32.gguf", "summary.json"
@@ -77,6 +77,7 @@ def total_steps(n_windows: int, config: Config) -> int:
 def native_options(config: Config, steps: int, checkpoint_dir: Path, kv: dict[str, str]):
     from . import _native
 
+    validate(config, "training settings")   # a Config built in code meets the same table as the CLI's
     o = _native.TrainOptions()
     o.n_ctx, o.epochs, o.max_steps = config.ctx, config.epochs, config.max_steps or -1
     o.lr, o.lr_min_ratio, o.weight_decay = config.learning_rate, config.lr_min_ratio, config.weight_decay
@@ -118,7 +119,7 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, checkpoints = run_dir / LOG_FILE, run_dir / "checkpoints"
-    state = _resume_state(log_path, config)
+    state = _resume_state(log_path, config, lambda p: checkpoint_problem(p, base_path, config), say)
     steps = total_steps(len(arrays.tokens), config)
     options = native_options(config, steps, checkpoints, kv)
     options.lora_init = str(adapter) if adapter else ""
@@ -135,7 +136,10 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     log = open(log_path, "a", encoding="utf-8")
 
     def on_event(event: dict):
-        record = {k: v for k, v in event.items() if v is not None}
+        if event["event"] == "eval_progress":   # shown, not logged: the log is the resume record
+            view.eval_progress(event)
+            return True
+        record = {k: v for k, v in event.items() if v is not None and k not in ("eval_done", "eval_total")}
         record["time"] = round(time.time(), 3)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -211,14 +215,41 @@ def _remove(path: Path | None, keep: Path | None) -> None:
         adapter_of(path).unlink(missing_ok=True)
 
 
-def _resume_state(path: Path, config: Config) -> _State:
-    """Replay a run's log up to its last checkpoint that still exists, and cut the log there:
-    what happened after it (before a kill -9, say) is redone by the resumed run."""
+def checkpoint_problem(path: Path, base_path: Path, config: Config) -> str | None:
+    """Why a checkpoint cannot be resumed from (cut short, not a GGUF, a tensor table unlike the
+    base's, a LoRA run's adapter missing or damaged), or None when it can."""
+    from .gguf_header import GGUFError, read_header
+
+    try:
+        header = read_header(path)
+        expected = len(read_header(base_path).tensors)
+        if config.method == "lora":
+            read_header(adapter_of(path))
+    except (GGUFError, OSError) as e:
+        return str(e) or type(e).__name__
+    if len(header.tensors) != expected:
+        return f"it has {len(header.tensors)} tensors, the model it trains has {expected}"
+    return None
+
+
+def _resume_state(path: Path, config: Config, verify=lambda p: None, say=print) -> _State:
+    """Replay a run's log up to its last checkpoint that still exists and passes `verify`, and cut
+    the log there: what happened after it (before a kill -9, say) is redone by the resumed run. A
+    checkpoint that fails is set aside (renamed *.damaged) and the one before it is tried; with
+    none left the run starts over."""
     state = _State()
     if not path.exists():
         return state
     records = read_log(path)
     resumable = [i for i, r in enumerate(records) if r.get("event") == "checkpoint" and Path(r["checkpoint"]).exists()]
+    while resumable and (problem := verify(Path(records[resumable[-1]]["checkpoint"]))):
+        damaged = Path(records[resumable.pop()]["checkpoint"])
+        aside = damaged.with_name(damaged.name + ".damaged")
+        os.replace(damaged, aside)
+        if adapter_of(damaged).exists():
+            os.replace(adapter_of(damaged), adapter_of(damaged).with_name(adapter_of(damaged).name + ".damaged"))
+        say(f"warning: checkpoint {damaged.name} is damaged ({problem}); set aside as {aside.name}, "
+            + ("resuming from the one before" if resumable else "training starts over"))
     records = records[: resumable[-1] + 1] if resumable else []
     for record in records:
         if record.get("event") == "checkpoint" and not Path(record["checkpoint"]).exists():
@@ -276,6 +307,7 @@ class _ProgressView:
         self.rich = sys.stdout.isatty() and not quiet
         self.last_val = None
         self.progress = None
+        self.eval_first: tuple[int, float] | None = None   # (windows, time) at a long evaluation's first report
 
     def __enter__(self):
         if self.rich:
@@ -290,6 +322,20 @@ class _ProgressView:
     def __exit__(self, *exc):
         if self.progress:
             self.progress.stop()
+
+    def eval_progress(self, event: dict) -> None:
+        """A long evaluation's coarse progress: printed even with --quiet (a silent minute looks hung)."""
+        done, total, now = event["eval_done"], event["eval_total"], time.monotonic()
+        if self.eval_first is None or done <= self.eval_first[0]:   # the first report of this evaluation
+            self.eval_first = (done, now)
+        first_done, first_time = self.eval_first
+        line = f"evaluating: {done}/{total} validation windows"
+        if done > first_done:
+            line += f", ~{_eta((now - first_time) / (done - first_done) * (total - done))} left"
+        if self.progress:
+            self.progress.console.print(line)
+        else:
+            print(line, flush=True)
 
     def update(self, event: dict, state: _State) -> None:
         kind = event["event"]

@@ -34,6 +34,7 @@ from .scoring import (RATES, InvalidCall, ToolMetrics, TurnCalls, _ratio, call_k
 from .tools import Vocabulary, render_tool_prompt
 
 DEFAULT_MAX_TOKENS = 128  # above every DM turn of the default corpus (at most 110 Gemma tokens)
+LOSS_CHUNK = 32           # windows per native evaluate call when the loss reports progress
 
 
 class ValidationError(ValueError):
@@ -189,8 +190,10 @@ class LossResult:
 
 
 def reference_loss(model_path: str | Path, conversations: list[Conversation], ctx: int = 768, n_threads: int = 0,
-                   n_gpu_layers: int = 0) -> LossResult:
-    """Loss on the reference DM tokens, over windows built exactly as training builds them."""
+                   n_gpu_layers: int = 0, say=None) -> LossResult:
+    """Loss on the reference DM tokens, over windows built exactly as training builds them. Many
+    windows (one long scenario can make hundreds) are evaluated LOSS_CHUNK windows at a time, with a
+    line of progress after each, so a long evaluation is never silent."""
     from . import _native
 
     tokenizer = _native.Model(str(model_path), vocab_only=True)
@@ -202,10 +205,30 @@ def reference_loss(model_path: str | Path, conversations: list[Conversation], ct
     labelled = int((labels >= 0).sum())
     if not labelled:
         return LossResult(None, None, None, len(windows), 0, len(cut))
-    loss, accuracy = _native.evaluate(str(model_path), tokens, labels, n_threads, n_gpu_layers)
+    loss, accuracy = _chunked_evaluate(str(model_path), tokens, labels, n_threads, n_gpu_layers, say)
     if not math.isfinite(loss):
         return LossResult(None, None, accuracy, len(windows), labelled, len(cut))
     return LossResult(loss, math.exp(min(loss, 700.0)), accuracy, len(windows), labelled, len(cut))
+
+
+def _chunked_evaluate(path: str, tokens, labels, n_threads: int, n_gpu_layers: int, say) -> tuple[float, float]:
+    """The native evaluate over all windows, in chunks; the means weighted by each chunk's DM tokens."""
+    from . import _native
+
+    started, total, done = time.perf_counter(), len(tokens), 0
+    loss_sum = correct = weight = 0.0
+    for start in range(0, total, LOSS_CHUNK):
+        chunk_labels = labels[start: start + LOSS_CHUNK]
+        n = int((chunk_labels >= 0).sum())
+        if n:
+            loss, accuracy = _native.evaluate(path, tokens[start: start + LOSS_CHUNK], chunk_labels, n_threads,
+                                              n_gpu_layers)
+            loss_sum, correct, weight = loss_sum + loss * n, correct + accuracy * n, weight + n
+        done = min(total, start + LOSS_CHUNK)
+        if say and total > LOSS_CHUNK:
+            per_window = (time.perf_counter() - started) / done
+            say(f"loss: {done}/{total} windows, ~{per_window * (total - done):.0f} s left")
+    return loss_sum / weight, correct / weight
 
 
 # ---------------------------------------------------------------- one model, model vs baseline
@@ -250,8 +273,10 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
                    baseline_path: str | Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, n_ctx: int = 2048,
                    loss_ctx: int = 768, seed: int = 0, max_turns: int | None = None, n_threads: int = 0,
                    n_gpu_layers: int = 0, train_log: str | Path | None = None,
-                   say: Callable[[str], None] | None = None) -> Report:
-    """Replay, score and measure the model (and the baseline, with the same turns and settings)."""
+                   say: Callable[[str], None] | None = None,
+                   loss_conversations: list[Conversation] | None = None) -> Report:
+    """Replay, score and measure the model (and the baseline, with the same turns and settings); the
+    loss is taken on `loss_conversations` when given (a smaller set than the replayed one)."""
     conversations = list(conversations)
     total = len(dm_turns(conversations)[:max_turns])
     if not total:
@@ -259,10 +284,14 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
     settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed,
                 "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers}
     run = dict(conversations=conversations, vocab=vocab, max_tokens=max_tokens, n_ctx=n_ctx, loss_ctx=loss_ctx,
-               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say)
+               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say,
+               loss_conversations=loss_conversations)
     model = validate_one("model", model_path, **run)
     baseline = validate_one("baseline", baseline_path, **run) if baseline_path else None
-    return make_report(model, baseline, conversations, settings, train_log)
+    report = make_report(model, baseline, conversations, settings, train_log)
+    if loss_conversations:
+        report.settings["loss_on"] = f"{len(loss_conversations)} in-corpus validation scenarios"
+    return report
 
 
 def make_report(model: ModelResult, baseline: ModelResult | None, conversations: list[Conversation],
@@ -275,7 +304,8 @@ def make_report(model: ModelResult, baseline: ModelResult | None, conversations:
 
 
 def validate_one(label: str, path: str | Path, *, conversations, vocab, max_tokens, n_ctx, loss_ctx, seed,
-                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True) -> ModelResult:
+                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True,
+                 loss_conversations=None) -> ModelResult:
     """One file's replay, scores, speed and memory (and its reference loss unless `with_loss` is off)."""
     from . import _native
 
@@ -301,7 +331,7 @@ def validate_one(label: str, path: str | Path, *, conversations, vocab, max_toke
     # outside the memory measurement: evaluate() holds every position's logits, which inference never does
     if with_loss:
         say(f"{label}: loss on the reference DM tokens (windows of {loss_ctx} tokens)")
-        loss = reference_loss(path, conversations, loss_ctx, n_threads, n_gpu_layers)
+        loss = reference_loss(path, loss_conversations or conversations, loss_ctx, n_threads, n_gpu_layers, say)
     else:
         loss = LossResult(None, None, None, 0, 0, 0)
     n = len(replayed.turns)

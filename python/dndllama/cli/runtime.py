@@ -1,7 +1,7 @@
 """`dndllama check-runtime MODEL.gguf` and `dndllama runtime install|list`: does the app's runtime
 load our GGUF, and does it build the prompt training used, character for character?
 
-Registered in cli.COMMAND_GROUPS by `add_runtime_commands`; reuses cli's `_command` and `CliError`.
+Registered in cli.COMMAND_GROUPS by `add_runtime_commands`.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli  # used at call time, so cli.py may import this module at its top
-from .compat import (CompatReport, RuntimeInstallError, RuntimeNotInstalled, check_runtime, ensure_runtime_env,
-                     find_runtime_env, report_json)
-from .dataset import Message, render_gemma, split_scenarios, to_conversation
-from .export import first_exchange
-from .runtime import DEFAULT_RUNTIME, RUNTIMES, UnknownRuntime, load_runtime
+from ..app_runtime import (CompatReport, RuntimeInstallError, RuntimeNotInstalled, check_runtime, ensure_runtime_env,
+                           find_runtime_env, report_json)
+from ..dataset import Message, render_gemma, split_scenarios, to_conversation
+from ..runtime_profiles import DEFAULT_RUNTIME, RUNTIMES, UnknownRuntime, load_runtime
+from ..ship_checks import first_exchange
+from .common import DEFAULT_DATA_DIR, CliError, command, group, load_scenarios
 
 TEXT_PREVIEW = 300  # characters of the reply shown
 
 
 def add_runtime_commands(groups) -> None:
-    _command, default_data = cli._command, cli.DEFAULT_DATA_DIR
-    check = _command(groups, "check-runtime", cmd_check_runtime,
+    default_data = DEFAULT_DATA_DIR
+    check = command(groups, "check-runtime", cmd_check_runtime,
                      "load a GGUF in the app's runtime, chat once, compare the prompt with training")
     check.add_argument("model", metavar="MODEL.gguf", help="the GGUF to check")
     check.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=_installable(),
@@ -33,14 +33,12 @@ def add_runtime_commands(groups) -> None:
     check.add_argument("--max-tokens", type=int, default=48, metavar="N", help="tokens to generate (default: 48)")
     check.add_argument("--json", action="store_true", help="print the full report as JSON")
 
-    runtime = groups.add_parser("runtime", help="install and list app runtimes for check-runtime")
-    commands = runtime.add_subparsers(dest="command", metavar="COMMAND")
-    install = _command(commands, "install", cmd_runtime_install,
-                       "build the runtime's llama.cpp in its own venv (once; about 2 minutes on 2 cores)")
+    commands = group(groups, "runtime", "install and list app runtimes for check-runtime")
+    install = command(commands, "install", cmd_runtime_install,
+                      "build the runtime's llama.cpp in its own venv (once; about 2 minutes on 2 cores)")
     install.add_argument("name", nargs="?", default=DEFAULT_RUNTIME, choices=_installable(),
                          help=f"runtime to install (default: {DEFAULT_RUNTIME})")
-    _command(commands, "list", cmd_runtime_list, "list runtime profiles and whether each is installed")
-    runtime.set_defaults(func=lambda args: cli._usage(runtime))
+    command(commands, "list", cmd_runtime_list, "list runtime profiles and whether each is installed")
 
 
 def _installable() -> list[str]:
@@ -55,7 +53,7 @@ def cmd_runtime_install(args: argparse.Namespace) -> int:
     try:
         ensure_runtime_env(args.name, progress=lambda line: print(line, flush=True))
     except RuntimeInstallError as exc:
-        raise cli.CliError(f"installing runtime '{args.name}' failed: {exc}",
+        raise CliError(f"installing runtime '{args.name}' failed: {exc}",
                        "install a C/C++ compiler and CMake, check the network, then run it again") from None
     return 0
 
@@ -80,16 +78,16 @@ def cmd_runtime_list(args: argparse.Namespace) -> int:
 def cmd_check_runtime(args: argparse.Namespace) -> int:
     model = Path(args.model)
     if not model.is_file():
-        raise cli.CliError(f"model file '{model}' not found", "pass the path of a .gguf file")
+        raise CliError(f"model file '{model}' not found", "pass the path of a .gguf file")
     messages, source = _test_chat(Path(args.data))
     expected_prompt = _bos_text(model) + render_gemma(messages, add_generation_prompt=True)
     try:
         report = check_runtime(model, args.runtime, messages, expected_prompt=expected_prompt,
                                expected_tokens=_training_tokens(model, messages), max_tokens=args.max_tokens)
     except UnknownRuntime as exc:
-        raise cli.CliError(str(exc), "pick one of the names listed") from None
+        raise CliError(str(exc), "pick one of the names listed") from None
     except RuntimeNotInstalled as exc:
-        raise cli.CliError(str(exc), f"run `dndllama runtime install {args.runtime}`, then this command again") from None
+        raise CliError(str(exc), f"run `dndllama runtime install {args.runtime}`, then this command again") from None
     if args.json:
         print(json.dumps(report_json(report), indent=2, default=str))
     else:
@@ -99,10 +97,10 @@ def cmd_check_runtime(args: argparse.Namespace) -> int:
 
 def _test_chat(data: Path) -> tuple[list[Message], str]:
     """System + first user message of the first validation scenario: the prompt before the first DM turn."""
-    check = cli.load_scenarios(data)
+    check = load_scenarios(data)
     vocab = check.vocab
     if not check.scenarios:
-        raise cli.CliError(f"no usable scenario in '{data}'", "run `dndllama data check` and fix what it reports")
+        raise CliError(f"no usable scenario in '{data}'", "run `dndllama data check` and fix what it reports")
     by_path = {s.path: s for s in check.scenarios}
     train, validation = split_scenarios(by_path)
     path = (validation or train)[0]
@@ -111,7 +109,7 @@ def _test_chat(data: Path) -> tuple[list[Message], str]:
 
 def _bos_text(model: Path) -> str:
     """The BOS token's text when the GGUF's tokenizer adds BOS (training's windows start with it)."""
-    from dndllama import _native
+    from .. import _native
 
     try:
         tokenizer = _native.Model(str(model), vocab_only=True)
@@ -125,7 +123,7 @@ def _training_tokens(model: Path, messages: list[Message]) -> list[int] | None:
     with the pinned llama.cpp's tokenizer; None when the native module or the vocabulary is unusable
     (the runtime check then reports the model itself)."""
     try:
-        from dndllama import _native
+        from .. import _native
     except ImportError:
         return None
     try:

@@ -19,7 +19,7 @@ call (`INVALID TOOL CALL: ...` for a `[word: ...]` that does not parse); with --
 per reply instead. A line the session cannot take (a player message while results are due, the
 wrong number of results) stops the command with its line number and exit status 1.
 
-Registered in cli.COMMAND_GROUPS by `add_chat_command`; reuses cli's `_command` and `CliError`.
+Registered in cli.COMMAND_GROUPS by `add_chat_command`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from . import cli  # used at call time, so cli.py may import this module at its top
-from .chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, Reply, load_system, result_example
-from .files import read_json
-from .registry import CACTUS_CONFIG, METADATA
-from .tools import VocabularyError, default_vocabulary, load_vocabulary, render_tool_prompt
+from ..chat import DEFAULT_SYSTEM, ChatError, ChatSession, ChatSettings, Reply, load_system, result_example
+from ..config import check_setting
+from ..files import read_json
+from ..registry import CACTUS_CONFIG, METADATA
+from ..tools import VocabularyError, default_vocabulary, load_vocabulary, render_tool_prompt
+from .common import CliError, add_models_dir, command, resolve_model
 
 COMMANDS = {"/quit": "leave", "/reset": "start the conversation over", "/system": "show the system prompt"}
 TOOL_PREFIX, BLOCK_OPEN, BLOCK_CLOSE = "tool:", "<toolcall>", "</toolcall>"
@@ -43,7 +44,7 @@ STDIN_HELP = _DOC[_DOC.find("From a script"):_DOC.find("Registered in")]
 
 
 def add_chat_command(groups) -> None:
-    chat = cli._command(groups, "chat", cmd_chat,
+    chat = command(groups, "chat", cmd_chat,
                         "talk to a trained model through its chat template, as the app does")
     chat.formatter_class = argparse.RawDescriptionHelpFormatter
     chat.epilog = ("Interactive on a terminal: tool calls are highlighted and you type one result line per call,\n"
@@ -51,7 +52,7 @@ def add_chat_command(groups) -> None:
                    + STDIN_HELP.rstrip())
     chat.add_argument("model", nargs="?", metavar="MODEL",
                       help="a .gguf file or a version name such as v0002 (default: the current version in --models-dir)")
-    chat.add_argument("--models-dir", default="models", metavar="DIR", help="where versions are kept (default: models)")
+    add_models_dir(chat)
     chat.add_argument("--scenario", metavar="FILE.md",
                       help="use this scenario's SYSTEM block (setting and party); default: a built-in tavern party")
     chat.add_argument("--data", metavar="DIR", help="folder whose tools.toml the model was trained with "
@@ -69,7 +70,7 @@ def add_chat_command(groups) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    model_path = cli.resolve_model(args.model, Path(args.models_dir))
+    model_path = resolve_model(args.model, Path(args.models_dir))
     app = read_json(model_path.parent / CACTUS_CONFIG, {})
     vocab = _vocabulary(args.data, read_json(model_path.parent / METADATA, {}))
     if app.get("toolPrompt") and app["toolPrompt"] != render_tool_prompt(vocab):
@@ -78,37 +79,53 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         system = load_system(args.scenario, vocab) if args.scenario else DEFAULT_SYSTEM
     except ChatError as exc:
-        raise cli.CliError(str(exc), "fix the SYSTEM block (see docs/scenario-format.md) or leave out --scenario") from None
+        raise CliError(str(exc), "fix the SYSTEM block (see docs/scenario-format.md) or leave out --scenario") from None
     session = ChatSession(_load_model(model_path), system, vocab, _settings(args, app))
     out = Output("json" if args.json else "rich" if sys.stdout.isatty() else "plain")
     if sys.stdin.isatty():
         return interactive(session, out, model_path)
-    return scripted(session, out, sys.stdin)
+    return scripted(session, out, utf8_lines(sys.stdin.buffer))
+
+
+def utf8_lines(stream):
+    """The lines of a byte stream as text; a line that is not UTF-8 is an error naming it (Python's
+    own decoding would either fail without the line number or, under a C locale, smuggle the bytes
+    in as surrogates that the native tokenizer cannot take)."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"stdin line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                               f"{exc.start + 1})", "send the chat script as UTF-8 (iconv -t UTF-8 converts it)") from None
 
 
 def _vocabulary(data: str | None, metadata: dict):
     folder = data or metadata.get("config", {}).get("data")
     if data and not Path(data).is_dir():
-        raise cli.CliError(f"data folder '{data}' not found", "pass the folder the model was trained on with --data")
+        raise CliError(f"data folder '{data}' not found", "pass the folder the model was trained on with --data")
     try:
         return load_vocabulary(folder) if folder and Path(folder).is_dir() else default_vocabulary()
     except VocabularyError as exc:
-        raise cli.CliError(str(exc), "fix the tools.toml named above") from None
+        raise CliError(str(exc), "fix the tools.toml named above") from None
 
 
 def _settings(args: argparse.Namespace, app: dict) -> ChatSettings:
     """Flags first, then the app's settings from the version's cactus.config.json, then defaults."""
     sampling, default = app.get("sampling", {}), ChatSettings()
+    flag = lambda key, value, name: value if value is None else check_setting(key, value, "command line", name)  # noqa: E731
+    app_value = lambda key, value: value if value is None else check_setting(key, value, CACTUS_CONFIG)  # noqa: E731
     settings = ChatSettings(
-        max_tokens=_first(args.max_tokens, sampling.get("n_predict"), default.max_tokens),
-        temperature=_first(args.temperature, sampling.get("temperature"), default.temperature),
-        top_k=_first(sampling.get("top_k"), default.top_k),
-        top_p=_first(sampling.get("top_p"), default.top_p),
-        seed=args.seed,
-        n_ctx=_first(args.ctx, app.get("n_ctx"), default.n_ctx),
+        max_tokens=_first(flag("sampling.max_tokens", args.max_tokens, "--max-tokens"),
+                          app_value("sampling.max_tokens", sampling.get("n_predict")), default.max_tokens),
+        temperature=_first(flag("sampling.temperature", args.temperature, "--temperature"),
+                           app_value("sampling.temperature", sampling.get("temperature")), default.temperature),
+        top_k=_first(app_value("sampling.top_k", sampling.get("top_k")), default.top_k),
+        top_p=_first(app_value("sampling.top_p", sampling.get("top_p")), default.top_p),
+        seed=flag("seed", args.seed, "--seed"),
+        n_ctx=_first(flag("app_ctx", args.ctx, "--ctx"), app_value("app_ctx", app.get("n_ctx")), default.n_ctx),
     )
     if settings.max_tokens <= 0 or settings.n_ctx <= settings.max_tokens:
-        raise cli.CliError(f"--ctx {settings.n_ctx} leaves no room for --max-tokens {settings.max_tokens}",
+        raise CliError(f"--ctx {settings.n_ctx} leaves no room for --max-tokens {settings.max_tokens}",
                            "use a context larger than the reply length")
     return settings
 
@@ -118,12 +135,12 @@ def _first(*values):
 
 
 def _load_model(path: Path):
-    from . import _native
+    from .. import _native
 
     try:
         return _native.Model(str(path))
     except _native.NativeError as exc:
-        raise cli.CliError(f"cannot load '{path}': {exc}", "check that it is a complete GGUF "
+        raise CliError(f"cannot load '{path}': {exc}", "check that it is a complete GGUF "
                            "(dndllama models list shows the trained versions)") from None
 
 
@@ -140,7 +157,7 @@ def interactive(session: ChatSession, out: Output, model: Path) -> int:
         line = _ask("You> ")
         if line is None or line.strip() == "/quit":
             return 0
-        if not line.strip() or _command(session, out, line.strip()):
+        if not line.strip() or _slash_command(session, out, line.strip()):
             continue
         reply, kind = _try(out, session.send, line), "player"
         while reply is not None:
@@ -221,7 +238,7 @@ def scripted(session: ChatSession, out: Output, lines) -> int:
             continue
         if line == "/quit":
             break
-        if _command(session, out, line):
+        if _slash_command(session, out, line):
             results = []
             continue
         if line.lower().startswith(BLOCK_OPEN):
@@ -264,12 +281,12 @@ def _send(out: Output, send, message, number: int, kind: str = "player") -> None
 
 
 def _fail(number: int, what: str) -> NoReturn:
-    raise cli.CliError(f"stdin line {number}: {what}",
+    raise CliError(f"stdin line {number}: {what}",
                        "see `dndllama chat --help` for the input format (a player message per line, "
                        "`tool: label: result` per tool call)")
 
 
-def _command(session: ChatSession, out: Output, line: str) -> bool:
+def _slash_command(session: ChatSession, out: Output, line: str) -> bool:
     """Run /system or /reset; report an unknown /command. False when the line is not a command."""
     if line == "/system":
         out.system(session.system)

@@ -1,4 +1,5 @@
-"""The real old-runtime check: load our GGUF in the llama.cpp the app ships, chat, compare.
+"""The app's runtime, for real: install its llama.cpp stand-in in a venv, load our GGUF there, chat,
+compare with training. (runtime_profiles.py answers from tables without running anything.)
 
 cactus-react-native 0.2.x ships prebuilt llama.cpp binaries of May 2025 whose llama.cpp equals the
 one vendored in `llama-cpp-python==0.3.9` (see runtimes.toml). That package cannot live next to
@@ -6,7 +7,7 @@ one vendored in `llama-cpp-python==0.3.9` (see runtimes.toml). That package cann
 
   ensure_runtime_env("cactus-0.2")   python -m venv + pip install llama-cpp-python==0.3.9 (compiles
                                      llama.cpp: about 2 minutes on 2 cores, once; reused afterwards)
-  check_runtime(model.gguf)          runs PROBE in that venv (JSON in, JSON out) and compares
+  check_runtime(model.gguf)          runs app_runtime_probe.py in that venv (JSON in, JSON out) and compares
 
 The probe renders the chat with `llama_cpp.llama_chat_apply_template`, the C function the app uses
 by default (cactus 0.2.x calls it unless `jinja: true` is passed), not llama-cpp-python's Jinja
@@ -26,10 +27,11 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .runtime import DEFAULT_RUNTIME, RuntimeCompatError, load_runtime
+from .runtime_profiles import DEFAULT_RUNTIME, RuntimeCompatError, load_runtime
 from .tools import ToolCall, ToolCallError, Vocabulary, default_vocabulary, find_tool_calls
 
 CACHE_ROOT = Path("~/.cache/dndllama/runtimes")
@@ -179,115 +181,11 @@ def _tree_size(path: Path) -> int:
 
 # ---------------------------------------------------------------- the probe (runs inside the venv)
 
-# Stdlib + llama_cpp only: this text runs under the venv's interpreter, which has no dndllama.
-PROBE = r'''
-import ctypes, json, sys, time
+PROBE_FILE = "app_runtime_probe.py"   # shipped next to this module; its text runs in the runtime's venv
 
-req = json.load(open(sys.argv[1]))
-out = {"loaded": False, "error": None, "warnings": [], "log_tail": []}
-WARN, ERROR, CONT = 3, 4, 5  # enum ggml_log_level of this llama.cpp (llama_cpp/_logger.py's table is stale)
-log = []
-log_file = open(sys.argv[2] + ".log", "w")  # survives a crash inside llama.cpp
 
-def save(stage):
-    """Written after every stage, so a crash in the next one still reports how far it got."""
-    out["stage"] = stage
-    out["warnings"] = [text.strip() for level, text in log if level == WARN and text.strip()]
-    out["log_tail"] = [text.rstrip() for level, text in log[-20:]]
-    with open(sys.argv[2], "w") as f:
-        json.dump(out, f)
-
-def finish():
-    save("done")
-    sys.exit(0)
-
-import llama_cpp
-out["runtime_version"] = llama_cpp.__version__
-
-@llama_cpp.llama_log_callback
-def collect(level, text, user_data):
-    text = text.decode("utf-8", "replace")
-    if level == CONT and log:
-        log[-1] = (log[-1][0], log[-1][1] + text)
-    else:
-        log.append((level, text))
-    log_file.write(text)
-    log_file.flush()
-
-llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-
-start = time.perf_counter()
-try:
-    llm = llama_cpp.Llama(model_path=req["model"], n_ctx=req["n_ctx"], n_threads=req["n_threads"],
-                          n_gpu_layers=0, seed=req["seed"], verbose=False, lora_path=req.get("lora"))
-except Exception as exc:  # the cause is in llama.cpp's error log lines
-    errors = [text.strip() for level, text in log if level == ERROR and text.strip()]
-    out["error"] = "\n".join(errors) or str(exc)
-    finish()
-out["loaded"] = True
-out["load_s"] = round(time.perf_counter() - start, 3)
-save("loaded; rendering the chat template")
-model, vocab = llm._model.model, llm._model.vocab
-
-# the chat template, as the app applies it: the GGUF's own template through the C function;
-# no template, or one that matches no built-in format, makes cactus fall back to chatml
-tmpl = llama_cpp.llama_model_chat_template(model, None)
-out["template_source"] = "gguf" if tmpl else "chatml (the GGUF has no tokenizer.chat_template)"
-messages = req["messages"]
-keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
-chat = (llama_cpp.llama_chat_message * len(keep))(*[llama_cpp.llama_chat_message(r, c) for r, c in keep])
-
-def render(template):
-    n = llama_cpp.llama_chat_apply_template(template, chat, len(keep), True, None, 0)
-    if n < 0:
-        return None
-    buf = ctypes.create_string_buffer(n + 1)
-    llama_cpp.llama_chat_apply_template(template, chat, len(keep), True, buf, n + 1)
-    return buf.raw[:n].decode("utf-8")
-
-prompt = render(tmpl or b"chatml")
-if prompt is None:
-    out["template_source"] = "chatml (the GGUF's template matches no built-in format)"
-    prompt = render(b"chatml")
-out["prompt"] = prompt
-save("template rendered; tokenizing")
-
-# tokenize as the app does: special tokens parsed, BOS added when the vocabulary says so
-add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
-tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-out["add_bos"] = add_bos
-bos_text = llama_cpp.llama_vocab_get_text(vocab, llama_cpp.llama_vocab_bos(vocab)).decode("utf-8", "replace")
-out["bos_text"] = bos_text
-out["effective_prompt"] = (bos_text if add_bos else "") + prompt
-out["prompt_tokens"] = tokens
-if len(tokens) + req["max_tokens"] > req["n_ctx"]:
-    out["error"] = (f"the prompt ({len(tokens)} tokens) + max_tokens ({req['max_tokens']}) does not fit "
-                    f"n_ctx={req['n_ctx']}; pass a larger n_ctx")
-    finish()
-save("tokenized; generating")
-
-# greedy, token by token: create_completion() holds back tokens that end in an incomplete UTF-8
-# sequence *before* counting them against max_tokens, so byte-fallback output can run to n_ctx
-llm.set_seed(req["seed"])
-completion, out["finish_reason"] = [], "length"
-start = time.perf_counter()
-try:
-    for token in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-        if llama_cpp.llama_vocab_is_eog(vocab, token):
-            out["finish_reason"] = "stop"
-            break
-        completion.append(token)
-        if len(completion) >= req["max_tokens"]:
-            break
-except Exception as exc:  # e.g. llama_decode failing; the cause is in the error/warning log
-    causes = [text.strip() for level, text in log[-5:] if level in (WARN, ERROR) and text.strip()]
-    out["error"] = "\n".join(causes + [str(exc)])
-out["generate_s"] = round(time.perf_counter() - start, 3)
-out["generated_tokens"] = len(completion)
-out["generated_ids"] = completion
-out["text"] = llm.detokenize(completion, prev_tokens=tokens).decode("utf-8", "replace")
-finish()
-'''
+def probe_source() -> str:
+    return resources.files(__package__).joinpath(PROBE_FILE).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the report
@@ -415,7 +313,7 @@ def check_runtime(model_path: str | Path, runtime: str = DEFAULT_RUNTIME, messag
         req_path, out_path = Path(tmp, "request.json"), Path(tmp, "report.json")
         req_path.write_text(json.dumps(request))
         try:
-            proc = subprocess.run([str(env.python), "-c", PROBE, str(req_path), str(out_path)],
+            proc = subprocess.run([str(env.python), "-c", probe_source(), str(req_path), str(out_path)],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             report.error = f"the {runtime} runtime did not finish within {timeout:.0f} s"

@@ -2,20 +2,16 @@
 
 The profiles are data (`runtimes.toml` next to this module): architectures, tensor and file types,
 BPE pre-tokenizers and metadata quirks, each list copied from that llama.cpp tree's own sources.
-This module only walks them. `compat.py` runs the real old runtime; this one answers from the
+This module only walks them. `app_runtime.py` runs the real old runtime; this one answers from the
 tables without running anything.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 RUNTIMES_FILE = "runtimes.toml"
 DEFAULT_RUNTIME = "cactus-0.2"

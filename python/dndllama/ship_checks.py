@@ -1,5 +1,5 @@
-"""Checks before a model ships: the GGUF's own chat template, rendered and tokenized by llama.cpp,
-must give exactly the tokens training used; and the file must load and answer.
+"""Checks before a model ships (pipeline's check stage): the GGUF's own chat template, rendered and
+tokenized by llama.cpp, must give exactly the tokens training used; and the file must load and answer.
 
 A stale or different template in a GGUF is the most common way fine-tunes silently break after
 export: the model was trained on one token sequence and is prompted with another.
