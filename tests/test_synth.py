@@ -175,6 +175,48 @@ def test_checks_report_success_against_the_dc(sample):
                     assert (int(match[1]) >= int(match[2])) == (match[3] == "success")
 
 
+ROLL_MODE = re.compile(r"^(?P<what>.+) \((?P<mode>advantage|disadvantage)\): (?P<a>\d+), (?P<b>\d+) "
+                       r"(?P<sign>[+-]) (?P<mod>\d+)(?:\(\w+\))? = \*(?P<total>\d+)\*$")
+
+
+def test_advantage_keeps_the_right_die_and_group_checks_need_half(sample):
+    modes, groups = set(), 0
+    for item, scenario in sample:
+        party = {c.name for c in scenario.system.party}
+        for turn in scenario.turns:
+            for result in turn.results:
+                match = ROLL_MODE.match(result.render())
+                if match:
+                    kept = (max if match["mode"] == "advantage" else min)(int(match["a"]), int(match["b"]))
+                    modifier = int(match["mod"]) * (1 if match["sign"] == "+" else -1)
+                    assert int(match["total"]) == kept + modifier, result.render()
+                    modes.add(match["mode"])
+                if result.label.startswith("group "):
+                    names = [part.rsplit(" ", 1)[0] for part in result.text.split(", ")]
+                    assert set(names) <= party and len(names) >= 2
+        for event in item.events:
+            if event["event"] == "group":
+                groups += 1
+                passed = sum(total >= event["dc"] for total in event["totals"].values())
+                assert event["success"] == (passed * 2 >= len(event["totals"]))
+    assert modes == {"advantage", "disadvantage"} and groups > 5
+
+
+def test_tool_checks_come_from_a_tool_the_character_carries(sample):
+    from dndllama.synth.tables import TOOLS
+    tool_calls = 0
+    for _, scenario in sample:
+        held = {c.name: set(c.inventory) for c in scenario.system.party}
+        carried = set().union(*held.values())
+        for turn in scenario.turns:
+            for call in turn.tool_calls:
+                value = call.named.get("skill") or call.named.get("what")
+                if value in TOOLS:
+                    tool_calls += 1
+                    assert value in (held[call.named["actor"]] if call.named.get("actor") else carried)
+    assert tool_calls > 10
+
+
 # ---------------------------------------------------------------- seeds, variety, talk
 
 
@@ -295,9 +337,9 @@ def test_dataset_cache_key_follows_the_synth_settings(tmp_path):
 
 
 def test_synth_settings_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="synth is a ratio"):
+    with pytest.raises(ConfigError, match=r"--synth = -1.0 is out of range; accepted: a number, in \[0, "):
         load_config(tmp_path, {"synth": -1.0})
-    with pytest.raises(ConfigError, match="synth_loss must be one of calls, all"):
+    with pytest.raises(ConfigError, match="--synth-loss = 'prose' is not one of the choices; accepted: .*calls, all"):
         load_config(tmp_path, {"synth_loss": "prose"})
     assert "synth" not in load_config(tmp_path).training_settings()
     assert load_config(tmp_path, {"synth": 5}).training_settings()["synth_loss"] == "calls"

@@ -27,7 +27,7 @@ from .script import Script
 from .tables import CLASSES, FIRST_NAMES, GEAR, NPC_NAMES, RACES, TITLED, TRINKETS, VALUABLES, WORLDS
 
 # Bump when the same (seed, index) would give different text: part of the dataset cache key.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 GRAMMAR = {**COMBAT, **SCENES}
 CATEGORY_WEIGHTS = {"combat": 0.26, "exploration": 0.22, "roleplay": 0.18, "downtime": 0.17, "puzzles": 0.17}
 PARTY_SIZES = {1: 0.15, 2: 0.25, 3: 0.25, 4: 0.2, 5: 0.15}

@@ -10,11 +10,11 @@ that the caster still has; an item or gold is removed only from someone who has 
 
 from __future__ import annotations
 
-from .mechanics import (PC, Foe, check_line, crit_expr, d20_line, health_line, roll, spell_dice, spellcast_line,
-                        ordinal)
+from .mechanics import (PC, Foe, check_line, crit_expr, d20_line, health_line, ordinal, roll, signed, spell_dice,
+                        spellcast_line)
 from .phrases import FLAVOR, STRIKES, WEAPON_STYLE
 from .script import Script
-from .tables import Spell
+from .tables import TOOLS, Spell
 
 
 def initiative(s: Script, party: list[PC], foes: list[Foe], lead: str) -> list[str]:
@@ -213,19 +213,40 @@ def check(s: Script, pc: PC, skill: str, dc: int, lead: str) -> bool:
     """`[check: skill, DC]` for a known DC; returns success."""
     d20 = s.rng.randint(1, 20)
     mod, proficient = pc.skill_bonus(skill)
-    s.call(lead, [(f"[check: {skill}, {dc}]", check_line(skill, d20, mod, proficient, dc))])
+    s.call(lead, [(f"[check: {skill}, {dc}]", check_line(skill, d20, mod, proficient or skill in TOOLS, dc))])
     s.log("check", pc=pc.name, skill=skill, dc=dc, total=d20 + mod, success=d20 + mod >= dc)
     return d20 + mod >= dc
 
 
-def skill_roll(s: Script, pc: PC, skill: str, lead: str) -> int:
-    """`[roll: Name, skill]` when the DM keeps the DC to themself; returns the total."""
-    d20 = s.rng.randint(1, 20)
+def skill_roll(s: Script, pc: PC, skill: str, lead: str, mode: str = "") -> int:
+    """`[roll: Name, skill]` (or `..., advantage`) when the DM keeps the DC to themself; returns the total.
+    With advantage both d20s are shown and the higher is kept, with disadvantage the lower."""
     mod, proficient = pc.skill_bonus(skill)
-    tag = "(skill)" if proficient else ""
-    s.call(lead, [(f"[roll: {pc.name}, {skill}]", d20_line(skill, d20, mod, tag))])
-    s.log("roll", pc=pc.name, skill=skill, total=d20 + mod)
+    tag = "(tools)" if skill in TOOLS else "(skill)" if proficient else ""
+    if not mode:
+        d20 = s.rng.randint(1, 20)
+        s.call(lead, [(f"[roll: {pc.name}, {skill}]", d20_line(skill, d20, mod, tag))])
+    else:
+        dice = [s.rng.randint(1, 20), s.rng.randint(1, 20)]
+        d20 = max(dice) if mode == "advantage" else min(dice)
+        line = f"{skill} ({mode}): {dice[0]}, {dice[1]} {signed(mod)}{tag} = *{d20 + mod}*"
+        s.call(lead, [(f"[roll: {pc.name}, {skill}, {mode}]", line)])
+    s.log("roll", pc=pc.name, skill=skill, total=d20 + mod, mode=mode)
     return d20 + mod
+
+
+def group_check(s: Script, party: list[PC], skill: str, dc: int, lead: str) -> bool:
+    """`[roll: group stealth]`: everyone rolls; the group succeeds when at least half of them make the DC."""
+    totals = []
+    for pc in party:
+        mod, _ = pc.skill_bonus(skill)
+        totals.append((pc.name, s.rng.randint(1, 20) + mod))
+    line = f"group {skill}: " + ", ".join(f"{name} {total}" for name, total in totals)
+    s.call(lead, [(f"[roll: group {skill}]", line)])
+    passed = sum(total >= dc for _, total in totals)
+    success = passed * 2 >= len(totals)
+    s.log("group", skill=skill, dc=dc, totals=dict(totals), success=success)
+    return success
 
 
 def saving_throw(s: Script, pc: PC, ability: str, dc: int, lead: str) -> bool:

@@ -9,7 +9,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from .tables import (CLASSES, FULL_CASTER_SLOTS, PACT_SLOTS, SKILLS, SPELLS, WEAPONS, CharClass, Monster,
+from .tables import (CLASSES, FULL_CASTER_SLOTS, PACT_SLOTS, SKILLS, SPELLS, TOOLS, WEAPONS, CharClass, Monster,
                      Spell, Weapon)
 
 DICE = re.compile(r"^(\d*)d(\d+)(?:\+(\d+))?$")
@@ -108,9 +108,9 @@ class PC:
         return 2 + (self.level - 1) // 4
 
     def skill_bonus(self, skill: str) -> tuple[int, bool]:
-        """(modifier, proficient) for a skill or a plain ability check."""
-        ability = SKILLS.get(skill, skill)
-        proficient = skill in self.cls.skills
+        """(modifier, proficient) for a skill, a tool the character carries, or a plain ability check."""
+        ability = SKILLS.get(skill) or TOOLS.get(skill) or skill
+        proficient = skill in self.cls.skills or (skill in TOOLS and skill in self.items)
         return self.mods[ability] + (self.prof if proficient else 0), proficient
 
     def save_bonus(self, ability: str) -> int:
@@ -201,7 +201,7 @@ def make_foes(rng: random.Random, monster: Monster, count: int) -> list[Foe]:
 
 
 def check_line(skill: str, d20: int, modifier: int, proficient: bool, dc: int) -> str:
-    tag = "(skill)" if proficient and skill in SKILLS else ""
+    tag = ("(tools)" if skill in TOOLS else "(skill)" if skill in SKILLS else "") if proficient else ""
     outcome = "success" if d20 + modifier >= dc else "failure"
     return f"{d20_line(skill, d20, modifier, tag)} vs DC {dc}, {outcome}"
 

@@ -97,8 +97,10 @@ def search_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     s.user(s.pick("user_search", pc=pc.name), actor=pc.name)
     skill = s.rng.choice(("perception", "investigation", "perception", "survival"))
-    if s.rng.random() < 0.5:   # the DM keeps the DC secret: a plain roll
-        found = act.skill_roll(s, pc, skill, s.pick("dm_search_lead")) >= 13
+    if s.rng.random() < 0.5:   # the DM keeps the DC secret: a plain roll, sometimes with (dis)advantage
+        mode = s.rng.choice(("", "", "", "advantage", "disadvantage"))
+        lead = s.pick("dm_search_lead") + (" " + s.pick(f"dm_{mode}", pc=pc.name) if mode else "")
+        found = act.skill_roll(s, pc, skill, lead, mode) >= 13
     else:
         found = act.check(s, pc, skill, s.rng.randint(10, 16), s.pick("dm_search_lead"))
     s.dm(s.pick("dm_found" if found else "dm_not_found"))
@@ -115,6 +117,55 @@ def task_beat(s: Script, cast: Cast) -> None:
         act.hazard_damage(s, pc, damage, False, s.pick("dm_failure") + " You fall hard.")
     else:
         s.dm(s.pick("dm_failure"))
+
+
+# tool -> what a player does with it
+TOOL_TASKS = {
+    "thieves' tools": ("pick the lock", "disarm the trap on the chest", "open the strongbox"),
+    "herbalism kit": ("brew a healing draught", "identify the herbs", "make a poultice"),
+    "navigator's tools": ("chart a course by the stars", "work out where we are"),
+    "disguise kit": ("disguise myself as a guard", "make myself look like a merchant"),
+    "forgery kit": ("forge a travel permit", "copy the seal on this letter"),
+    "smith's tools": ("repair the broken buckle", "straighten the bent hinge"),
+    "tinker's tools": ("fix the music box", "get the clockwork lock working"),
+    "cartographer's tools": ("draw a map of these tunnels", "copy the old map"),
+    "cook's utensils": ("cook something decent for everyone", "make the rations taste of something"),
+    "lute": ("play for the crowd", "play a song to calm everyone"),
+    "flute": ("play a tune to pass the time", "play for coins"),
+    "dice set": ("win a round of dice", "cheat at dice without getting caught"),
+    "playing card set": ("win a hand of cards", "read the other players at cards"),
+    "dragonchess set": ("win the game of dragonchess", "beat the old man at dragonchess"),
+}
+GROUP_TASKS = (("sneak past the sentries together", "stealth"), ("climb the cliff as a group", "athletics"),
+               ("keep watch through the night", "perception"), ("cross the bog without losing the path", "survival"),
+               ("hold the door shut together", "strength"), ("slip through the crowd unnoticed", "stealth"))
+
+
+def tool_beat(s: Script, cast: Cast) -> None:
+    """A tool check by someone who carries the tool: `[check: thieves' tools, 15]` or a plain roll."""
+    holders = [(pc, item) for pc in cast.up() for item in pc.items if item in TOOL_TASKS]
+    if not holders:
+        return task_beat(s, cast)
+    pc, tool = s.rng.choice(holders)
+    s.user(s.pick("user_try", task=s.rng.choice(TOOL_TASKS[tool]), pc=pc.name), actor=pc.name)
+    if s.rng.random() < 0.7:
+        ok = act.check(s, pc, tool, s.rng.randint(10, 17), s.pick("dm_check_lead") + f" Use your {tool}.")
+    else:
+        ok = act.skill_roll(s, pc, tool, s.pick("dm_search_lead")) >= 14
+    s.dm(s.pick("dm_success" if ok else "dm_failure"))
+
+
+def group_beat(s: Script, cast: Cast) -> None:
+    """The whole party rolls at once; at least half must make the DC."""
+    party = cast.up()
+    if len(party) < 2:
+        return
+    task, skill = s.rng.choice(GROUP_TASKS)
+    s.user(s.rng.choice((f"We {task}.", f"Let's {task}.", f"All of us try to {task}.")), actor=party[0].name)
+    dc = s.rng.randint(10, 15)
+    ok = act.group_check(s, party, skill, dc, s.rng.choice(("Everyone rolls.", "That's a group check.",
+                                                             f"Group {skill} check, everyone.")))
+    s.dm(s.pick("dm_group_success" if ok else "dm_group_failure"))
 
 
 def trap_beat(s: Script, cast: Cast) -> None:
@@ -312,13 +363,13 @@ def _combat_round(s: Script, cast: Cast, foes: list[Foe]) -> bool:
 
 # category -> the beats after the opening, as (beat, chance); talk is added between beats.
 PLANS = {
-    "combat": (("search", 0.4), ("task", 0.3), ("combat", 1.0), ("loot", 0.7), ("spell", 0.5), ("rest", 0.3)),
-    "exploration": (("search", 0.9), ("task", 0.9), ("trap", 0.5), ("resist", 0.3), ("spell", 0.6), ("loot", 0.5),
+    "combat": (("search", 0.4), ("task", 0.3), ("group", 0.2), ("combat", 1.0), ("loot", 0.7), ("spell", 0.5), ("rest", 0.3)),
+    "exploration": (("search", 0.9), ("task", 0.9), ("group", 0.4), ("tool", 0.4), ("trap", 0.5), ("resist", 0.3), ("spell", 0.6), ("loot", 0.5),
                     ("task", 0.6), ("combat", 0.15)),
-    "roleplay": (("social", 1.0), ("trade", 0.4), ("give", 0.3), ("social", 0.6), ("resist", 0.2), ("spell", 0.4)),
-    "downtime": (("trade", 1.0), ("task", 0.5), ("trade", 0.5), ("rest", 0.6), ("task", 0.4), ("give", 0.3),
+    "roleplay": (("social", 1.0), ("tool", 0.2), ("trade", 0.4), ("give", 0.3), ("social", 0.6), ("resist", 0.2), ("spell", 0.4)),
+    "downtime": (("trade", 1.0), ("tool", 0.6), ("task", 0.3), ("trade", 0.5), ("rest", 0.6), ("task", 0.4), ("give", 0.3),
                  ("spell", 0.4)),
-    "puzzles": (("puzzle", 1.0), ("search", 0.5), ("trap", 0.5), ("task", 0.4), ("loot", 0.6), ("spell", 0.3)),
+    "puzzles": (("puzzle", 1.0), ("tool", 0.4), ("search", 0.5), ("trap", 0.5), ("task", 0.4), ("loot", 0.6), ("spell", 0.3)),
 }
 
 
@@ -346,7 +397,8 @@ def puzzle_beat(s: Script, cast: Cast) -> None:
 
 
 BEATS = {"search": search_beat, "task": task_beat, "trap": trap_beat, "loot": loot_beat, "trade": trade_beat,
-         "give": give_beat, "social": social_beat, "rest": rest_beat, "resist": resist_beat, "puzzle": puzzle_beat,
+         "give": give_beat, "social": social_beat, "rest": rest_beat, "resist": resist_beat, "tool": tool_beat,
+         "group": group_beat, "puzzle": puzzle_beat,
          "spell": lambda s, cast: spell_beat(s, cast)}
 
 

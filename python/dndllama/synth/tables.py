@@ -20,6 +20,14 @@ SKILLS = {
     "sleight of hand": "dexterity", "stealth": "dexterity", "survival": "wisdom",
 }
 
+# tool -> the ability its checks use (5e tool proficiencies; the default vocabulary's `tools` list)
+TOOLS = {
+    "thieves' tools": "dexterity", "herbalism kit": "wisdom", "navigator's tools": "wisdom",
+    "disguise kit": "charisma", "forgery kit": "dexterity", "smith's tools": "strength", "tinker's tools": "intelligence",
+    "cartographer's tools": "intelligence", "cook's utensils": "wisdom", "lute": "charisma", "flute": "charisma",
+    "dice set": "wisdom", "playing card set": "wisdom", "dragonchess set": "intelligence",
+}
+
 
 @dataclass(frozen=True)
 class Weapon:
@@ -182,7 +190,7 @@ CLASSES = {c.name: c for c in (
               ("produce flame", "druidcraft", "guidance", "cure wounds", "healing word", "entangle", "thunderwave",
                "faerie fire", "speak with animals", "moonbeam", "darkvision", "pass without trace",
                "call lightning", "water breathing", "ice storm"),
-              gear=("wooden shield", "herbalism kit", "sprig of mistletoe")),
+              gear=("herbalism kit", "wooden shield", "sprig of mistletoe")),
     CharClass("Bard", 8, "charisma", ("dexterity", "charisma"), ("rapier", "dagger"),
               ("performance", "persuasion", "deception", "history", "insight"), "full",
               ("vicious mockery", "minor illusion", "prestidigitation", "healing word", "cure wounds", "charm person",
@@ -292,6 +300,8 @@ GEAR = (
     "rope", "torch", "lantern", "rations", "bedroll", "waterskin", "crowbar", "grappling hook", "chalk",
     "tinderbox", "climbing kit", "healer's kit", "potion of healing", "antitoxin", "oil flask", "mirror",
     "ten-foot pole", "whetstone", "blanket", "compass", "map case", "lockpicks", "pitons", "flask of holy water",
+    "disguise kit", "navigator's tools", "dice set", "forgery kit", "smith's tools", "cook's utensils",
+    "playing card set", "tinker's tools", "cartographer's tools", "flute",
 )
 # things for sale: (item, price in gp)
 SHOP = (
