@@ -28,7 +28,7 @@ def test_the_cactus_config_carries_the_grammar_by_default_and_none_when_off(tmp_
     off = config_for(tmp_path, "grammar = false\n")
     assert off["grammar"] is None and off["grammarFile"] is None
     assert json.loads(json.dumps(on)) == on
-    with pytest.raises(ConfigError, match="'grammar' must be a bool"):
+    with pytest.raises(ConfigError, match="grammar = 'yes' is not true or false"):
         config_for(tmp_path, 'grammar = "yes"\n')
 
 

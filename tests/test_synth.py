@@ -295,9 +295,10 @@ def test_dataset_cache_key_follows_the_synth_settings(tmp_path):
 
 
 def test_synth_settings_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="synth is a ratio"):
+    with pytest.raises(ConfigError, match=r"--synth = -1.0 is out of range; accepted: a number, in \[0, 1000\], a ratio"):
         load_config(tmp_path, {"synth": -1.0})
-    with pytest.raises(ConfigError, match="synth_loss must be one of calls, all"):
+    with pytest.raises(ConfigError, match="--synth-loss = 'prose' is not one of the choices; accepted: a string, "
+                                          "one of calls, all"):
         load_config(tmp_path, {"synth_loss": "prose"})
     assert "synth" not in load_config(tmp_path).training_settings()
     assert load_config(tmp_path, {"synth": 5}).training_settings()["synth_loss"] == "calls"
