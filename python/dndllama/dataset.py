@@ -8,6 +8,9 @@ Conversation shape (what the model sees at run time, too):
   assistant  the DM turn that uses them
 Consecutive messages of one role merge (joined by a blank line); a conversation that opens with
 a DM turn gets a first user message "Begin the scenario.".
+
+Four steps share the conversation types here, hence more than ~400 lines: rendering, token windows,
+the train/validation split with augmentation, and the statistics `dndllama data check` prints.
 """
 
 from __future__ import annotations
