@@ -136,7 +136,7 @@ SETTINGS: dict[str, Rule] = {
     "val_fraction": _fraction(),
     "augment": _int(0, 100),
     "seed": _int(0, UINT32_MAX, "a uint32 (the native samplers and shuffles take one)"),
-    "synth": Rule(float, 0.0, 1000.0, note="synthetic DM turns per hand-written one, 0 = off"),
+    "synth": Rule(float, 0.0, 1000.0, note="a ratio of synthetic to hand-written DM turns, 0 = off"),
     "synth_seed": _int(0, UINT32_MAX),
     "synth_loss": Rule(str, choices=SYNTH_LOSS),
     "epochs": _int(1, 10_000),
