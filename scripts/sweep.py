@@ -13,7 +13,8 @@ loss; after training each checkpoint is replayed on the evaluation set through a
 
 A grid is axes of `dndllama.toml` settings plus `method` = full | lora16 | lora64 (LoRA and its
 rank). `vary = "one"` (the default grid) varies one axis at a time around each axis's first value;
-`vary = "all"` runs their product. A TOML grid file:
+`vary = "all"` runs their product. The default grid is both: one axis at a time over 8 epochs, and
+the 20x synthetic mix over 2. `--grid` axes replace the grid (their product). A TOML grid file:
 
     vary = "all"
     [settings]            # fixed for every run
@@ -45,13 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP_VERSION = 1
 METHODS = {"full": {"method": "full"}, "lora16": {"method": "lora", "lora_rank": 16},
            "lora64": {"method": "lora", "lora_rank": 64}}
-# one-axis-at-a-time around the first values: 1 + 2 + 2 + 3 + 1 = 9 runs
-DEFAULT_GRID = {"vary": "one", "settings": {"epochs": 8},
-                "grid": {"lr": [5e-5, 1e-4, 2e-5], "method": ["full", "lora16", "lora64"],
-                         "synth": [1.0, 0.0, 5.0, 20.0], "synth_loss": ["calls", "all"]}}
+# one axis at a time around the first values (1 + 2 + 2 + 2 + 1 = 8 runs of 8 epochs), then the
+# 20x mix alone: 21x the hand-written windows per epoch, so 2 epochs already see each turn 42 times
+DEFAULT_GRIDS = [{"vary": "one", "settings": {"epochs": 8},
+                  "grid": {"lr": [5e-5, 1e-4, 2e-5], "method": ["full", "lora16", "lora64"],
+                           "synth": [1.0, 0.0, 5.0], "synth_loss": ["calls", "all"]}},
+                 {"vary": "all", "settings": {"epochs": 2, "lr": 5e-5, "method": "full"}, "grid": {"synth": [20.0]}}]
 QUICK_GRID = {"vary": "all", "settings": {"epochs": 1, "max_steps": 2, "eval_every": 1},
               "grid": {"method": ["full", "lora16"]}}
 QUICK_MAX_TURNS = 4
+NAME_PREFIX = {"method": "", "synth_loss": "loss_"}   # run names: "full", "loss_calls"; other axes their key
 # (sweep.json key, ToolMetrics field): what each point records of the replay
 METRICS = [("tool_name_f1", "name_f1"), ("exact_f1", "exact_f1"), ("consequence_exact", "consequence_exact"),
            ("no_call_accuracy", "no_call_accuracy"), ("must_call_accuracy", "must_call_accuracy"),
@@ -115,21 +119,26 @@ def expand(spec: dict) -> list[dict]:
         raise SweepError(f"vary must be 'one' or 'all', not {vary!r}")
     runs, seen = [], set()
     for combo in combos:
-        settings = {**spec.get("settings", {}), **combo}
-        if not settings.get("synth"):
-            settings.pop("synth_loss", None)   # no synthetic turns: their loss setting changes nothing
-        key = json.dumps(settings, sort_keys=True)
+        fixed = spec.get("settings", {})
+        if not {**fixed, **combo}.get("synth"):   # no synthetic turns: their loss setting changes nothing
+            combo = {k: v for k, v in combo.items() if k != "synth_loss"}
+        key = json.dumps([fixed, combo], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            runs.append({"name": run_name(settings, list(axes)), "settings": settings})
+            runs.append({"name": run_name({**fixed, **combo}, list(axes)), "fixed": fixed, "axes": combo})
     return runs
+
+
+def run_settings(run: dict, common: dict) -> dict:
+    """A run's settings: the grid's fixed settings, then --set, then the run's own axis values."""
+    return {**run["fixed"], **common, **run["axes"]}
 
 
 def run_name(settings: dict, axes: list[str]) -> str:
     """A short, readable, file-safe name from the varied settings (all settings when none vary)."""
     keys = [k for k in axes if k in settings] or sorted(settings)
-    parts = [f"{settings[k]}" if k == "method" else f"{k}{settings[k]:g}" if isinstance(settings[k], float)
-             else f"{k}{settings[k]}" for k in keys]
+    parts = [f"{NAME_PREFIX.get(k, k)}{settings[k]:g}" if isinstance(settings[k], float)
+             else f"{NAME_PREFIX.get(k, k)}{settings[k]}" for k in keys]
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", "-".join(parts)) or "default"
 
 
@@ -258,18 +267,19 @@ class Sweep:
         if done.get("done"):
             self.say(f"run {index}/{total} {name}: finished before, {len(done['points'])} points; skipped")
             return
-        config = load_config(self.args.data, {**self.common, **config_overrides(run["settings"])})
+        settings = run_settings(run, self.common)
+        config = load_config(self.args.data, config_overrides(settings))
         data, base, config, data_key, dataset_key = self.prepare(config)
         cache = Path(config.cache_dir).expanduser()
         arrays, _ = pipeline.build_arrays(data, base, config, cache, dataset_key, self.say)
         per_epoch = max(1, len(arrays.tokens) // config.grad_accum)
-        every = {**self.common, **run["settings"]}.get("eval_every") or max(1, per_epoch // self.args.points_per_epoch)
+        every = settings.get("eval_every") or max(1, per_epoch // self.args.points_per_epoch)
         # every evaluated checkpoint kept (a curve, not a point) and no early stop: the curve says when to stop
         config = replace(config, eval_every=every, patience=0, checkpoint_candidates=10**6)
         steps = total_steps(len(arrays.tokens), config)
         self.say(f"run {index}/{total} {name}: {steps} steps ({per_epoch} per epoch), a point every {every} steps"
                  + self.estimate(steps, -(-steps // every)))
-        entry = self.record["runs"].setdefault(name, {"settings": run["settings"], "points": []})
+        entry = self.record["runs"].setdefault(name, {"settings": settings, "points": []})
         entry.update(training=config.training_settings(), steps_per_epoch=per_epoch, eval_every=every)
         run_dir = self.out / "runs" / name
         trained = pipeline._train_stage(config, base, data, data_key, arrays, run_dir, None, False,
@@ -437,11 +447,11 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip(), _value(value)
 
 
-def grid_spec(args) -> dict:
-    spec = QUICK_GRID if args.quick else load_grid_file(args.grid_file) if args.grid_file else DEFAULT_GRID
-    if args.grid:
-        spec = {**spec, "vary": "all", "grid": parse_grid_arg(args.grid)}
-    return spec
+def grid_runs(args) -> list[dict]:
+    specs = [QUICK_GRID] if args.quick else [load_grid_file(args.grid_file)] if args.grid_file else DEFAULT_GRIDS
+    if args.grid:   # axes from the command line replace the grid; fixed settings stay
+        specs = [{**specs[0], "vary": "all", "grid": parse_grid_arg(args.grid)}]
+    return [run for spec in specs for run in expand(spec)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,13 +460,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        runs = expand(grid_spec(args))
+        runs = grid_runs(args)
         if args.runs:
             wanted = [w for w in args.runs.split(",") if w]
             runs = [r for r in runs if any(w in r["name"] for w in wanted)]
             if not runs:
                 raise SweepError(f"--runs {args.runs}: no run's name contains it; names: "
-                                 + ", ".join(r["name"] for r in expand(grid_spec(args))))
+                                 + ", ".join(r["name"] for r in grid_runs(args)))
         print(f"sweep: {len(runs)} run(s): {', '.join(r['name'] for r in runs)}", flush=True)
         sweep = Sweep(args, say=lambda line: print(line, flush=True))
         sweep.open_record()

@@ -108,11 +108,12 @@ def test_a_rerun_skips_what_is_done_and_filters_runs(swept, capsys):
 
 
 def test_grids():
-    one = sweep.expand(sweep.DEFAULT_GRID)
-    assert len(one) == 9 and one[0]["settings"] == {"epochs": 8, "lr": 5e-5, "method": "full", "synth": 1.0,
-                                                   "synth_loss": "calls"}
-    assert {"synth0"} <= {part for r in one for part in r["name"].split("-")}
-    assert all("synth_loss" not in r["settings"] for r in one if not r["settings"]["synth"])
+    one = sweep.expand(sweep.DEFAULT_GRIDS[0])
+    assert len(one) == 8 and one[0]["name"] == "lr5e-05-full-synth1-loss_calls"
+    assert sweep.run_settings(one[0], {"epochs": 3, "lr": 1.0, "threads": 2}) == {
+        "epochs": 3, "lr": 5e-5, "method": "full", "synth": 1.0, "synth_loss": "calls", "threads": 2}
+    assert "lr5e-05-full-synth0" in [r["name"] for r in one]
+    assert all("synth_loss" not in r["axes"] for r in one if not r["axes"]["synth"])
     product = sweep.expand({"grid": sweep.parse_grid_arg("lr=1e-4,5e-5 method=full,lora64")})
     assert [r["name"] for r in product] == ["lr0.0001-full", "lr0.0001-lora64", "lr5e-05-full", "lr5e-05-lora64"]
     assert sweep.config_overrides({"lr": 2e-4, "method": "lora64"}) == {"method": "lora", "lora_rank": 64,
