@@ -8,7 +8,7 @@ checkpoint, so a recipe is chosen by measurement (issue 15, item 5).
 Every run trains with the pipeline's own stages (data, base, dataset, training) and keeps a
 checkpoint every `eval_every` steps (default: `--points-per-epoch` per epoch) with its validation
 loss; after training each checkpoint is replayed on the evaluation set through a Q8_0 copy, as
-`dndllama train` chooses its checkpoint (selection.Judge), and its F32 file is deleted unless
+`dndllama train` chooses its checkpoint (selection.select_checkpoint), and its F32 file is deleted unless
 --keep-checkpoints (each is ~4 bytes per parameter). The base itself is the curve's epoch-0 point.
 
 A grid is axes of `dndllama.toml` settings plus `method` = full | lora16 | lora64 (LoRA and its
@@ -222,13 +222,31 @@ class Sweep:
         data_key = pipeline.digest("data", sorted(data.files.items()), pipeline.vocabulary_fingerprint(data.vocab))
         return data, base, config, data_key, pipeline.dataset_cache_key(config, data_key, base.sha256)
 
-    def judge(self, data, config, scope: str):
+    def judge(self, data, config):
+        """`judge(path, label)`: the file replayed on the evaluation turns through a Q8_0 copy, as
+        selection.select_checkpoint does, with a progress line about once a minute."""
         from dndllama import pipeline
-        from dndllama.selection import Judge
+        from dndllama.validate import validate_one
 
         settings = {**pipeline.validation_settings(config), "max_turns": self.args.max_turns or None}
-        return Judge(pipeline.judged_conversations(data), data.vocab, settings, self.out / "judged",
-                     scope=f"{scope}:{pipeline.eval_key(data)}")
+
+        def judge(path: Path, label: str):
+            copy = self.q8_0(path)
+            try:
+                return validate_one(label, copy, conversations=pipeline.judged_conversations(data), vocab=data.vocab,
+                                    with_loss=False, say=self.throttled(), **settings)
+            finally:
+                copy.unlink(missing_ok=True)
+        return judge
+
+    def throttled(self, every_s: float = 60.0):
+        last = [time.monotonic()]
+
+        def say(line: str) -> None:
+            if "DM turn" in line and time.monotonic() - last[0] >= every_s:
+                last[0] = time.monotonic()
+                self.say(f"  {line}")
+        return say
 
     def open_record(self) -> None:
         """sweep.json, and the base as every curve's epoch-0 point (judged once)."""
@@ -243,7 +261,7 @@ class Sweep:
                  f", {self.args.max_turns or 'all'} DM turns per point")
         if self.record["base"] is None:
             self.say(f"base {base.gguf.name}: replaying the evaluation turns (epoch-0 point of every curve) ...")
-            result = self.judge(data, config, "base")(base.train_path, "base", with_loss=False, stand_in=self.q8_0)
+            result = self.judge(data, config)(base.train_path, "base")
             loss = reference_loss(base.train_path, data.validation or data.train, config.ctx, config.threads).loss
             self.record["base"] = point_of(result, 0, 0.0, base.gguf.name, loss)
             save_record(self.out / "sweep.json", self.record)
@@ -253,7 +271,7 @@ class Sweep:
         from dndllama import _native
         from dndllama.selection import CHECKPOINT_STAND_IN
 
-        out = self.out / "judged" / f"replaying-{path.stem}-{CHECKPOINT_STAND_IN.lower()}.gguf"   # removed after
+        out = self.out / f"replaying-{path.stem}-{CHECKPOINT_STAND_IN.lower()}.gguf"   # removed after
         out.parent.mkdir(parents=True, exist_ok=True)
         _native.quantize(str(path), str(out), CHECKPOINT_STAND_IN, self.config.threads)
         return out
@@ -285,7 +303,7 @@ class Sweep:
         trained = pipeline._train_stage(config, base, data, data_key, arrays, run_dir, None, False,
                                         self.args.quiet, self.say)
         entry["train_seconds"] = trained.summary.get("seconds")
-        self.judge_points(entry, trained.summary.get("candidates") or [], run_dir, self.judge(data, config, name),
+        self.judge_points(entry, trained.summary.get("candidates") or [], run_dir, self.judge(data, config),
                           per_epoch)
         entry["done"] = True
         save_record(self.out / "sweep.json", self.record)
@@ -307,7 +325,7 @@ class Sweep:
             if not path.exists():
                 self.say(f"  {candidate['checkpoint']}: its file is gone (deleted after judging?); skipped")
                 continue
-            result = judge(path, candidate["checkpoint"], with_loss=False, stand_in=self.q8_0)
+            result = judge(path, candidate["checkpoint"])
             point = point_of(result, candidate["step"], candidate["step"] / per_epoch, candidate["checkpoint"],
                              candidate["val_loss"])
             entry["points"] = sorted(entry["points"] + [point], key=lambda p: p["step"])
