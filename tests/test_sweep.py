@@ -122,3 +122,21 @@ def test_grids():
         sweep.parse_grid_arg("lr")
     with pytest.raises(sweep.SweepError, match="lora16"):
         sweep.config_overrides({"method": "lora32"})
+
+
+def test_docs_block_is_filled_in_place(swept, tmp_path, monkeypatch):
+    root, _, _ = swept
+    record = json.loads((root / "out" / "sweep.json").read_text())
+    (tmp_path / "docs").mkdir()
+    training = tmp_path / "docs" / "training.md"
+    training.write_text(f"# before\n{sweep.DOCS_BEGIN}\nold table\n{sweep.DOCS_END}\n# after\n")
+    monkeypatch.setattr(sweep, "ROOT", tmp_path)
+    sweep.write_outputs(record, root / "out", True, lambda line: None)
+    text = training.read_text()
+    assert text.startswith("# before\n") and text.endswith("# after\n") and "old table" not in text
+    assert sweep.table(record) in text and "](sweep-curves.png)" in text
+    assert (tmp_path / "docs" / "sweep-curves.png").read_bytes() == (root / "out" / "sweep.png").read_bytes()
+    assert "sweep:begin" in (REPO / "docs" / "training.md").read_text()   # the real docs have the block
+    training.write_text("# no markers\n")
+    with pytest.raises(sweep.SweepError, match="no <!-- sweep:begin -->"):
+        sweep.write_outputs(record, root / "out", True, lambda line: None)
