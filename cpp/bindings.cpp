@@ -316,6 +316,21 @@ PYBIND11_MODULE(_native, m) {
              "Greedy generations for many prompts (token lists, BOS included) at once: prompts of one stream "
              "share their decoded prefix, up to n_parallel generations run in one batch. Returns (results in "
              "prompt order, stats). kv_cells: the session's KV size (0 = 2 n_ctx + n_parallel max_tokens).")
+        .def("next_logits",
+             [](const Model & self, const std::vector<int32_t> & tokens, int n_ctx) {
+                 std::vector<float> out;
+                 {
+                     py::gil_scoped_release release;
+                     SessionOptions so;
+                     so.n_ctx = n_ctx;
+                     out = self.session(so).next_logits(tokens);
+                 }
+                 py::array_t<float> a((py::ssize_t) out.size());
+                 std::copy(out.begin(), out.end(), a.mutable_data());
+                 return a;
+             },
+             py::arg("tokens"), py::arg("n_ctx") = 2048,
+             "The logits after `tokens` (BOS included), with the session's cache reused as by generate().")
         .def("cached_tokens", &Model::cached_tokens,
              "Tokens the session keeps from the last generate() (a chat's reused prefix).");
 

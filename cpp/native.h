@@ -306,11 +306,14 @@ public:
     // Every job's generation, up to n_parallel at once (results in job order).
     std::vector<GenerateResult> replay(const std::vector<ReplayJob> & jobs, const GenerateOptions & opts,
                                        const ReplayProgress & progress, ReplayStats * stats);
+    // the logits after `tokens` (the cache reused as by generate): how close a greedy choice was
+    std::vector<float> next_logits(const std::vector<int32_t> & tokens);
     int n_cached() const { return (int) cached_.size(); }   // tokens kept for generate()
     void clear();
 
 private:
     struct Replay;
+    size_t feed(const std::vector<int32_t> & prompt);   // returns the tokens reused from the cache
     void decode(const llama_batch & batch, const char * what);
     void set_threads(int n_threads);
 

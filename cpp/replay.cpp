@@ -240,9 +240,20 @@ struct Session::Replay {
         forks = std::move(running);
     }
 
+    // greedy without a grammar: the first highest logit, as llama.cpp's greedy sampler picks, without
+    // building its candidate array (the vocabulary of Gemma is 262k tokens, per fork and step)
+    int32_t argmax(int batch_index) const {
+        const float * logits = llama_get_logits_ith(s.ctx_, batch_index);
+        if (!logits) {
+            throw Error("replay: no logits at batch position " + std::to_string(batch_index));
+        }
+        const int n_vocab = llama_vocab_n_tokens(vocab);
+        return (int32_t) (std::max_element(logits, logits + n_vocab) - logits);
+    }
+
     // samples the fork's next token; false once the fork stops (stop_reason set)
     bool advance(Fork & f) {
-        const int32_t tok = sample_token(f.sampler.get(), s.ctx_, f.batch_index);
+        const int32_t tok = opts.grammar.empty() && opts.temperature <= 0 ? argmax(f.batch_index) : sample_token(f.sampler.get(), s.ctx_, f.batch_index);
         if (tok < 0 || llama_vocab_is_eog(vocab, tok)) {
             f.res.stop_reason = tok < 0 ? "grammar" : "eos";
             return false;

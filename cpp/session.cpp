@@ -134,11 +134,7 @@ void Session::decode(const llama_batch & batch, const char * what) {
     }
 }
 
-GenerateResult Session::generate(const std::vector<int32_t> & prompt, const GenerateOptions & opts) {
-    check_fits(prompt.size(), opts.max_tokens, std::min<int>(opts.n_ctx, llama_n_ctx(ctx_)), "generate");
-    set_threads(opts.n_threads);
-    const llama_vocab * vocab = llama_model_get_vocab(model_.get());
-    SamplerPtr sampler(new_sampler(vocab, opts));
+size_t Session::feed(const std::vector<int32_t> & prompt) {
     llama_memory_t mem = llama_get_memory(ctx_);
     // keep what is cached up to the first difference; the last prompt token is decoded again for its logits
     const size_t keep = std::min(common_prefix(cached_, prompt), prompt.size() - 1);
@@ -146,19 +142,42 @@ GenerateResult Session::generate(const std::vector<int32_t> & prompt, const Gene
         clear();
     }
     cached_.resize(std::min(keep, cached_.size()));
+    Batch batch(opts_.n_batch, 1);
+    for (size_t i = cached_.size(); i < prompt.size();) {
+        batch.b.n_tokens = 0;
+        for (; i < prompt.size() && batch.b.n_tokens < opts_.n_batch; ++i) {
+            batch.add(prompt[i], (int) i, 0, i + 1 == prompt.size());
+        }
+        decode(batch.b, "prompt evaluation");
+    }
+    const size_t fed = prompt.size() - cached_.size();
+    cached_ = prompt;
+    return prompt.size() - fed;
+}
+
+std::vector<float> Session::next_logits(const std::vector<int32_t> & tokens) {
+    check_fits(tokens.size(), 0, llama_n_ctx(ctx_), "next_logits");
+    try {
+        feed(tokens);
+    } catch (...) {
+        clear();
+        throw;
+    }
+    const float * logits = llama_get_logits_ith(ctx_, -1);
+    return std::vector<float>(logits, logits + llama_vocab_n_tokens(llama_model_get_vocab(model_.get())));
+}
+
+GenerateResult Session::generate(const std::vector<int32_t> & prompt, const GenerateOptions & opts) {
+    check_fits(prompt.size(), opts.max_tokens, std::min<int>(opts.n_ctx, llama_n_ctx(ctx_)), "generate");
+    set_threads(opts.n_threads);
+    const llama_vocab * vocab = llama_model_get_vocab(model_.get());
+    SamplerPtr sampler(new_sampler(vocab, opts));
     GenerateResult res;
     res.n_prompt = (int) prompt.size();
     try {
         Batch batch(opts_.n_batch, 1);
         const auto t0 = Clock::now();
-        for (size_t i = cached_.size(); i < prompt.size();) {
-            batch.b.n_tokens = 0;
-            for (; i < prompt.size() && batch.b.n_tokens < opts_.n_batch; ++i) {
-                batch.add(prompt[i], (int) i, 0, i + 1 == prompt.size());
-            }
-            decode(batch.b, "prompt evaluation");
-        }
-        cached_ = prompt;
+        const size_t keep = feed(prompt);
         const double prompt_s = since(t0);
         const auto t1 = Clock::now();
         res.stop_reason = "length";

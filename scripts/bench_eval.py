@@ -6,7 +6,8 @@ embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it.
     python scripts/bench_eval.py [--data ai-eval] [--turns N] [--parallel 16] [--threads 0] [--no-busy]
 
 The evaluation set is ai-eval/ when it exists, else tests/data/independent (every scenario).
-Greedy tokens of both paths are compared turn by turn. Then the batched path runs again on the
+Greedy tokens of both paths are compared turn by turn; where a turn differs, the logit gap between
+the two paths' tokens at the first difference says how near a tie it was. Then the batched path runs again on the
 Q8_0 copy with one competing CPU-bound process (`python -c "while True: pass"`): busy_slowdown is
 its seconds over the quiet run's. The last line is
 
@@ -60,17 +61,30 @@ def run(path: Path, convs, vocab, args, one_at_a_time: bool):
                   max_turns=args.turns, parallel=args.parallel, one_at_a_time=one_at_a_time)
 
 
-def compare(old, new) -> tuple[int, list[str]]:
-    """Turns whose generated tokens are identical, and a line for each that is not."""
-    same, notes = 0, []
+def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], list[str]]:
+    """Turns whose generated tokens are identical, the logit gap at each first difference (how near
+    a tie the two paths broke differently), and a line for each turn that differs."""
+    from dndllama import _native
+    from dndllama.dataset import GEMMA_CHAT_TEMPLATE
+    from dndllama.replay import _prompt, dm_turns, first_difference
+
+    model = _native.Model(str(path))
+    template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
+    bos = model.detokenize(model.tokenize("", True, True), True)
+    where = {(c.scenario, i): c for c, i in dm_turns(convs)}
+    same, gaps, notes = 0, [], []
     for turn, a, b in zip(old.turns, old.tokens, new.tokens):
         if a == b:
             same += 1
             continue
-        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        conversation = where[(turn.scenario, turn.message)]
+        prompt = model.tokenize(_prompt(model, conversation.messages[:turn.message], template, bos), True, True)
+        at, gap = first_difference(model, prompt, a, b, n_ctx)
+        gaps += [gap] if gap is not None else []
         notes.append(f"  {turn.scenario} message {turn.message}: first difference at generated token {at} "
-                     f"of {len(a)} / {len(b)}")
-    return same, notes
+                     f"of {len(a)} / {len(b)}" + (f", logit gap there {gap:.3f}" if gap is not None else
+                                                 ", where one path stopped"))
+    return same, gaps, notes
 
 
 def busy(path: Path, convs, vocab, args) -> float:
@@ -101,12 +115,14 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     total_old = total_new = 0.0
     turns = same = 0
+    gaps: list[float] = []
     q8_quiet = 0.0
     for label, path in models(args.cache):
         new = run(path, convs, vocab, args, one_at_a_time=False)
         old = run(path, convs, vocab, args, one_at_a_time=True)
         n = len(new.turns)
-        k, notes = compare(old, new)
+        k, model_gaps, notes = compare(path, convs, old, new, args.n_ctx + args.max_tokens)
+        gaps += model_gaps
         print(f"{label}: {n} turns; old {old.seconds / n:.2f} s/turn, new {new.seconds / n:.3f} s/turn "
               f"({old.seconds / new.seconds:.1f}x); identical tokens {k}/{n}; cut at max_tokens "
               f"{new.cut_at_max_tokens}/{n} (old {old.cut_at_max_tokens}); prompt tokens decoded "
@@ -123,6 +139,10 @@ def main() -> None:
         slowdown = f"{busy_s / q8_quiet:.2f}"
         print(f"Q8_0 with one competing CPU-bound process: {busy_s:.1f} s vs {q8_quiet:.1f} s quiet", flush=True)
     identical = "true" if same == turns else ("false" if same == 0 else f"{same}/{turns}")
+    if gaps:
+        print(f"differing turns: {turns - same}; they part where two tokens' logits were within "
+              f"{max(gaps):.3f} of each other (median {sorted(gaps)[len(gaps) // 2]:.3f}): float summation "
+              "order of batched vs one-token kernels")
     print(f"turns={turns} s_per_turn_old={total_old / turns:.3f} s_per_turn_new={total_new / turns:.3f} "
           f"speedup={total_old / total_new:.1f} tokens_identical={identical} busy_slowdown={slowdown}")
 

@@ -119,6 +119,18 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
                   tokens=[list(out.get("tokens", [])) for out in outs], stats=stats)
 
 
+def first_difference(model, prompt_tokens: list[int], a: list[int], b: list[int],
+                     n_ctx: int = 4096) -> tuple[int, float | None] | None:
+    """Where two greedy generations of one prompt part, and how close a call it was there: the index
+    of the first differing token and the gap between the two tokens' logits after the common part
+    (None when one generation stopped there). None when the generations are identical."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if i is None:
+        return None if len(a) == len(b) else (min(len(a), len(b)), None)
+    logits = model.next_logits(list(prompt_tokens) + list(a[:i]), n_ctx)
+    return i, abs(float(logits[a[i]]) - float(logits[b[i]]))
+
+
 def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab):
     streams: dict[int, int] = {}
     ids = [streams.setdefault(id(conversation), len(streams)) for conversation, _, _, _ in jobs]
