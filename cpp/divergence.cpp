@@ -126,20 +126,20 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
             for (auto & c : cands) {
                 decode_chunk(c.p, seq, mask, start, end);
             }
-            int out = 0;
             for (size_t i = start; i < end; ++i) {
                 if (!mask[i]) {
                     continue;
                 }
-                const int ref_top = log_softmax(llama_get_logits_ith(ref.p, out), n_vocab, ref_lp);
+                const int ref_top = log_softmax(llama_get_logits_ith(ref.p, (int32_t) (i - start)), n_vocab, ref_lp);
                 const bool tool = mask[i] == 2;
                 const int32_t actual = i + 1 < seq.size() ? seq[i + 1] : -1;
                 for (size_t c = 0; c < cands.size(); ++c) {
-                    const int top = log_softmax(llama_get_logits_ith(cands[c].p, out), n_vocab, cand_lp);
+                    const int top = log_softmax(llama_get_logits_ith(cands[c].p, (int32_t) (i - start)), n_vocab, cand_lp);
                     double kl = 0;
                     for (int t = 0; t < n_vocab; ++t) {
                         kl += std::exp((double) ref_lp[t]) * (ref_lp[t] - cand_lp[t]);
                     }
+                    kl = std::max(0.0, kl);   // >= 0 exactly; rounding can leave -1e-17
                     Sums & m = sums[c];
                     m.n += 1;
                     m.kl += kl;
@@ -155,7 +155,6 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
                         m.tool_agree += top == ref_top;
                     }
                 }
-                ++out;
             }
         }
     }

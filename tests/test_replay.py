@@ -157,3 +157,42 @@ def test_real_gemma_batched_replay_matches_one_at_a_time(data):
     old = replay(model, conversations, vocab, one_at_a_time=True, **kwargs)
     new = replay(model, conversations, vocab, parallel=6, **kwargs)
     assert new.tokens == old.tokens and len(new.turns) == 6
+
+
+# ---- quant screening: teacher-forced divergence against the F32 model ----------------------------
+
+def test_divergence_against_itself_is_zero_and_grows_with_fewer_bits(tmp_path, data):
+    import numpy as np
+
+    from dndllama.dataset import dataset_windows, window_arrays
+    from dndllama.selection import divergence_inputs, within_screen
+
+    vocab, conversations = data
+    # rows of 256: llama.cpp leaves narrower tensors unquantized, and the copies would equal the model
+    f32 = make_tiny_model(tmp_path / "tiny.gguf", n_ctx=4096, n_layer=2, n_embd=256, n_ff=512, seed=3)
+    copies = {}
+    for qtype in ("Q8_0", "Q2_K"):
+        copies[qtype] = tmp_path / f"tiny-{qtype}.gguf"
+        native.quantize(str(f32), str(copies[qtype]), qtype)
+    ref = native.Model(str(f32))
+    sequences, masks = divergence_inputs(ref, conversations[:1], vocab, 2048)
+    assert any(2 in m for m in masks)                # tokens inside the DM's tool calls are marked
+    same, q8, q2 = native.divergence(ref, [ref, *(native.Model(str(p)) for p in copies.values())], sequences, masks,
+                                     THREADS)
+    assert same["mean_kl"] < 1e-6 and same["top1_agreement"] == 1.0 and same["tool_top1_agreement"] == 1.0
+    assert same["positions"] == sum(m != 0 for row in masks for m in row) and same["tool_positions"] > 0
+    assert 0 < q8["mean_kl"] < q2["mean_kl"] and q8["top1_agreement"] >= q2["top1_agreement"]
+    assert within_screen(same)
+    assert not within_screen({**same, "mean_kl": 0.2}) and not within_screen({**same, "tool_top1_agreement": 0.9})
+    # the reference's loss is the validation loss evaluate() reports on the same windows
+    tokens, labels = window_arrays(dataset_windows(conversations[:1], ref, 2048), 2048, 0)
+    loss, _ = native.evaluate(str(f32), tokens, labels, THREADS)
+    assert abs(same["reference_nll"] - loss) < 1e-3 and np.isclose(same["candidate_nll"], same["reference_nll"])
+
+
+def test_divergence_inputs_must_match():
+    model = native.Model(str(make_tiny_model_cached()))
+    with pytest.raises(native.NativeError, match="differ in length"):
+        native.divergence(model, [model], [[2, 10, 11]], [[1, 1]])
+    with pytest.raises(native.NativeError, match="outside the vocabulary"):
+        native.divergence(model, [model], [[2, 10**7]], [[1, 0]])
