@@ -236,6 +236,8 @@ py::dict divergence_dict(const Divergence & d) {
     out["tool_top1_agreement"] = optional(d.tool_top1_agreement);
     out["reference_nll"] = d.reference_nll;
     out["candidate_nll"] = d.candidate_nll;
+    out["reference_entropy"] = d.reference_entropy;
+    out["candidate_entropy"] = d.candidate_entropy;
     return out;
 }
 

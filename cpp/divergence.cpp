@@ -55,7 +55,7 @@ int log_softmax(const float * logits, int n, std::vector<float> & out) {
 }
 
 struct Sums {
-    double kl = 0, max_kl = 0, tool_kl = 0, ref_nll = 0, cand_nll = 0;
+    double kl = 0, max_kl = 0, tool_kl = 0, ref_nll = 0, cand_nll = 0, ref_h = 0, cand_h = 0;
     int64_t n = 0, agree = 0, tool_n = 0, tool_agree = 0;
 };
 
@@ -135,9 +135,12 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
                 const int32_t actual = i + 1 < seq.size() ? seq[i + 1] : -1;
                 for (size_t c = 0; c < cands.size(); ++c) {
                     const int top = log_softmax(llama_get_logits_ith(cands[c].p, (int32_t) (i - start)), n_vocab, cand_lp);
-                    double kl = 0;
+                    double kl = 0, ref_h = 0, cand_h = 0;
                     for (int t = 0; t < n_vocab; ++t) {
-                        kl += std::exp((double) ref_lp[t]) * (ref_lp[t] - cand_lp[t]);
+                        const double p = std::exp((double) ref_lp[t]);
+                        kl += p * (ref_lp[t] - cand_lp[t]);
+                        ref_h -= p * ref_lp[t];
+                        cand_h -= std::exp((double) cand_lp[t]) * cand_lp[t];
                     }
                     kl = std::max(0.0, kl);   // >= 0 exactly; rounding can leave -1e-17
                     Sums & m = sums[c];
@@ -145,6 +148,8 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
                     m.kl += kl;
                     m.max_kl = std::max(m.max_kl, kl);
                     m.agree += top == ref_top;
+                    m.ref_h += ref_h;
+                    m.cand_h += cand_h;
                     if (actual >= 0) {
                         m.ref_nll -= ref_lp[actual];
                         m.cand_nll -= cand_lp[actual];
@@ -170,6 +175,8 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
             d.top1_agreement = (double) m.agree / m.n;
             d.reference_nll = m.ref_nll / m.n;
             d.candidate_nll = m.cand_nll / m.n;
+            d.reference_entropy = m.ref_h / m.n;
+            d.candidate_entropy = m.cand_h / m.n;
         }
         if (m.tool_n) {
             d.tool_mean_kl = m.tool_kl / m.tool_n;

@@ -334,6 +334,9 @@ struct Divergence {
     double mean_kl = 0, max_kl = 0, top1_agreement = 0;
     double tool_mean_kl = -1, tool_top1_agreement = -1;   // -1 = no tool-call position
     double reference_nll = 0, candidate_nll = 0;           // mean loss of the actual next tokens
+    // mean entropy of the next-token distributions: a copy whose loss beats its source's while its
+    // entropy is higher is less confident, not better (an overconfident source loses on its mistakes)
+    double reference_entropy = 0, candidate_entropy = 0;
 };
 
 std::vector<Divergence> divergence(const Model & reference, const std::vector<const Model *> & candidates,

@@ -204,6 +204,7 @@ def test_divergence_against_itself_is_zero_and_grows_with_fewer_bits(tmp_path, d
     tokens, labels = window_arrays(dataset_windows(conversations[:1], ref, 2048), 2048, 0)
     loss, _ = native.evaluate(str(f32), tokens, labels, THREADS)
     assert abs(same["reference_nll"] - loss) < 1e-3 and np.isclose(same["candidate_nll"], same["reference_nll"])
+    assert np.isclose(same["candidate_entropy"], same["reference_entropy"]) and q2["candidate_entropy"] > 0
 
 
 def test_divergence_inputs_must_match():

@@ -219,7 +219,8 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
         tool = row["tool_top1_agreement"]
         say(f"  {row['type']} {human_size(row['size'])}: mean KL {row['mean_kl']:.4f}, top-1 agreement "
             f"{row['top1_agreement']:.3f}, in tool calls {'-' if tool is None else f'{tool:.3f}'}, loss "
-            f"{row['candidate_nll']:.3f} (F32 {row['reference_nll']:.3f})"
+            f"{row['candidate_nll']:.3f} (F32 {row['reference_nll']:.3f}), entropy {row['candidate_entropy']:.3f} "
+            f"(F32 {row['reference_entropy']:.3f})"
             + ("" if row["screened"] else f"  beyond the screen (KL {SCREEN_MAX_KL}, tool-call agreement "
                                            f"{SCREEN_MIN_TOOL_AGREEMENT})"))
     replayed = to_replay(rows)
