@@ -145,6 +145,134 @@ py::dict train_py(const std::string & base, const std::string & out,
     return d;
 }
 
+py::dict result_dict(const GenerateResult & r) {
+    py::dict d;
+    d["text"] = lenient_str(r.text);
+    d["stop_reason"] = r.stop_reason;
+    d["n_prompt"] = r.n_prompt;
+    d["n_generated"] = r.n_generated;
+    d["prompt_tokens_per_s"] = r.prompt_tokens_per_s;
+    d["gen_tokens_per_s"] = r.gen_tokens_per_s;
+    d["tokens"] = r.tokens;
+    return d;
+}
+
+py::dict generate_py(const Model & self, const py::str & text, int max_tokens, float temperature, int top_k,
+                     float top_p, int64_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads,
+                     const std::string & grammar, bool fresh_context) {
+    const std::string prompt = utf8_arg(text, "the prompt");
+    GenerateOptions o;
+    o.max_tokens = max_tokens;
+    o.temperature = temperature;
+    o.top_k = top_k;
+    o.top_p = top_p;
+    o.seed = seed_arg(seed);
+    o.stop = stop;
+    o.n_ctx = n_ctx;
+    o.n_threads = n_threads;
+    o.grammar = grammar;
+    check_generate_options(o);
+    GenerateResult r;
+    {
+        py::gil_scoped_release release;
+        if (fresh_context) {
+            r = generate(self, prompt, o);
+        } else {
+            SessionOptions so;
+            so.n_ctx = n_ctx;
+            r = self.session(so).generate(self.tokenize(prompt, true, true), o);
+        }
+    }
+    return result_dict(r);
+}
+
+py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> & prompts, const std::vector<int> & streams,
+                    int max_tokens, const std::vector<std::string> & stop, int n_ctx, int n_parallel, int kv_cells,
+                    int n_threads, const std::string & grammar, py::object callback) {
+    if (prompts.size() != streams.size()) {
+        throw Error("replay: one stream id per prompt is needed");
+    }
+    std::vector<ReplayJob> jobs(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        jobs[i] = {streams[i], prompts[i]};
+    }
+    GenerateOptions o;
+    o.max_tokens = max_tokens;
+    o.temperature = 0;
+    o.stop = stop;
+    o.n_ctx = n_ctx;
+    o.n_threads = n_threads;
+    o.grammar = grammar;
+    check_generate_options(o);
+    if (n_parallel < 1 || n_parallel > 256 || kv_cells < 0) {
+        throw Error("replay: n_parallel " + std::to_string(n_parallel) + " or kv_cells " + std::to_string(kv_cells) +
+                    " is out of range\nfix: pass n_parallel in [1, 256] and kv_cells >= 0 (0 = automatic)");
+    }
+    SessionOptions so;
+    so.n_parallel = n_parallel;
+    so.n_ctx = kv_cells > 0 ? kv_cells : 2 * n_ctx + so.n_parallel * max_tokens;
+    std::unique_ptr<py::error_already_set> pending;
+    ReplayProgress progress = [&](int done, int total) {
+        py::gil_scoped_acquire gil;
+        try {
+            if (PyErr_CheckSignals() != 0) {
+                throw py::error_already_set();
+            }
+            if (!callback.is_none()) {
+                callback(done, total);
+            }
+            return true;
+        } catch (py::error_already_set & e) {
+            pending = std::make_unique<py::error_already_set>(std::move(e));
+            return false;
+        }
+    };
+    std::vector<GenerateResult> results;
+    ReplayStats st;
+    try {
+        py::gil_scoped_release release;
+        results = self.session(so).replay(jobs, o, progress, &st);
+    } catch (const Error &) {
+        if (!pending) {
+            throw;
+        }
+    }
+    if (pending) {
+        pending->restore();
+        throw py::error_already_set();
+    }
+    py::list out;
+    for (const auto & r : results) {
+        out.append(result_dict(r));
+    }
+    py::dict stats;
+    stats["fed_tokens"] = st.fed_tokens;
+    stats["prompt_tokens"] = st.prompt_tokens;
+    stats["generated"] = st.generated;
+    stats["decodes"] = st.decodes;
+    stats["max_parallel"] = st.max_parallel;
+    stats["seconds"] = st.seconds;
+    stats["prompt_seconds"] = st.prompt_seconds;
+    stats["gen_seconds"] = st.gen_seconds;
+    return py::make_tuple(out, stats);
+}
+
+py::dict divergence_dict(const Divergence & d) {
+    py::dict out;
+    out["positions"] = d.positions;
+    out["tool_positions"] = d.tool_positions;
+    out["mean_kl"] = d.mean_kl;
+    out["max_kl"] = d.max_kl;
+    out["top1_agreement"] = d.top1_agreement;
+    out["tool_mean_kl"] = optional(d.tool_mean_kl);
+    out["tool_top1_agreement"] = optional(d.tool_top1_agreement);
+    out["reference_nll"] = d.reference_nll;
+    out["candidate_nll"] = d.candidate_nll;
+    out["reference_entropy"] = d.reference_entropy;
+    out["candidate_entropy"] = d.candidate_entropy;
+    return out;
+}
+
 } // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -212,36 +340,37 @@ PYBIND11_MODULE(_native, m) {
              },
              py::arg("out_path"), py::arg("kv") = std::map<std::string, std::string>{},
              "Write the model as GGUF with its file's metadata plus `kv` (atomic).")
-        .def("generate",
-             [](const Model & self, const py::str & text, int max_tokens, float temperature, int top_k,
-                float top_p, int64_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads) {
-                 const std::string prompt = utf8_arg(text, "the prompt");
-                 GenerateOptions o;
-                 o.max_tokens = max_tokens;
-                 o.temperature = temperature;
-                 o.top_k = top_k;
-                 o.top_p = top_p;
-                 o.seed = seed_arg(seed);
-                 o.stop = stop;
-                 o.n_ctx = n_ctx;
-                 o.n_threads = n_threads;
-                 GenerateResult r;
+        .def("generate", &generate_py, py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.7f,
+             py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("seed") = 42,
+             py::arg("stop") = std::vector<std::string>{}, py::arg("n_ctx") = 2048, py::arg("n_threads") = 0,
+             py::arg("grammar") = "", py::arg("fresh_context") = false,
+             "Generate from `prompt`. The model's session keeps its KV cache between calls and decodes only "
+             "from the first token that differs; fresh_context=True makes a new context for this call "
+             "(the one-at-a-time reference path). `grammar`: GBNF with a `root` rule, '' = none.")
+        .def("replay", &replay_py, py::arg("prompts"), py::arg("streams"), py::arg("max_tokens") = 128,
+             py::arg("stop") = std::vector<std::string>{}, py::arg("n_ctx") = 2048, py::arg("n_parallel") = 8,
+             py::arg("kv_cells") = 0, py::arg("n_threads") = 0, py::arg("grammar") = "",
+             py::arg("progress") = py::none(),
+             "Greedy generations for many prompts (token lists, BOS included) at once: prompts of one stream "
+             "share their decoded prefix, up to n_parallel generations run in one batch. Returns (results in "
+             "prompt order, stats). kv_cells: the session's KV size (0 = 2 n_ctx + n_parallel max_tokens).")
+        .def("next_logits",
+             [](const Model & self, const std::vector<int32_t> & tokens, int n_ctx) {
+                 std::vector<float> out;
                  {
                      py::gil_scoped_release release;
-                     r = generate(self, prompt, o);
+                     SessionOptions so;
+                     so.n_ctx = n_ctx;
+                     out = self.session(so).next_logits(tokens);
                  }
-                 py::dict d;
-                 d["text"] = lenient_str(r.text);
-                 d["stop_reason"] = r.stop_reason;
-                 d["n_prompt"] = r.n_prompt;
-                 d["n_generated"] = r.n_generated;
-                 d["prompt_tokens_per_s"] = r.prompt_tokens_per_s;
-                 d["gen_tokens_per_s"] = r.gen_tokens_per_s;
-                 return d;
+                 py::array_t<float> a((py::ssize_t) out.size());
+                 std::copy(out.begin(), out.end(), a.mutable_data());
+                 return a;
              },
-             py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.7f, py::arg("top_k") = 40,
-             py::arg("top_p") = 0.95f, py::arg("seed") = 42, py::arg("stop") = std::vector<std::string>{},
-             py::arg("n_ctx") = 2048, py::arg("n_threads") = 0);
+             py::arg("tokens"), py::arg("n_ctx") = 2048,
+             "The logits after `tokens` (BOS included), with the session's cache reused as by generate().")
+        .def("cached_tokens", &Model::cached_tokens,
+             "Tokens the session keeps from the last generate() (a chat's reused prefix).");
 
     py::class_<TrainOptions>(m, "TrainOptions")
         .def(py::init<>())
@@ -343,6 +472,25 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("path"), py::arg("tokens"), py::arg("adapter") = "", py::arg("n_threads") = 0,
           "Logits at every position of `tokens` (n_tokens x n_vocab), optionally with a LoRA adapter.");
+
+    m.def("divergence",
+          [](const Model & reference, const std::vector<const Model *> & candidates,
+             const std::vector<std::vector<int32_t>> & sequences, const std::vector<std::vector<uint8_t>> & masks,
+             int n_threads) {
+              std::vector<Divergence> r;
+              {
+                  py::gil_scoped_release release;
+                  r = divergence(reference, candidates, sequences, masks, n_threads);
+              }
+              py::list out;
+              for (const auto & d : r) {
+                  out.append(divergence_dict(d));
+              }
+              return out;
+          },
+          py::arg("reference"), py::arg("candidates"), py::arg("sequences"), py::arg("masks"), py::arg("n_threads") = 0,
+          "Teacher-forced KL divergence and top-1 agreement of each candidate against the reference at the "
+          "positions whose mask is non-zero (2 = the next token is inside a tool call); also both models' loss.");
 
     m.def("op_gradients", &op_gradients, py::arg("op"), py::arg("inputs"), py::arg("shape"),
           py::arg("weights") = std::vector<float>{},

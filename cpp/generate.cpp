@@ -1,4 +1,5 @@
-// Text generation with llama.cpp's sampler chain, for validation, chat and load checks.
+// Text generation with llama.cpp's sampler chain: the sampler and stop rules every path shares,
+// and generate(), a fresh context per call (the one-at-a-time reference the Session is checked against).
 #include "native.h"
 
 #include "llama.h"
@@ -20,20 +21,57 @@ struct ContextDeleter {
     void operator()(llama_context * c) const { llama_free(c); }
 };
 
-std::unique_ptr<llama_sampler, SamplerDeleter> make_sampler(const GenerateOptions & o) {
+} // namespace
+
+llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & o) {
     std::unique_ptr<llama_sampler, SamplerDeleter> chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (!o.grammar.empty()) {
+        // grammar first: it masks the candidates the rest of the chain then picks from
+        llama_sampler * grammar = llama_sampler_init_grammar(vocab, o.grammar.c_str(), "root");
+        if (!grammar) {
+            throw Error("the grammar does not parse: " + last_log_error() +
+                        "\nfix: pass GBNF with a `root` rule (llama.cpp grammars/README.md)");
+        }
+        llama_sampler_chain_add(chain.get(), grammar);
+    }
     if (o.temperature <= 0) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-        return chain;
+        return chain.release();
     }
     llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(o.top_k));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(o.top_p, 1));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(o.temperature));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(o.seed));
-    return chain;
+    return chain.release();
 }
 
-// the earliest stop string in `text`, or npos
+int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx) {
+    // llama_sampler_sample's steps, with a check between apply and accept: accepting a token the
+    // grammar rules out aborts the process inside llama.cpp
+    thread_local std::vector<llama_token_data> cur;
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (!logits) {
+        throw Error("no logits at batch position " + std::to_string(idx) + ": " + last_log_error());
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    cur.resize(n_vocab);
+    for (int t = 0; t < n_vocab; ++t) {
+        cur[t] = llama_token_data{t, logits[t], 0.0f};
+    }
+    llama_token_data_array arr{cur.data(), cur.size(), -1, false};
+    llama_sampler_apply(chain, &arr);
+    if (arr.selected < 0 || arr.selected >= (int64_t) arr.size || std::isinf(arr.data[arr.selected].logit)) {
+        return -1;   // every token ruled out: the grammar has no way on
+    }
+    const llama_token tok = arr.data[arr.selected].id;
+    try {
+        llama_sampler_accept(chain, tok);
+    } catch (const std::exception & e) {
+        throw Error(std::string("the grammar rejected the sampled token: ") + e.what());
+    }
+    return tok;
+}
+
 size_t find_stop(const std::string & text, const std::vector<std::string> & stops) {
     size_t best = std::string::npos;
     for (const auto & s : stops) {
@@ -46,7 +84,7 @@ size_t find_stop(const std::string & text, const std::vector<std::string> & stop
 
 // Sampling settings llama.cpp's samplers do not check themselves (a NaN temperature samples garbage,
 // max_tokens 0 or a context of 0 tokens fail deep inside the context).
-void check_options(const GenerateOptions & o) {
+void check_generate_options(const GenerateOptions & o) {
     auto bad = [](const std::string & what, const std::string & fix) {
         throw Error(what + "\nfix: " + fix);
     };
@@ -67,11 +105,14 @@ void check_options(const GenerateOptions & o) {
     }
 }
 
-} // namespace
 
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts) {
-    check_options(opts);
+    check_generate_options(opts);
     const llama_vocab * vocab = llama_model_get_vocab(model.get());
+    if (model.vocab_only()) {   // llama.cpp aborts on a context over no weights
+        throw Error("cannot generate with " + model.path() + ": it was loaded vocab_only (tokenizer only)\n"
+                    "fix: load the model without vocab_only");
+    }
     std::vector<int32_t> tokens = model.tokenize(prompt, true, true);
     if ((int) tokens.size() + opts.max_tokens > opts.n_ctx) {
         throw Error("prompt (" + std::to_string(tokens.size()) + " tokens) plus max_tokens (" +
@@ -87,7 +128,7 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     if (!ctx) {
         throw Error("could not create an inference context: " + last_log_error());
     }
-    auto sampler = make_sampler(opts);
+    std::unique_ptr<llama_sampler, SamplerDeleter> sampler(new_sampler(vocab, opts));
 
     GenerateResult res;
     res.n_prompt = (int) tokens.size();
@@ -101,12 +142,17 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     res.stop_reason = "length";
     std::string piece(256, '\0');
     for (int i = 0; i < opts.max_tokens; ++i) {
-        llama_token tok = llama_sampler_sample(sampler.get(), ctx.get(), -1);
+        llama_token tok = sample_token(sampler.get(), ctx.get(), -1);
+        if (tok < 0) {
+            res.stop_reason = "grammar";
+            break;
+        }
         if (llama_vocab_is_eog(vocab, tok)) {
             res.stop_reason = "eos";
             break;
         }
         res.n_generated += 1;
+        res.tokens.push_back(tok);
         const int n = llama_token_to_piece(vocab, tok, piece.data(), (int32_t) piece.size(), 0, false);
         res.text.append(piece.data(), std::max(n, 0));
         const size_t stop = find_stop(res.text, opts.stop);

@@ -6,14 +6,22 @@
 #include "llama-adapter.h" // ab_map: merging an adapter while saving
 #include "llama-model.h"   // tensors_by_name: saving needs every weight under its GGUF name
 
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
+
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 namespace fs = std::filesystem;
 
@@ -61,8 +69,74 @@ std::string last_log_error() {
     return out;
 }
 
+namespace {
+
+int allowed_cores() {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        return std::max(1, CPU_COUNT(&set));
+    }
+#endif
+    return (int) std::max(1u, std::thread::hardware_concurrency());
+}
+
+// (busy, total) jiffies of all CPUs, and this process's own CPU jiffies; false where /proc is missing
+bool cpu_times(long long & busy, long long & total, long long & own) {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    long long v[8] = {0};
+    if (!(stat >> cpu >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7]) || cpu != "cpu") {
+        return false;
+    }
+    total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    busy = total - v[3] - v[4];   // idle and iowait
+    std::ifstream self("/proc/self/stat");
+    std::string line;
+    std::getline(self, line);
+    const size_t end = line.rfind(')');   // the command name may hold spaces
+    std::istringstream rest(end == std::string::npos ? "" : line.substr(end + 2));
+    std::string field;
+    for (int i = 3; i <= 13 && rest >> field; ++i) {
+    }
+    long long utime = 0, stime = 0;
+    if (!(rest >> utime >> stime)) {
+        return false;
+    }
+    own = utime + stime;
+    return true;
+}
+
+// cores kept busy by other processes, sampled over `ms`; 0 where it cannot be measured
+double busy_elsewhere(int ms) {
+    long long b0, t0, o0, b1, t1, o1;
+    if (!cpu_times(b0, t0, o0)) {
+        return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (!cpu_times(b1, t1, o1) || t1 <= t0) {
+        return 0;
+    }
+    const double n_cpus = std::max(1u, std::thread::hardware_concurrency());
+    return std::max(0.0, (double) ((b1 - b0) - (o1 - o0)) / (double) (t1 - t0) * n_cpus);
+}
+
+} // namespace
+
 int default_threads() {
-    return std::max(1u, std::thread::hardware_concurrency());
+    // sampled at most every 10 s: a replay asks per call, and the sample costs 150 ms
+    static std::mutex mutex;
+    static int cached = 0;
+    static std::chrono::steady_clock::time_point when;
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto now = std::chrono::steady_clock::now();
+    if (cached == 0 || now - when > std::chrono::seconds(10)) {
+        // a core counts as taken when another process uses more than 60% of one
+        const int busy = (int) std::floor(busy_elsewhere(150) + 0.4);
+        cached = std::max(1, allowed_cores() - busy);
+        when = now;
+    }
+    return cached;
 }
 
 int resolve_threads(int n_threads, const char * what) {
@@ -86,7 +160,7 @@ llama_model_params model_params(int n_gpu_layers) {
     return params;
 }
 
-Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path_(path) {
+Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path_(path), vocab_only_(vocab_only) {
     init();
     if (!fs::exists(path)) {
         throw Error("model file not found: " + path);
@@ -102,6 +176,7 @@ Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path
 }
 
 Model::~Model() {
+    session_.reset();   // its context refers to the model
     if (model_) {
         llama_model_free(model_);
     }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -14,6 +15,9 @@ struct llama_model_params;
 struct gguf_context;
 struct llama_adapter_lora;
 struct llama_context;
+struct llama_batch;
+struct llama_sampler;
+struct llama_vocab;
 
 namespace dnd {
 
@@ -45,6 +49,9 @@ struct Message {
     std::string role, content;
 };
 
+class Session;
+struct SessionOptions;
+
 class Model {
 public:
     Model(const std::string & path, int n_gpu_layers, bool vocab_only);
@@ -54,6 +61,7 @@ public:
 
     llama_model * get() const { return model_; }
     const std::string & path() const { return path_; }
+    bool vocab_only() const { return vocab_only_; }
 
     ModelInfo info() const;
     std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;
@@ -61,10 +69,16 @@ public:
     // llama.cpp's own template code (the one runtimes use); `tmpl` empty = the GGUF's template
     std::string apply_chat_template(const std::vector<Message> & messages, bool add_assistant,
                                     const std::string & tmpl) const;
+    // The model's one inference context (session.cpp), kept across calls; made anew only when
+    // `opts` differ from the current one's. Freed before the model.
+    Session & session(const SessionOptions & opts) const;
+    int cached_tokens() const;   // what the session keeps for the next generate() (0 without one)
 
 private:
     std::string path_;
     llama_model * model_ = nullptr;
+    bool vocab_only_ = false;
+    mutable std::unique_ptr<Session> session_;
 };
 
 // The metadata of a GGUF file, read once: the file may be gone by the time a copy is saved
@@ -220,21 +234,119 @@ struct GenerateOptions {
     uint32_t seed = 42;
     int n_threads = 0;
     std::vector<std::string> stop;
+    std::string grammar;                // GBNF with a `root` rule; "" = unconstrained
 };
 
 struct GenerateResult {
     std::string text;
-    std::string stop_reason;            // "eos", "stop", "length"
+    std::string stop_reason;            // "eos", "stop", "length", "grammar" (the grammar allows no token)
     int n_prompt = 0, n_generated = 0;
     double prompt_tokens_per_s = 0, gen_tokens_per_s = 0;
+    std::vector<int32_t> tokens;        // the generated tokens (the stopping one excluded)
 };
 
 // `prompt` is the full text (already chat-templated when chatting); special tokens are parsed.
+// A fresh context per call: the reference the Session's results are checked against.
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
 
+// The sampler chain of `opts` (grammar first when one is given); throws for a grammar that does not parse.
+llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & opts);
+// One token from the logits at batch position `idx` (-1 = the last); -1 when the grammar rules out
+// every token. Accepts it into the chain (grammar state).
+int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx);
+// Sampling settings llama.cpp's samplers do not check themselves; throws Error naming the setting.
+void check_generate_options(const GenerateOptions & opts);
+// the earliest stop string in `text`, or npos
+size_t find_stop(const std::string & text, const std::vector<std::string> & stops);
+
+// Threads for inference and training: the cores this process may use (its CPU affinity) minus
+// those other processes keep busy right now (sampled from /proc/stat), at least 1. On a busy
+// machine fewer threads than cores is faster: ggml's threads wait for each other at every op,
+// so one thread descheduled by another process stalls them all.
 int default_threads();
 // A thread count from a caller: 0 = all cores; negative or more than ggml can start (GGML_MAX_N_THREADS)
 // throws, naming `what`, instead of reaching ggml's threadpool with it.
 int resolve_threads(int n_threads, const char * what);
+
+// ---- session.cpp -----------------------------------------------------------------------------
+
+struct SessionOptions {
+    int n_ctx = 2048;          // KV cells shared by every sequence (shared prefixes are stored once)
+    int n_parallel = 1;        // generations decoded together, one token each per batch
+    int n_threads = 0;         // 0 = default_threads()
+    int n_batch = 512;         // tokens per decode call
+    bool operator==(const SessionOptions & o) const {
+        return n_ctx == o.n_ctx && n_parallel == o.n_parallel && n_threads == o.n_threads && n_batch == o.n_batch;
+    }
+};
+
+// One generation of a replay: `prompt` (tokens, BOS included) is continued greedily or by `opts`.
+// Jobs of one `stream` (a conversation) usually extend each other's prompts: the shared prefix is
+// decoded once and each job's generation runs in a copy (fork) of that stream's KV sequence.
+struct ReplayJob {
+    int stream = 0;
+    std::vector<int32_t> prompt;
+};
+
+struct ReplayStats {
+    int64_t fed_tokens = 0;         // prompt tokens decoded (shared prefixes once)
+    int64_t prompt_tokens = 0;      // sum of the jobs' prompt lengths (what one-at-a-time decodes)
+    int64_t generated = 0, decodes = 0, max_parallel = 0;
+    double seconds = 0, prompt_seconds = 0, gen_seconds = 0;   // decode calls holding prompt tokens count as prompt
+};
+
+// (jobs done, jobs in all); returning false stops the replay (Error "cancelled").
+using ReplayProgress = std::function<bool(int, int)>;
+
+class Session {
+public:
+    Session(const Model & model, const SessionOptions & opts);
+    ~Session();
+    Session(const Session &) = delete;
+    Session & operator=(const Session &) = delete;
+
+    const SessionOptions & options() const { return opts_; }
+    // Generation with the KV cache of the previous call reused up to the first token where
+    // `prompt` differs from what is cached (a chat's earlier turns are not decoded again).
+    GenerateResult generate(const std::vector<int32_t> & prompt, const GenerateOptions & opts);
+    // Every job's generation, up to n_parallel at once (results in job order).
+    std::vector<GenerateResult> replay(const std::vector<ReplayJob> & jobs, const GenerateOptions & opts,
+                                       const ReplayProgress & progress, ReplayStats * stats);
+    // the logits after `tokens` (the cache reused as by generate): how close a greedy choice was
+    std::vector<float> next_logits(const std::vector<int32_t> & tokens);
+    int n_cached() const { return (int) cached_.size(); }   // tokens kept for generate()
+    void clear();
+
+private:
+    struct Replay;
+    size_t feed(const std::vector<int32_t> & prompt);   // returns the tokens reused from the cache
+    void decode(const llama_batch & batch, const char * what);
+    void set_threads(int n_threads);
+
+    const Model & model_;
+    SessionOptions opts_;
+    llama_context * ctx_ = nullptr;
+    std::vector<int32_t> cached_;
+    int threads_ = 0;
+};
+
+// ---- divergence.cpp --------------------------------------------------------------------------
+
+// Teacher-forced comparison of candidates (quantized copies) with a reference model over token
+// sequences: at every position whose mask is non-zero (the next token is a DM token; 2 = inside a
+// tool call), the reference's and each candidate's next-token distributions are compared.
+struct Divergence {
+    int64_t positions = 0, tool_positions = 0;
+    double mean_kl = 0, max_kl = 0, top1_agreement = 0;
+    double tool_mean_kl = -1, tool_top1_agreement = -1;   // -1 = no tool-call position
+    double reference_nll = 0, candidate_nll = 0;           // mean loss of the actual next tokens
+    // mean entropy of the next-token distributions: a copy whose loss beats its source's while its
+    // entropy is higher is less confident, not better (an overconfident source loses on its mistakes)
+    double reference_entropy = 0, candidate_entropy = 0;
+};
+
+std::vector<Divergence> divergence(const Model & reference, const std::vector<const Model *> & candidates,
+                                   const std::vector<std::vector<int32_t>> & sequences,
+                                   const std::vector<std::vector<uint8_t>> & masks, int n_threads);
 
 } // namespace dnd

@@ -59,6 +59,20 @@ def settings(**changes) -> ChatSettings:
 # ---------------------------------------------------------------- the session
 
 
+def test_the_chat_keeps_its_kv_cache_between_turns(tiny_path):
+    model = _native.Model(str(tiny_path))    # its own session: the cache is this chat's alone
+    session = ChatSession(model, settings=settings(temperature=0.0))
+    session.send("We push open the door of the tavern.")
+    first = model.cached_tokens()
+    reply = session.send("We order two ales.")
+    # the second prompt starts with the first (system, player, DM reply): it was not decoded again
+    assert first > 0 and model.cached_tokens() >= reply.n_prompt > first
+    # and the reused cache changes nothing: the first reply is what a fresh context gives
+    first_prompt = model.apply_chat_template([{"role": m.role, "content": m.content} for m in session.messages()[:2]])
+    fresh = model.generate(first_prompt, max_tokens=12, temperature=0.0, n_ctx=4096, fresh_context=True)
+    assert fresh["text"].split("<end_of_turn>")[0].strip() == session.rounds[0][-1].content
+
+
 def test_a_turn_goes_through_the_ggufs_template_and_the_native_model(model):
     session = ChatSession(model, settings=settings())
     reply = session.send("We push open the door of the tavern.")

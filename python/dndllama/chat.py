@@ -211,5 +211,7 @@ class ChatSession:
         return dropped, n_prompt
 
     def _native_generate(self, prompt: str, s: ChatSettings, seed: int) -> dict:
+        # the model's native session keeps its KV cache between replies: each prompt extends the last
+        # one, so only the new messages are decoded (dropping old rounds decodes from the first change)
         return self.model.generate(prompt, max_tokens=s.max_tokens, temperature=s.temperature, top_k=s.top_k,
                                    top_p=s.top_p, seed=seed, stop=[END_OF_TURN], n_ctx=s.n_ctx, n_threads=s.threads)

@@ -35,14 +35,14 @@ from .ship_checks import check_chat_template, smoke_test
 from .files import atomic_path, disk_free, read_json, write_json, write_text
 from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
 from .runtime_profiles import RuntimeCompatError
-from .selection import Judge, Quality, quality, quality_within, select_checkpoint, tool_scores
+from .selection import Judge, choose_quant_screened, select_checkpoint, tool_scores
 from .scenarios import ERROR, load_folder, scenario_files, skipped_links
 from .tools import Vocabulary, load_vocabulary, render_tool_prompt
 from .train import Arrays, TrainingError, TrainOutcome, adapter_of, matmul_precision, train_model
 from .validate import make_report
 
 STAGE_VERSION = 1            # bump when a stage's output changes meaning, to invalidate caches
-EXPORT_VERSION = 2           # ... or only the export stages' (choosing, quantizing, checking, publishing)
+EXPORT_VERSION = 3           # ... or only the export stages' (choosing, quantizing, checking, publishing)
 LLAMA_CPP = "llama-cpp-python==0.3.36 vendor/llama.cpp"
 WARM_START_EPOCHS = 1
 KEPT_RUNS = 3
@@ -86,6 +86,28 @@ def code_version() -> str:
 
 def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stopwatch:
+    """How long each stage of a run took; `dndllama train` prints it at the end (judging must stay
+    cheaper than training, and a user deciding what to cut needs to see where the time went)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def summary(self) -> str:
+        parts = [f"{stage} {_duration(s)}" for stage, s in self.seconds.items()]
+        return f"time by stage: {', '.join(parts)}; total {_duration(sum(self.seconds.values()))}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 # ---------------------------------------------------------------- the stages
@@ -245,6 +267,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
         say: Callable[[str], None] = print) -> Outcome:
     t0 = time.monotonic()
     validate(config)   # a Config built in code meets the same checks as the CLI's
+    stages = Stopwatch()
     cache, models_dir = Path(config.cache_dir).expanduser(), Path(config.models_dir)
     runtime = _runtime(config.runtime)
     try:   # an unknown type, or one the runtime lacks: refused before anything runs
@@ -286,7 +309,9 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
         return Outcome(latest, read_json(latest.path / registry.CACTUS_CONFIG, {}), unchanged=True,
                        promoted=promoted)
 
+    stages.lap("data and base")
     arrays, stats = build_arrays(data, base, config, cache, dataset_key, say)
+    stages.lap("dataset")
     say(f"dataset: {stats['train_windows']} training and {stats['val_windows']} validation windows of "
         f"{config.ctx} tokens, {stats['train_targets']} DM target tokens")
 
@@ -295,6 +320,7 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
         raise TrainingError("--resume: no interrupted run for this data and these settings; "
                             "leave out --resume to start one")
     trained = _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, quiet, say)
+    stages.lap("training")
 
     judge = Judge(judged_conversations(data), data.vocab, validation_settings(config), run_dir / "judged",
                   scope=eval_key(data), loss_conversations=loss_conversations(data))
@@ -302,12 +328,14 @@ def run(config: Config, force: bool = False, quiet: bool = False, require_resume
     checkpoint, checkpoint_rows = trained.model, []
     if by_task:
         checkpoint, checkpoint_rows = select_checkpoint(run_dir, _candidates(trained), judge, say)
+        stages.lap("checkpoint choice")
     choice, quant_rows = quantize_stage(config, runtime, checkpoint, run_dir, judge if by_task else None, say)
+    stages.lap("quantization" + (" and its choice" if by_task else ""))
 
     adapter = adapter_of(checkpoint) if config.method == "lora" else None
     return _ship(config, base, data, data_key, stats, trained, choice, adapter, run_dir, models_dir, cache,
                  {"data": data_key, "dataset": dataset_key, "train": train_key, "export": export_key},
-                 previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, say)
+                 previous, parent, judge, {"checkpoints": checkpoint_rows, "quant": quant_rows}, stages, say)
 
 
 def check_cap_reachable(header, config: Config, runtime) -> None:
@@ -341,32 +369,20 @@ def _candidates(trained: TrainOutcome) -> list[dict]:
 
 def quantize_stage(config: Config, runtime, checkpoint: Path, run_dir: Path, judge: Judge | None,
                    say) -> tuple[QuantChoice, list[dict]]:
-    """The quant type under the cap; with a judge, the smallest one that keeps the tool calls of the
-    best (see selection.quality_within). Returns the choice and every judged type's scores."""
+    """The quant type under the cap. With a judge: every type under the cap is screened by one
+    teacher-forced divergence pass against the checkpoint (selection.screen_quants); only the smallest
+    type within the screen's tolerance and the next larger one are replayed, and the smaller ships when
+    it keeps the tool calls of the larger (selection.quality_within). Returns the choice and every
+    type's figures."""
     ensure_disk(run_dir, checkpoint.stat().st_size // 2, "quantization")
-    rows: list[dict] = []
-    seen: list[Quality] = []
-
-    def judge_type(qtype: str, path: Path) -> tuple[bool, str]:
-        say(f"{qtype}: replaying the validation turns ...")
-        result = judge(path)
-        seen.append(quality(result))
-        ok = quality_within(seen[-1], seen, config.quant_f1_tolerance, config.quant_loss_tolerance)
-        size = path.stat().st_size
-        rows.append({"type": qtype, "size": size, "val_loss": result.loss.loss, "kept_quality": ok,
-                     **tool_scores(result)})
-        note = (f"  {qtype} {human_size(size)}: tool-call F1 {_fmt(seen[-1].f1)}, "
-                f"validation loss {_fmt(seen[-1].loss)}, {result.gen_tokens_per_s or 0:.0f} tokens/s"
-                + ("" if ok else f" (beyond the tolerance: F1 {config.quant_f1_tolerance}, "
-                                 f"loss {config.quant_loss_tolerance}; smaller types not tried)"))
-        say(note)
-        return ok, note
-
     types = candidates(config.quant, runtime.supports_quant)
-    choice = choose_quant(checkpoint, run_dir / "quant" / checkpoint.stem, config.size_cap_bytes, types,
-                          config.threads, say, judge_type if judge and len(types) > 1 else None)
-    for row in rows:
-        row["chosen"] = row["type"] == choice.type
+    out_dir = run_dir / "quant" / checkpoint.stem
+    if judge is None or len(types) < 2:
+        choice = choose_quant(checkpoint, out_dir, config.size_cap_bytes, types, config.threads, say)
+        say(f"quantization: {choice.reason}")
+        return choice, []
+    choice, rows = choose_quant_screened(checkpoint, out_dir, config.size_cap_bytes, types, config.threads, judge,
+                                         config.ctx, config.quant_f1_tolerance, config.quant_loss_tolerance, say)
     say(f"quantization: {choice.reason}")
     return choice, rows
 
@@ -408,7 +424,8 @@ def _train_stage(config, base, data, data_key, arrays, run_dir, parent, force, q
 
 
 def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, adapter: Path | None, run_dir,
-          models_dir, cache, keys, previous, parent, judge: Judge, choices: dict, say) -> Outcome:
+          models_dir, cache, keys, previous, parent, judge: Judge, choices: dict, stages: Stopwatch,
+          say) -> Outcome:
     """Check the quantized model, then publish it as a new version and make it current."""
     from . import _native
     from .cactus import cactus_config
@@ -424,7 +441,9 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
     if adapter:
         runtime_check["adapter"] = adapter_runtime_check(base, adapter, (data.validation or data.train)[0], config, say)
     del model
+    stages.lap("checks")
     report = validate_stage(config, base, data, choice.path, trained.log, cache, keys["dataset"], judge, choices, say)
+    stages.lap("validation")
     passed, verdict = gate(report, config.min_f1_gain)
 
     name, staged = registry.stage(models_dir)
@@ -473,6 +492,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
     })
     version = registry.commit(models_dir, staged, name)
     prune_runs(run_dir.parent, keep=run_dir)
+    stages.lap("publishing")
+    say(stages.summary())
     if not passed and config.gate:
         say(f"quality gate failed: {verdict}. {name} is kept but not promoted; "
             f"promote it anyway with: dndllama models use {name}")

@@ -89,7 +89,11 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-CHOICE_COLUMNS = (("size", "size (MB)"), ("step", "step"), ("tool_name_f1", "tool-call F1"), ("exact_call_f1", "exact-call F1"),
+CHOICE_COLUMNS = (("size", "size (MB)"), ("step", "step"),
+                  # quant types, teacher-forced against the F32 checkpoint (llama.cpp's perplexity --kl-divergence)
+                  ("mean_kl", "mean KL vs F32"), ("top1_agreement", "top-1 agreement"),
+                  ("tool_top1_agreement", "top-1 in tool calls"),
+                  ("tool_name_f1", "tool-call F1"), ("exact_call_f1", "exact-call F1"),
                   ("format_validity", "format validity"), ("val_loss", "validation loss"),
                   ("gen_tokens_per_s", "generation tokens/s"))
 
@@ -112,7 +116,7 @@ def _choice_sections(choices: dict) -> list[str]:
 def _choice_cell(key: str, value) -> str:
     if key == "size" and value is not None:
         return f"{value / 1e6:.1f}"
-    return _fmt(value, {"gen_tokens_per_s": "{:.1f}", "step": "{}"}.get(key, "{:.3f}"))
+    return _fmt(value, {"gen_tokens_per_s": "{:.1f}", "step": "{}", "mean_kl": "{:.4f}"}.get(key, "{:.3f}"))
 
 
 def _count(n: int, word: str) -> str:

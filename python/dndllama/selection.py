@@ -5,6 +5,10 @@ tools best on the validation scenarios.
   select_checkpoint     the training candidate with the best tool calls (exact F1, then name F1),
                         the validation loss breaking ties; replayed through Q8_0 copies
   quality_within        whether a quant type stays within the tolerances of the best one tried
+  screen_quants         one teacher-forced pass per quant type against the F32 checkpoint: KL
+                        divergence, top-1 agreement (in tool calls too), both models' loss
+  choose_quant_screened every type under the cap screened; only the smallest within the screen
+                        and the next larger are replayed
 
 Tool-call F1 over a couple of dozen turns is coarse: a model that calls no tool scores 0 whatever
 its size. The quant choice therefore also bounds the validation loss, so a 2-bit file never wins
@@ -22,6 +26,7 @@ from typing import Callable
 
 from .dataset import Conversation
 from .files import atomic_path
+from .quantize import CapError, QuantChoice, human_size
 from .tools import Vocabulary
 from .validate import ModelResult, validate_one
 
@@ -131,3 +136,143 @@ def quality(result: ModelResult) -> Quality:
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- quant screening by divergence
+
+# How far a quant type may drift from the F32 checkpoint, teacher-forced over the evaluation set's DM
+# tokens (the figures of llama.cpp's perplexity --kl-divergence). Q8_0 of a 270M model stays near
+# 0.001 nats and 99 % agreement; 2- and 3-bit types pass 0.1 nats and fall under 90 %.
+SCREEN_MAX_KL = 0.05             # mean KL divergence per DM token, nats
+SCREEN_MIN_TOOL_AGREEMENT = 0.95  # top-1 agreement on the tokens inside tool calls (what the app parses)
+
+
+def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocabulary,
+                      ctx: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Training's windows of the conversations and, per position, what the divergence pass scores:
+    0 = not a DM token next, 1 = a DM token next, 2 = a DM token inside a tool call next."""
+    import warnings
+
+    from .dataset import TruncationWarning, dataset_windows, window_arrays
+    from .tools import find_tool_calls
+
+    pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        windows = dataset_windows(conversations, tokenizer, ctx)
+    tokens, labels = window_arrays(windows, ctx, pad)
+    sequences, masks = [], []
+    for row, label in zip(tokens.tolist(), labels.tolist()):
+        mask = [1 if t >= 0 else 0 for t in label]
+        starts, text = [], ""
+        for token in row:
+            starts.append(len(text))
+            text += tokenizer.detokenize([token], False)
+        calls, _ = find_tool_calls(text, vocab)
+        for call in calls:
+            for i in range(1, len(row)):   # position i - 1 predicts token i
+                if call.span[0] <= starts[i] < call.span[1] and mask[i - 1]:
+                    mask[i - 1] = 2
+        sequences.append(row)
+        masks.append(mask)
+    return sequences, masks
+
+
+def screen_quants(reference: Path, typed: list[tuple[str, Path]], conversations: list[Conversation],
+                  vocab: Vocabulary, ctx: int, n_threads: int = 0) -> list[dict]:
+    """One teacher-forced pass of every (type, file) against `reference` (the F32 checkpoint): mean
+    KL, top-1 agreement (all DM tokens and those in tool calls), and both models' loss on the same
+    tokens with the same numerics; `screened` says whether the type is within the tolerances."""
+    from . import _native
+
+    ref = _native.Model(str(reference))
+    sequences, masks = divergence_inputs(ref, conversations, vocab, ctx)
+    models = [_native.Model(str(path)) for _, path in typed]
+    figures = _native.divergence(ref, models, sequences, masks, n_threads)
+    return [{"type": qtype, "size": path.stat().st_size, **f, "screened": within_screen(f)}
+            for (qtype, path), f in zip(typed, figures)]
+
+
+def within_screen(figures: dict) -> bool:
+    tool = figures.get("tool_top1_agreement")
+    return figures["mean_kl"] <= SCREEN_MAX_KL and (tool is None or tool >= SCREEN_MIN_TOOL_AGREEMENT)
+
+
+def to_replay(rows: list[dict]) -> list[str]:
+    """The types worth replaying, rows ordered best first: the smallest that passes the screen and
+    the next larger one (only the best type when none passes)."""
+    passing = [i for i, r in enumerate(rows) if r["screened"]]
+    if not passing:
+        return [rows[0]["type"]]
+    smallest = passing[-1]
+    return [r["type"] for r in rows[max(0, smallest - 1): smallest + 1]]
+
+
+def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list[str], threads: int, judge: Judge,
+                          ctx: int, f1_tolerance: float, loss_tolerance: float, say) -> tuple:
+    """Every type under the cap screened by one teacher-forced divergence pass against `checkpoint`;
+    only the smallest type within the screen and the next larger one are replayed by `judge`, and the
+    smaller wins when it keeps the larger's tool calls (quality_within). Returns (QuantChoice, rows)."""
+    fitting, tried = _quantize_under_cap(checkpoint, out_dir, cap, types, threads, say)
+    say(f"screening {len(fitting)} quant types against {checkpoint.name}: KL divergence and agreement on the "
+        "validation DM tokens (teacher-forced) ...")
+    rows = screen_quants(checkpoint, fitting, judge.conversations, judge.vocab, ctx, threads)
+    for row in rows:
+        tool = row["tool_top1_agreement"]
+        say(f"  {row['type']} {human_size(row['size'])}: mean KL {row['mean_kl']:.4f}, top-1 agreement "
+            f"{row['top1_agreement']:.3f}, in tool calls {'-' if tool is None else f'{tool:.3f}'}, loss "
+            f"{row['candidate_nll']:.3f} (F32 {row['reference_nll']:.3f}), entropy {row['candidate_entropy']:.3f} "
+            f"(F32 {row['reference_entropy']:.3f})"
+            + ("" if row["screened"] else f"  beyond the screen (KL {SCREEN_MAX_KL}, tool-call agreement "
+                                           f"{SCREEN_MIN_TOOL_AGREEMENT})"))
+    replayed = to_replay(rows)
+    judged = {}
+    for qtype in replayed:
+        say(f"{qtype}: replaying the validation turns ...")
+        judged[qtype] = judge(dict(fitting)[qtype])
+    chosen = replayed[-1]
+    kept = quality_within(quality(judged[chosen]), [quality(r) for r in judged.values()],
+                          f1_tolerance, loss_tolerance)
+    if not kept:
+        chosen = replayed[0]
+    for row in rows:
+        result = judged.get(row["type"])
+        row["replayed"], row["chosen"] = result is not None, row["type"] == chosen
+        if result:
+            row.update(val_loss=result.loss.loss, **tool_scores(result))
+    for qtype, path in fitting:
+        if qtype != chosen:
+            path.unlink(missing_ok=True)
+    path = dict(fitting)[chosen]
+    scores = ", ".join(f"{t}: tool-call F1 {_f(quality(judged[t]).f1)}" for t in replayed)
+    why = ("the smallest type within the divergence screen" + (" keeps the tool calls of the next larger"
+                                                              if len(replayed) > 1 else "")
+           if kept else f"{replayed[-1]} passed the divergence screen but lost tool calls in replay")
+    size = path.stat().st_size
+    choice = QuantChoice(chosen, path, size, f"{chosen} ({human_size(size)}) fits the {human_size(cap)} cap; "
+                                             f"{why} ({scores})", tried)
+    return choice, rows
+
+
+def _quantize_under_cap(checkpoint: Path, out_dir: Path, cap: int, types: list[str], threads: int,
+                        say) -> tuple[list[tuple[str, Path]], list[tuple[str, int]]]:
+    """Every type of the ladder quantized; those over the cap deleted. Raises CapError when none fits."""
+    from . import _native
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fitting, tried = [], []
+    for qtype in types:
+        out = out_dir / f"model-{qtype.lower()}.gguf"
+        if not out.exists():
+            say(f"quantizing to {qtype} ...")
+            _native.quantize(str(checkpoint), str(out), qtype, threads)
+        tried.append((qtype, out.stat().st_size))
+        if tried[-1][1] > cap:
+            out.unlink()
+        else:
+            fitting.append((qtype, out))
+    if not fitting:
+        sizes = ", ".join(f"{t} {human_size(s)}" for t, s in tried)
+        raise CapError(f"no quantization fits the {human_size(cap)} cap (tried {sizes}); raise --size-cap "
+                       "or pick a smaller base model")
+    return fitting, tried

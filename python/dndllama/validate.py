@@ -2,7 +2,7 @@
 through a GGUF, score the replies' tool calls against the reference turns, measure loss, speed and
 memory, and put a baseline (by default the base before fine-tuning) side by side.
 
-  replay(model, conversations)    greedy generation of every DM turn with the model's own template
+  replay(model, conversations)    greedy generation of every DM turn (replay.py: batched, shared prefixes)
   reference_loss(path, convs)     loss / perplexity on the reference DM tokens, windows as in training
   validate_one(label, path, ...)  one file's replay, scores, speed and memory -> ModelResult
   validate_model(path, convs)     all of it for the model and the baseline -> Report
@@ -16,164 +16,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from .dataset import (END_OF_TURN, GEMMA_CHAT_TEMPLATE, Conversation, TruncationWarning, dataset_windows,
-                      window_arrays)
+from .dataset import Conversation, TruncationWarning, dataset_windows, window_arrays
 from .report import (LOSS_PNG, REPORT_JSON, REPORT_MD, TOOLS_PNG, metric_rows, render_markdown,  # noqa: F401
                      write_report)
 from .scoring import (RATES, InvalidCall, ToolMetrics, TurnCalls, _ratio, call_key, normalize_value,  # noqa: F401
                       tool_metrics, turn_calls, turn_context)
 from .tools import Vocabulary, render_tool_prompt
+# the replay lives in replay.py; its names stay importable from here
+from .replay import DEFAULT_MAX_TOKENS, PeakMemory, Replay, Turn, dm_turns, replay  # noqa: F401
 
-DEFAULT_MAX_TOKENS = 128  # above every DM turn of the default corpus (at most 110 Gemma tokens)
+PROGRESS_EVERY_S = 10.0  # replay progress lines at most this often
 LOSS_CHUNK = 32           # windows per native evaluate call when the loss reports progress
 
 
 class ValidationError(ValueError):
     """Nothing could be validated (no DM turn, or none fits the context); the message says what to change."""
 
-# ---------------------------------------------------------------- replay
-
-
-@dataclass
-class Turn:
-    scenario: str
-    message: int                # index of the DM message in its conversation
-    reference: str
-    prediction: str
-    reference_calls: list[str]
-    predicted_calls: list[str]  # valid calls, as written
-    invalid_calls: list[str]
-    prompt_tokens: int
-    generated_tokens: int
-    stop_reason: str
-    prompt_seconds: float
-    generate_seconds: float
-
-
-@dataclass
-class Replay:
-    turns: list[Turn]
-    skipped: int                # DM turns whose prompt + max_tokens exceed n_ctx
-    seconds: float
-    prompt_tokens_per_s: float | None
-    gen_tokens_per_s: float | None
-    peak_rss_mb: float          # during this replay (see PeakMemory)
-    template: str               # "gguf": the model's own chat template; "fallback": dndllama's Gemma template
-
-
-def dm_turns(conversations: Iterable[Conversation]) -> list[tuple[Conversation, int]]:
-    """(conversation, message index) of every DM turn, in order."""
-    return [(c, i) for c in conversations for i, m in enumerate(c.messages) if m.role == "assistant"]
-
-
-def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_tokens: int = DEFAULT_MAX_TOKENS,
-           seed: int = 0, n_ctx: int = 2048, n_threads: int = 0, max_turns: int | None = None,
-           progress: Callable[[int, int, Turn], None] | None = None) -> Replay:
-    """Generate every DM turn from the messages before it, greedily, with `model`'s own chat template.
-
-    `model` is a loaded `dndllama._native.Model`. A GGUF without a chat template (the embedded
-    Gemma 3 270M base has none) is prompted with the Gemma template training uses. Greedy decoding
-    makes the result a function of the model and the data (`seed` is passed on for completeness).
-    Turns whose prompt does not leave `max_tokens` of room in `n_ctx` are skipped and counted.
-    `progress(done, total, turn)` is called after each generated turn. Greedy output can differ with
-    `n_threads` (float sums in another order), so compare reports made with the same settings.
-    """
-    todo = dm_turns(conversations)[:max_turns]
-    template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
-    bos = model.detokenize(model.tokenize("", True, True), True)
-    turns, skipped = [], 0
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        for done, (conversation, index) in enumerate(todo, start=1):
-            prompt = _prompt(model, conversation.messages[:index], template, bos)
-            n_prompt = len(model.tokenize(prompt, True, True))
-            if n_prompt + max_tokens > n_ctx:
-                skipped += 1
-                continue
-            out = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, seed=seed,
-                                 stop=[END_OF_TURN], n_ctx=n_ctx, n_threads=n_threads)
-            turn = _turn(conversation, index, out, vocab)
-            turns.append(turn)
-            if progress:
-                progress(done, len(todo), turn)
-        seconds = time.perf_counter() - start
-    prompt_s, gen_s = sum(t.prompt_seconds for t in turns), sum(t.generate_seconds for t in turns)
-    return Replay(turns, skipped, seconds,
-                  _ratio(sum(t.prompt_tokens for t in turns), prompt_s),
-                  _ratio(sum(t.generated_tokens for t in turns), gen_s), memory.peak_mb,
-                  "fallback" if template else "gguf")
-
-
-def _prompt(model, messages, template: str, bos: str) -> str:
-    prompt = model.apply_chat_template([{"role": m.role, "content": m.content} for m in messages], True, template)
-    # generate() adds BOS itself; a template that writes it too would double it
-    return prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
-
-
-def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) -> Turn:
-    reference = conversation.messages[index].content
-    prediction = out["text"].strip()
-    pred = turn_calls(prediction, vocab)
-    rates = out["prompt_tokens_per_s"], out["gen_tokens_per_s"]
-    return Turn(
-        scenario=conversation.scenario, message=index, reference=reference, prediction=prediction,
-        reference_calls=[c.raw.strip() for c in turn_calls(reference, vocab).valid],
-        predicted_calls=[c.raw.strip() for c in pred.valid], invalid_calls=[c.raw for c in pred.invalid],
-        prompt_tokens=out["n_prompt"], generated_tokens=out["n_generated"], stop_reason=out["stop_reason"],
-        prompt_seconds=out["n_prompt"] / rates[0] if rates[0] > 0 else 0.0,
-        generate_seconds=out["n_generated"] / rates[1] if rates[1] > 0 else 0.0,
-    )
-
-
-class PeakMemory:
-    """Peak resident memory (MB) inside a `with` block.
-
-    On Linux the kernel's high-water mark is reset on entry (/proc/self/clear_refs), so a baseline
-    validated after the model, or validation after training in the same process, reports its own
-    peak. Elsewhere this is resource.getrusage's peak of the whole process so far (`scope` says which).
-    """
-
-    _open: list[PeakMemory] = []   # only the outermost block resets the mark: it must see the inner peaks
-
-    def __enter__(self) -> PeakMemory:
-        self.peak_mb = 0.0
-        if PeakMemory._open:
-            self.scope = PeakMemory._open[0].scope   # measured from the enclosing block's reset
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-                self.scope = "block"
-            except OSError:
-                self.scope = "process"
-        PeakMemory._open.append(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        PeakMemory._open.remove(self)
-        self.peak_mb = _vm_hwm_mb() if self.scope == "block" else None
-        if self.peak_mb is None:
-            self.scope = "process"
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
-            self.peak_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+# ---------------------------------------------------------------- replay: see replay.py
 
 
 # ---------------------------------------------------------------- loss
@@ -316,10 +182,16 @@ def validate_one(label: str, path: str | Path, *, conversations, vocab, max_toke
         model = _native.Model(str(path), n_gpu_layers=n_gpu_layers)
         info = model.info()
 
-        def progress(done: int, total: int, turn: Turn) -> None:
-            per_turn = (time.perf_counter() - started) / done
-            say(f"{label}: DM turn {done}/{total} ({turn.scenario}), {per_turn:.1f} s/turn, "
-                f"~{per_turn * (total - done):.0f} s left")
+        said = [0.0]
+
+        def progress(done: int, total: int, turn: Turn | None) -> None:
+            now = time.perf_counter()
+            if done < total and now - said[0] < PROGRESS_EVERY_S:
+                return
+            said[0] = now
+            per_turn = (now - started) / done
+            where = f" ({turn.scenario})" if turn else ""
+            say(f"{label}: DM turn {done}/{total}{where}, {per_turn:.2f} s/turn, ~{per_turn * (total - done):.0f} s left")
 
         started = time.perf_counter()
         replayed = replay(model, conversations, vocab, max_tokens=max_tokens, seed=seed, n_ctx=n_ctx,

