@@ -279,7 +279,7 @@ class Sweep:
     def run(self, index: int, total: int, run: dict) -> None:
         from dndllama import pipeline
         from dndllama.config import load_config
-        from dndllama.train import MODEL_FILE, total_steps
+        from dndllama.train import MODEL_FILE, adapter_of, total_steps
 
         name, done = run["name"], self.record["runs"].get(run["name"], {})
         if done.get("done"):
@@ -308,7 +308,8 @@ class Sweep:
         entry["done"] = True
         save_record(self.out / "sweep.json", self.record)
         if not self.args.keep_checkpoints:   # kept until now: while it exists a rerun does not retrain
-            (run_dir / MODEL_FILE).unlink(missing_ok=True)
+            for path in (run_dir / MODEL_FILE, adapter_of(run_dir / MODEL_FILE)):
+                path.unlink(missing_ok=True)
         if trained.summary.get("seconds") and trained.summary.get("steps"):
             judged = [p["seconds"] for p in entry["points"]]
             self.timings.append((trained.summary["seconds"] / trained.summary["steps"],
