@@ -100,7 +100,8 @@ def load_grid_file(path: Path) -> dict:
         raise SweepError(f"--grid-file {path}: {exc}") from None
     unknown = set(spec) - {"vary", "settings", "grid"}
     if unknown or not isinstance(spec.get("grid", {}), dict):
-        raise SweepError(f"{path}: a grid file holds vary, [settings] and [grid] only (found {', '.join(sorted(spec))})")
+        raise SweepError(f"{path}: a grid file holds vary, [settings] and [grid] only "
+                         f"(found {', '.join(sorted(spec))})")
     return spec
 
 
@@ -279,7 +280,7 @@ class Sweep:
     def run(self, index: int, total: int, run: dict) -> None:
         from dndllama import pipeline
         from dndllama.config import load_config
-        from dndllama.train import MODEL_FILE, total_steps
+        from dndllama.train import MODEL_FILE, adapter_of, total_steps
 
         name, done = run["name"], self.record["runs"].get(run["name"], {})
         if done.get("done"):
@@ -308,7 +309,8 @@ class Sweep:
         entry["done"] = True
         save_record(self.out / "sweep.json", self.record)
         if not self.args.keep_checkpoints:   # kept until now: while it exists a rerun does not retrain
-            (run_dir / MODEL_FILE).unlink(missing_ok=True)
+            for path in (run_dir / MODEL_FILE, adapter_of(run_dir / MODEL_FILE)):
+                path.unlink(missing_ok=True)
         if trained.summary.get("seconds") and trained.summary.get("steps"):
             judged = [p["seconds"] for p in entry["points"]]
             self.timings.append((trained.summary["seconds"] / trained.summary["steps"],
@@ -436,7 +438,8 @@ def write_outputs(record: dict, out: Path, docs: bool, say) -> None:
 
 
 def parse_args(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", help='axes as "KEY=V1,V2 KEY=V1,...": their product (see the module docstring)')
     p.add_argument("--grid-file", type=Path, help="a TOML grid: vary, [settings], [grid]")
     p.add_argument("--quick", action="store_true", help="a tiny smoke grid: full vs LoRA 16, 2 steps, 4 turns")
