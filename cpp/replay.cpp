@@ -175,7 +175,10 @@ struct Session::Replay {
     bool start_job(int id, const std::vector<Pending> & pending) {
         auto it = streams.find(id);
         if (it == streams.end()) {
-            if (free_seqs.empty()) {
+            // one conversation at a time: its turns fill the batch; a replay where the next
+            // conversation's prefix was decoded while the last one's forks still ran parted from
+            // the one-at-a-time tokens far from any tie (a cell-reuse interaction not yet pinned down)
+            if (free_seqs.empty() || !streams.empty()) {
                 return false;
             }
             it = streams.emplace(id, Stream{}).first;
