@@ -439,12 +439,12 @@ PYBIND11_MODULE(_native, m) {
           "Quantize (or dequantize, with F32/F16) a GGUF; writes atomically.");
 
     m.def("bf16_matmul_supported", &bf16_matmul_supported,
-          "Whether training can run its weight products in BF16 on this CPU (AMX-BF16), as "
+          "Whether training can run its weight products in BF16 on this CPU (AMX-BF16 or AVX512-BF16), as "
           "matmul_precision 'auto' then does.");
 
     m.def("resolve_matmul_precision", &resolve_matmul_precision, py::arg("precision"),
           "matmul_precision ('auto', 'bf16', 'f32') as training runs it here: 'bf16' or 'f32'; "
-          "NativeError for an unknown value or for 'bf16' without AMX-BF16.");
+          "NativeError for an unknown value or for 'bf16' without AMX-BF16 or AVX512-BF16.");
 
     m.def("adapter_path", &adapter_path, py::arg("model_path"),
           "Where a LoRA-trained model file's adapter lives: x.gguf -> x.lora.gguf.");

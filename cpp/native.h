@@ -152,7 +152,8 @@ struct TrainOptions {
     int n_threads = 0;                 // 0 = all cores
     int n_gpu_layers = 0;
     // training's weight products on the CPU: "f32", "bf16" (BF16 operands, F32 accumulation, on
-    // AMX; like PyTorch's float32 matmul precision "medium") or "auto" (bf16 where AMX-BF16 is)
+    // AMX or AVX512-BF16; like PyTorch's float32 matmul precision "medium") or "auto" (bf16 where
+    // either is)
     std::string matmul_precision = "f32";
     uint32_t seed = 42;                // window order per epoch
     std::string checkpoint_dir;        // "" = no checkpoints
@@ -189,7 +190,8 @@ struct Windows {
 // Called after every step and evaluation; returning false stops training cleanly at that point.
 using ProgressFn = std::function<bool(const Progress &)>;
 
-// Whether this CPU and build run matmul_precision "bf16" (AMX-BF16 tiles), which "auto" then picks.
+// Whether this CPU and build run matmul_precision "bf16" (AMX-BF16 tiles or AVX512-BF16), which
+// "auto" then picks.
 bool bf16_matmul_supported();
 
 // TrainOptions::matmul_precision as training will run it here: "bf16" or "f32". Throws for an

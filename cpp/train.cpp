@@ -30,7 +30,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Sets ggml-cpu's BF16 matmul precision for a scope and restores it after; bf16 says whether the
-// CPU took it (it needs AMX-BF16)
+// CPU took it (it needs AVX512-BF16 or AMX-BF16)
 struct MatmulPrecision {
     bool was = ggml_cpu_get_bf16_matmul();
     bool bf16;
@@ -307,8 +307,9 @@ std::string resolve_matmul_precision(const std::string & precision) {
         return "bf16";
     }
     if (precision == "bf16") {
-        throw Error("matmul precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or later) "
-                    "and a build for it (GGML_NATIVE on such a CPU)\nfix: set matmul_precision to auto or f32");
+        throw Error("matmul precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16 (AMD Zen 4 or later, Intel "
+                    "Cooper Lake or Xeon 4th generation or later) and a build for it (GGML_NATIVE on such a CPU)"
+                    "\nfix: set matmul_precision to auto or f32");
     }
     return "f32";
 }

@@ -6,8 +6,8 @@ the same step in PyTorch, each measured in the same run in its own process.
     python scripts/bench_train.py --method lora [--lora-rank 16]
     python scripts/bench_train.py --val-check [--val-steps 8]
 
-The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF16 CPUs, as `dndllama
-train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
+The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF16 or AVX512-BF16 CPUs,
+as `dndllama train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
 `ratio_vs_torch` (PyTorch eager, float32) and `ratio_vs_torch_bf16` (PyTorch with CPU autocast to
 bfloat16, the same product precision) with --compare-torch; `ratio_vs_f32` (the native core with F32
 products) with --compare-f32; `ratio_vs_loop` (patch 0004's OUT_PROD GEMM off) with --compare-loop.
@@ -77,17 +77,21 @@ def bench_native(path: Path, steps: int, threads: int, method: str, rank: int, p
     o.n_ctx, o.epochs, o.max_steps, o.lr, o.n_threads = CTX, 1, steps + 1, 1e-5, threads
     o.method, o.lora_rank, o.lora_alpha = method, rank, 2.0 * rank
     o.matmul_precision = precision
-    times = []
+    times, faults = [], []
 
     def on_step(p):
         if p["event"] == "step":
             times.append(time.perf_counter())
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
             print(f"  native step {p['step']}/{p['total_steps']} loss={p['loss']:.3f}", file=sys.stderr, flush=True)
 
     res = native.train(str(path), "", x, y, x[:0], y[:0], o, on_step)
     # the first step pays for graph allocation; measure the steady state
     per_step = (times[-1] - times[0]) / (len(times) - 1)
-    return {"tokens_per_s": CTX / per_step, "peak_rss_gb": peak_rss_gb(), "matmul_precision": res["matmul_precision"]}
+    # minor page faults per steady-state step: ~0 when the graph's buffers are kept between steps
+    faults_per_step = (faults[-1] - faults[0]) / (len(faults) - 1)
+    return {"tokens_per_s": CTX / per_step, "peak_rss_gb": peak_rss_gb(), "matmul_precision": res["matmul_precision"],
+            "page_faults_per_step": faults_per_step}
 
 
 def val_check(path: Path, steps: int, threads: int, precision: str) -> dict[str, float]:
@@ -137,7 +141,7 @@ print(json.dumps({"tokens_per_s": ctx / per_step,
 
 
 def bench_torch(steps: int, threads: int, precision: str) -> dict:
-    """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX)."""
+    """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX or AVX512-BF16)."""
     proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision],
                           check=False, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -208,7 +212,7 @@ def main() -> None:
         others["full"] = bench_native_process(path, args.steps, args.threads, {}, precision=args.matmul_precision)
     res = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank, args.matmul_precision)
     print(f"native ({res['matmul_precision']} products): tokens_per_s={res['tokens_per_s']:.1f} "
-          f"peak_rss_gb={res['peak_rss_gb']:.2f}")
+          f"peak_rss_gb={res['peak_rss_gb']:.2f} page_faults_per_step={res['page_faults_per_step']:.0f}")
     line = f"tokens_per_s={res['tokens_per_s']:.1f} peak_rss_gb={res['peak_rss_gb']:.2f}"
     for label, other in others.items():
         if other:

@@ -239,7 +239,7 @@ def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
 
 # ---- BF16 matrix products (AMX) ---------------------------------------------------------------
 
-needs_amx = pytest.mark.skipif(not native.bf16_matmul_supported(), reason="no AMX-BF16 on this CPU or build")
+needs_amx = pytest.mark.skipif(not native.bf16_matmul_supported(), reason="no AVX512-BF16 or AMX-BF16 in this CPU or build")
 
 
 @needs_amx
@@ -247,6 +247,7 @@ needs_amx = pytest.mark.skipif(not native.bf16_matmul_supported(), reason="no AM
 def test_bf16_matmul_gives_the_f32_gradients_within_bf16_rounding(tiny, tmp_path, arch):
     # matmul_precision bf16 rounds the operands of every weight product (MUL_MAT forward, OUT_PROD
     # weight and input gradients) to BF16's 8 significant bits and sums in F32 on AMX tiles (patch 0007)
+    # or with AVX512-BF16 (patch 0011)
     path = tiny[arch]
     x, y = windows_for(native.Model(str(path)), TEXT)
     loss32, g32 = sgd_gradients(path, x, y, tmp_path / "f32.gguf")
@@ -265,7 +266,7 @@ def test_matmul_precision_auto_picks_bf16_where_amx_is_and_names_bad_values(tiny
     with pytest.raises(native.NativeError, match="unknown matmul precision 'fp8' \\(f32, bf16, auto\\)"):
         native.train(str(path), "", x, y, x[:0], y[:0], options(1, 1e-3, matmul_precision="fp8"))
     if not native.bf16_matmul_supported():
-        with pytest.raises(native.NativeError, match="needs a CPU with AMX-BF16"):
+        with pytest.raises(native.NativeError, match="needs a CPU with AVX512-BF16 or AMX-BF16"):
             native.train(str(path), "", x, y, x[:0], y[:0], options(1, 1e-3, matmul_precision="bf16"))
 
 

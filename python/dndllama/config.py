@@ -77,8 +77,9 @@ class Config:
     checkpoint_candidates: int = 3       # checkpoints kept after the best evaluations, to choose from
     threads: int = 0                     # 0 = all cores
     gpu_layers: int = 0
-    # training's weight products on the CPU: "bf16" (BF16 operands, F32 sums, on AMX tiles; ~3x faster),
-    # "f32", or "auto" = bf16 where the CPU has AMX-BF16 (Intel Xeon 4th gen or later), else f32
+    # training's weight products on the CPU: "bf16" (BF16 operands, F32 sums, on AMX tiles or with
+    # AVX512-BF16; 2-3x faster), "f32", or "auto" = bf16 where the CPU has either (Intel Xeon 4th gen
+    # or Cooper Lake and later, AMD Zen 4 and later), else f32
     matmul_precision: str = "auto"
     # validation and the quality gate
     validate_turns: int = 24             # DM turns of the validation scenarios to replay (0 = all)
