@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab, conversations, which = evaluation_set(args.data)
     model = resolve(args.model, Path(args.models_dir))
     base = base_of(model)
-    turns = len(dm_turns(conversations)[: args.max_turns])
+    turns = len(dm_turns(conversations, args.max_turns))
     print(f"evaluation set: {which}: {turns} DM turns of {len(conversations)} scenarios", flush=True)
     run = dict(conversations=conversations, vocab=vocab, max_tokens=args.max_tokens, n_ctx=args.ctx,
                loss_ctx=768, seed=0, max_turns=args.max_turns, n_threads=args.threads, n_gpu_layers=0,

@@ -167,7 +167,7 @@ def test_real_gemma_batched_replay_matches_one_at_a_time_up_to_near_ties(data):
     assert len(new.turns) == 6 and [t.prompt_tokens for t in new.turns] == [t.prompt_tokens for t in old.turns]
     bos = model.detokenize(model.tokenize("", True, True), True)
     identical = 0
-    for (conversation, index), a, b in zip(dm_turns(conversations), old.tokens, new.tokens):
+    for (conversation, index), a, b in zip(dm_turns(conversations, 6), old.tokens, new.tokens):
         prompt = model.tokenize(_prompt(model, conversation.messages[:index], GEMMA_CHAT_TEMPLATE, bos), True, True)
         parted = first_difference(model, prompt, a, b, N_CTX + 64)
         identical += parted is None
@@ -213,3 +213,20 @@ def test_divergence_inputs_must_match():
         native.divergence(model, [model], [[2, 10, 11]], [[1, 1]])
     with pytest.raises(native.NativeError, match="outside the vocabulary"):
         native.divergence(model, [model], [[2, 10**7]], [[1, 0]])
+
+
+def test_a_turn_budget_is_spread_over_every_scenario():
+    """max_turns picks turns evenly over the whole set, not the first scenario's opening turns."""
+    from dndllama.dataset import Conversation, Message
+
+    def conversation(name: str, turns: int) -> Conversation:
+        messages = [m for k in range(turns) for m in (Message("user", f"u{k}"), Message("assistant", f"d{k}"))]
+        return Conversation(scenario=name, category="combat", messages=messages)
+
+    conversations = [conversation(name, 5) for name in "abcd"]
+    every = dm_turns(conversations)
+    assert len(every) == 20 and dm_turns(conversations, None) == every and dm_turns(conversations, 50) == every
+    picked = dm_turns(conversations, 4)
+    assert [c.scenario for c, _ in picked] == list("abcd")
+    seven = [(c.scenario, i) for c, i in dm_turns(conversations, 7)]
+    assert len(set(seven)) == 7 and seven[0] == ("a", 1)

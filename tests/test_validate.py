@@ -74,8 +74,7 @@ def test_replay_generates_every_dm_turn_greedily_and_reproducibly(report, models
     assert result.skipped == 0 and len(result.turns) == 2
     # greedy: the same replies as validate_model's replay of the same model, in another call
     assert [t.prediction for t in result.turns] == [t.prediction for t in report.model.turns[:2]]
-    conversation = split.validation[0]
-    for turn, (_, index) in zip(result.turns, dm_turns(split.validation)):
+    for turn, (conversation, index) in zip(result.turns, dm_turns(split.validation, 2)):
         assert turn.message == index and turn.reference == conversation.messages[index].content
         # the prompt is the model's own template over the messages before the turn, plus BOS
         prompt = model.apply_chat_template([vars(m) for m in conversation.messages[:index]], True)
@@ -132,7 +131,7 @@ def test_validation_compares_model_and_baseline_on_the_same_turns(report, models
     assert [r.label for r in (report.model, report.baseline)] == ["model", "baseline"]
     assert report.model.path == str(models[1]) and report.baseline.path == str(models[0])
     assert report.scenarios == [c.scenario for c in split.validation]
-    total = len(dm_turns(split.validation)[:TURNS])
+    total = len(dm_turns(split.validation, TURNS))
     for result in (report.model, report.baseline):
         assert len(result.turns) + result.skipped_turns == total and result.tools.turns == len(result.turns)
         assert result.tools.reference_calls == sum(len(t.reference_calls) for t in result.turns) > 0

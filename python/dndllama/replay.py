@@ -71,9 +71,14 @@ class Replay:
     stats: dict = field(default_factory=dict)               # the native replay's counters (batched)
 
 
-def dm_turns(conversations: Iterable[Conversation]) -> list[tuple[Conversation, int]]:
-    """(conversation, message index) of every DM turn, in order."""
-    return [(c, i) for c in conversations for i, m in enumerate(c.messages) if m.role == "assistant"]
+def dm_turns(conversations: Iterable[Conversation], max_turns: int | None = None) -> list[tuple[Conversation, int]]:
+    """(conversation, message index) of every DM turn, in order; with `max_turns`, that many spread
+    evenly over all of them, so a short judgement still sees every scenario and category rather
+    than the first scenario's opening turns."""
+    every = [(c, i) for c in conversations for i, m in enumerate(c.messages) if m.role == "assistant"]
+    if not max_turns or max_turns >= len(every):
+        return every
+    return [every[k * len(every) // max_turns] for k in range(max_turns)]
 
 
 def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -90,7 +95,7 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
     which finishes them out of order). Greedy output can differ with `n_threads` (float sums in
     another order), so compare reports made with the same settings.
     """
-    todo = dm_turns(conversations)[:max_turns]
+    todo = dm_turns(conversations, max_turns)
     template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
     bos = model.detokenize(model.tokenize("", True, True), True)
     jobs, skipped = [], 0

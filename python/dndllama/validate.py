@@ -144,7 +144,7 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
     """Replay, score and measure the model (and the baseline, with the same turns and settings); the
     loss is taken on `loss_conversations` when given (a smaller set than the replayed one)."""
     conversations = list(conversations)
-    total = len(dm_turns(conversations)[:max_turns])
+    total = len(dm_turns(conversations, max_turns))
     if not total:
         raise ValidationError("the conversations hold no DM turn to replay; pass scenarios with DM turns")
     settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed,
@@ -162,7 +162,7 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
 
 def make_report(model: ModelResult, baseline: ModelResult | None, conversations: list[Conversation],
                 settings: dict, train_log: str | Path | None = None, choices: dict | None = None) -> Report:
-    settings = {"decoding": "greedy", "dm_turns": len(dm_turns(conversations)[:settings.get("max_turns")]),
+    settings = {"decoding": "greedy", "dm_turns": len(dm_turns(conversations, settings.get("max_turns"))),
                 **settings}
     return Report(model, baseline, settings, sorted({c.scenario for c in conversations}),
                   str(train_log) if train_log else None, datetime.now(timezone.utc).isoformat(timespec="seconds"),

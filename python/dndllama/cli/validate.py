@@ -78,7 +78,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loss_ctx=config.ctx, seed=config.seed if args.seed is None else args.seed, max_turns=args.max_turns or None,
         n_threads=config.threads if args.threads is None else args.threads, n_gpu_layers=config.gpu_layers,
     )
-    turns = len(dm_turns(conversations)[: args.max_turns or None])
+    turns = len(dm_turns(conversations, args.max_turns))
     print(f"validating {model} on {turns} DM turns of {len(conversations)} {which}scenario(s)"
           + (f", against {baseline}" if baseline else ", no baseline"), flush=True)
     try:
