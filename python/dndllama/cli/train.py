@@ -34,7 +34,7 @@ TRAIN_FLAGS = [
     ("--name", str, "NAME", "model name in the GGUF and file names"),
     ("--threads", int, "N", "CPU threads (default: all cores)"),
     ("--matmul-precision", str, "P", "training's weight products on the CPU: auto (default: bf16 where the "
-                                     "CPU has AMX-BF16, else f32), bf16 or f32"),
+                                     "CPU has AVX512-BF16 or AMX-BF16, else f32), bf16 or f32"),
     ("--gpu-layers", int, "N", "layers to offload to the GPU"),
     ("--patience", int, "N", "evaluations without a better validation loss before stopping (0 = off)"),
     ("--save-every", int, "N", "steps between resume checkpoints"),
