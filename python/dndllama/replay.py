@@ -7,8 +7,8 @@ before it, with its own chat template.
 Two engines give the same greedy tokens (see "Identity" below):
 - batched (the default): the model's native session decodes each conversation once, incrementally;
   at every DM turn the KV sequence is forked, the turn is generated in the fork, and up to
-  `parallel` forks of several turns and conversations advance together, one token each per decode
-  call. Prompt work is linear in the conversation instead of quadratic, and a memory-bound CPU
+  `parallel` forks of the conversation's turns advance together, one token each per decode call
+  (conversations go one after another: see cpp/replay.cpp). Prompt work is linear in the conversation instead of quadratic, and a memory-bound CPU
   reads the weights once for `parallel` tokens.
 - one at a time (`one_at_a_time=True`): a fresh context per turn, the whole conversation decoded
   again, one sequence at a time. Kept as the reference the batched engine is checked against, and
@@ -16,10 +16,10 @@ Two engines give the same greedy tokens (see "Identity" below):
 
 Identity: the prompt tokens are the same (each turn's prompt is tokenized whole, as before; the
 session reuses only the common token prefix), so the engines differ only in how the same sums are
-grouped: which tokens share a decode call and where the KV cells lie. On quantized weights the
-CPU's per-row dot products do not depend on the batch, and the tests find the tokens identical;
-where float summation order does change a logit, a turn can diverge only where its two best
-tokens were within rounding of each other (tests/test_replay.py checks the bound).
+grouped: which tokens share a decode call and where the KV cells lie. On the
+tiny test models the tokens are identical; on Gemma 3 270M one-token and batched kernels sum in
+another order, and a turn can part where its two best tokens were close (first_difference measures
+the gap; tests/test_replay.py bounds it on the real model).
 """
 
 from __future__ import annotations
