@@ -2,6 +2,7 @@
 // and generate(), a fresh context per call (the one-at-a-time reference the Session is checked against).
 #include "native.h"
 
+#include "ggml.h"
 #include "llama.h"
 
 #include <chrono>
@@ -102,6 +103,10 @@ void check_generate_options(const GenerateOptions & o) {
     }
     if (o.top_k < 0) {
         bad("top_k " + std::to_string(o.top_k) + " is negative", "0 (off) or above");
+    }
+    if (o.n_threads < 0 || o.n_threads > GGML_MAX_N_THREADS) {
+        bad("generate: " + std::to_string(o.n_threads) + " threads is out of range",
+            "pass 0 (all cores) up to " + std::to_string(GGML_MAX_N_THREADS));
     }
 }
 

@@ -145,6 +145,10 @@ def _f(value) -> str:
 # 0.001 nats and 99 % agreement; 2- and 3-bit types pass 0.1 nats and fall under 90 %.
 SCREEN_MAX_KL = 0.05             # mean KL divergence per DM token, nats
 SCREEN_MIN_TOOL_AGREEMENT = 0.95  # top-1 agreement on the tokens inside tool calls (what the app parses)
+# windows the screen reads, spread over the evaluation set: every position costs a softmax over the
+# 262,144-token vocabulary per model, and the whole set (~250 windows of 768 tokens) took many minutes
+# per type on 2 cores; the screen only ranks the types, the replay of the two it keeps decides
+SCREEN_MAX_WINDOWS = 12
 
 
 def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocabulary,
@@ -161,8 +165,9 @@ def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocab
         warnings.simplefilter("ignore", TruncationWarning)
         windows = dataset_windows(conversations, tokenizer, ctx)
     tokens, labels = window_arrays(windows, ctx, pad)
+    rows = spread(list(zip(tokens.tolist(), labels.tolist())), SCREEN_MAX_WINDOWS)
     sequences, masks = [], []
-    for row, label in zip(tokens.tolist(), labels.tolist()):
+    for row, label in rows:
         mask = [1 if t >= 0 else 0 for t in label]
         starts, text = [], ""
         for token in row:
@@ -176,6 +181,13 @@ def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocab
         sequences.append(row)
         masks.append(mask)
     return sequences, masks
+
+
+def spread(items: list, count: int) -> list:
+    """`count` items taken evenly from all of them (all when there are no more)."""
+    if len(items) <= count:
+        return items
+    return [items[k * len(items) // count] for k in range(count)]
 
 
 def screen_quants(reference: Path, typed: list[tuple[str, Path]], conversations: list[Conversation],
