@@ -47,7 +47,7 @@ def project(tmp_path, tiny_base):
     shutil.copytree(INDEPENDENT, data)
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
                 "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
-                "validate_turns": 2, "validate_max_tokens": 16, "gate": False,
+                "validate_turns": 3, "validate_max_tokens": 16, "gate": False,   # 3 spread turns hold calls
                 "eval_data": "",   # the in-corpus split, whatever folder the tests run from (test_evalset covers it)
                 # the best type under the cap, without replaying every candidate: the tests on choosing
                 # by tool calls ask for select_by="tool_f1" (the default)
@@ -99,7 +99,7 @@ def test_train_writes_a_checked_version_with_lineage_and_cactus_config(project, 
         assert "cactus-0.2 (0.3.9) loads it" in said
 
     validation = version.metadata["validation"]            # model and base model replayed side by side
-    assert validation["model"]["turns"] == validation["baseline"]["turns"] == 2
+    assert validation["model"]["turns"] == validation["baseline"]["turns"] == 3
     assert (version.path / "report.md").exists() and (version.path / "report.json").exists()
 
     summary = version.metadata["training"]
