@@ -55,6 +55,7 @@ DEFAULT_GRIDS = [{"vary": "one", "settings": {"epochs": 8},
 QUICK_GRID = {"vary": "all", "settings": {"epochs": 1, "max_steps": 2, "eval_every": 1},
               "grid": {"method": ["full", "lora16"]}}
 QUICK_MAX_TURNS = 4
+MAX_POINTS = 100   # checkpoints a run keeps: the most checkpoint_candidates accepts (settings.py)
 NAME_PREFIX = {"method": "", "synth_loss": "loss_"}   # run names: "full", "loss_calls"; other axes their key
 # (sweep.json key, ToolMetrics field): what each point records of the replay
 METRICS = [("tool_name_f1", "name_f1"), ("exact_f1", "exact_f1"), ("consequence_exact", "consequence_exact"),
@@ -294,7 +295,7 @@ class Sweep:
         per_epoch = max(1, len(arrays.tokens) // config.grad_accum)
         every = settings.get("eval_every") or max(1, per_epoch // self.args.points_per_epoch)
         # every evaluated checkpoint kept (a curve, not a point) and no early stop: the curve says when to stop
-        config = replace(config, eval_every=every, patience=0, checkpoint_candidates=10**6)
+        config = replace(config, eval_every=every, patience=0, checkpoint_candidates=MAX_POINTS)
         steps = total_steps(len(arrays.tokens), config)
         self.say(f"run {index}/{total} {name}: {steps} steps ({per_epoch} per epoch), a point every {every} steps"
                  + self.estimate(steps, -(-steps // every)))
