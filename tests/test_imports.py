@@ -17,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "dndllama"
 # Modules that are not imported: what runs them, instead.
 NOT_IMPORTED = {
     "dndllama.__main__": "python -m dndllama (test_cli_data runs it)",
-    "dndllama.app_runtime_probe": "its text runs in the app runtime's venv (test_runtime's compat tests)",
 }
 
 
