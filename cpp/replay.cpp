@@ -7,6 +7,7 @@
 // turn is generated there, and the fork is dropped (llama_memory_seq_rm) when it stops. The main
 // sequence meanwhile goes on with the next job's prompt (the reference turn, the next message).
 #include "native.h"
+#include "batch.h"
 
 #include "llama.h"
 
@@ -23,31 +24,6 @@ using Clock = std::chrono::steady_clock;
 struct SamplerDeleter {
     void operator()(llama_sampler * s) const { llama_sampler_free(s); }
 };
-
-struct Batch {
-    llama_batch b;
-    Batch(int n, int n_seq) : b(llama_batch_init(n, 0, n_seq)) {}
-    ~Batch() { llama_batch_free(b); }
-    Batch(const Batch &) = delete;
-    Batch & operator=(const Batch &) = delete;
-    int add(int32_t token, int pos, int seq, bool logits) {
-        const int i = b.n_tokens++;
-        b.token[i] = token;
-        b.pos[i] = pos;
-        b.n_seq_id[i] = 1;
-        b.seq_id[i][0] = seq;
-        b.logits[i] = logits;
-        return i;
-    }
-};
-
-size_t common_prefix(const std::vector<int32_t> & a, const std::vector<int32_t> & b) {
-    size_t n = 0;
-    while (n < a.size() && n < b.size() && a[n] == b[n]) {
-        ++n;
-    }
-    return n;
-}
 
 } // namespace
 

@@ -5,6 +5,7 @@
 // the turn is generated in the fork, and up to n_parallel forks advance together, one token each
 // per decode call, so a memory-bound CPU reads the weights once for n_parallel tokens.
 #include "native.h"
+#include "batch.h"
 
 #include "llama.h"
 
@@ -25,31 +26,6 @@ struct SamplerDeleter {
     void operator()(llama_sampler * s) const { llama_sampler_free(s); }
 };
 using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
-
-struct Batch {
-    llama_batch b;
-    Batch(int n, int n_seq) : b(llama_batch_init(n, 0, n_seq)) {}
-    ~Batch() { llama_batch_free(b); }
-    Batch(const Batch &) = delete;
-    Batch & operator=(const Batch &) = delete;
-    int add(int32_t token, int pos, int seq, bool logits) {
-        const int i = b.n_tokens++;
-        b.token[i] = token;
-        b.pos[i] = pos;
-        b.n_seq_id[i] = 1;
-        b.seq_id[i][0] = seq;
-        b.logits[i] = logits;
-        return i;
-    }
-};
-
-size_t common_prefix(const std::vector<int32_t> & a, const std::vector<int32_t> & b) {
-    size_t n = 0;
-    while (n < a.size() && n < b.size() && a[n] == b[n]) {
-        ++n;
-    }
-    return n;
-}
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
