@@ -83,6 +83,25 @@ size_t find_stop(const std::string & text, const std::vector<std::string> & stop
     return best;
 }
 
+bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const std::vector<std::string> & stops) {
+    if (tok < 0 || llama_vocab_is_eog(vocab, tok)) {
+        res.stop_reason = tok < 0 ? "grammar" : "eos";
+        return false;
+    }
+    res.n_generated += 1;
+    res.tokens.push_back(tok);
+    char piece[256];
+    const int n = llama_token_to_piece(vocab, tok, piece, (int32_t) sizeof(piece), 0, false);
+    res.text.append(piece, std::max(n, 0));
+    const size_t stop = find_stop(res.text, stops);
+    if (stop != std::string::npos) {
+        res.text.resize(stop);
+        res.stop_reason = "stop";
+        return false;
+    }
+    return true;
+}
+
 // Sampling settings llama.cpp's samplers do not check themselves (a NaN temperature samples garbage,
 // max_tokens 0 or a context of 0 tokens fail deep inside the context).
 void check_generate_options(const GenerateOptions & o) {
@@ -145,25 +164,9 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     const auto t1 = Clock::now();
 
     res.stop_reason = "length";
-    std::string piece(256, '\0');
     for (int i = 0; i < opts.max_tokens; ++i) {
         llama_token tok = sample_token(sampler.get(), ctx.get(), -1);
-        if (tok < 0) {
-            res.stop_reason = "grammar";
-            break;
-        }
-        if (llama_vocab_is_eog(vocab, tok)) {
-            res.stop_reason = "eos";
-            break;
-        }
-        res.n_generated += 1;
-        res.tokens.push_back(tok);
-        const int n = llama_token_to_piece(vocab, tok, piece.data(), (int32_t) piece.size(), 0, false);
-        res.text.append(piece.data(), std::max(n, 0));
-        const size_t stop = find_stop(res.text, opts.stop);
-        if (stop != std::string::npos) {
-            res.text.resize(stop);
-            res.stop_reason = "stop";
+        if (!take_token(res, vocab, tok, opts.stop)) {
             break;
         }
         batch = llama_batch_get_one(&tok, 1);

@@ -258,6 +258,9 @@ llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & o
 int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx);
 // Sampling settings llama.cpp's samplers do not check themselves; throws Error naming the setting.
 void check_generate_options(const GenerateOptions & opts);
+// Takes a sampled token (-1: the grammar allowed none) into `res`: text, tokens, count. False when
+// the generation ends there (stop_reason "grammar", "eos" or "stop"); max_tokens is the caller's.
+bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const std::vector<std::string> & stops);
 // the earliest stop string in `text`, or npos
 size_t find_stop(const std::string & text, const std::vector<std::string> & stops);
 

@@ -233,19 +233,7 @@ struct Session::Replay {
     // samples the fork's next token; false once the fork stops (stop_reason set)
     bool advance(Fork & f) {
         const int32_t tok = opts.grammar.empty() && opts.temperature <= 0 ? argmax(f.batch_index) : sample_token(f.sampler.get(), s.ctx_, f.batch_index);
-        if (tok < 0 || llama_vocab_is_eog(vocab, tok)) {
-            f.res.stop_reason = tok < 0 ? "grammar" : "eos";
-            return false;
-        }
-        f.res.n_generated += 1;
-        f.res.tokens.push_back(tok);
-        char piece[256];
-        const int n = llama_token_to_piece(vocab, tok, piece, (int32_t) sizeof(piece), 0, false);
-        f.res.text.append(piece, std::max(n, 0));
-        const size_t stop = find_stop(f.res.text, opts.stop);
-        if (stop != std::string::npos) {
-            f.res.text.resize(stop);
-            f.res.stop_reason = "stop";
+        if (!take_token(f.res, vocab, tok, opts.stop)) {
             return false;
         }
         if (f.res.n_generated >= opts.max_tokens) {

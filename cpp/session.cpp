@@ -157,21 +157,9 @@ GenerateResult Session::generate(const std::vector<int32_t> & prompt, const Gene
         const double prompt_s = since(t0);
         const auto t1 = Clock::now();
         res.stop_reason = "length";
-        std::string piece(256, '\0');
         for (int i = 0; i < opts.max_tokens; ++i) {
             const int32_t tok = sample_token(sampler.get(), ctx_, -1);
-            if (tok < 0 || llama_vocab_is_eog(vocab, tok)) {
-                res.stop_reason = tok < 0 ? "grammar" : "eos";
-                break;
-            }
-            res.n_generated += 1;
-            res.tokens.push_back(tok);
-            const int n = llama_token_to_piece(vocab, tok, piece.data(), (int32_t) piece.size(), 0, false);
-            res.text.append(piece.data(), std::max(n, 0));
-            const size_t stop = find_stop(res.text, opts.stop);
-            if (stop != std::string::npos) {
-                res.text.resize(stop);
-                res.stop_reason = "stop";
+            if (!take_token(res, vocab, tok, opts.stop)) {
                 break;
             }
             if (res.n_generated >= opts.max_tokens) {
