@@ -11,7 +11,8 @@ The last two lines are the base's figures, then the model's:
     base: tool_name_f1=… exact_f1=… consequence_exact=… no_call_acc=… must_call_acc=… format_valid=… calls_per_ref=…
     tool_name_f1=… exact_f1=… consequence_exact=… no_call_acc=… must_call_acc=… format_valid=… calls_per_ref=…
 Each rate's definition is in dndllama/scoring.py; `-` marks an undefined rate (no turn of its kind).
-Greedy decoding, as `dndllama validate`; generation is CPU-bound, so on a shared machine the time
+Greedy decoding constrained by the tool-call grammar, as `dndllama validate` and the app
+(`--no-grammar`: free decoding); generation is CPU-bound, so on a shared machine the time
 per turn varies, the scores do not.
 """
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128, metavar="N")
     parser.add_argument("--ctx", type=int, default=2048, metavar="N", help="generation context (the app's)")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads (default: all)")
+    parser.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode with the tool-call grammar, as the app does (default: on)")
     args = parser.parse_args(argv)
 
     from dndllama.validate import dm_turns, validate_one
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluation set: {which}: {turns} DM turns of {len(conversations)} scenarios", flush=True)
     run = dict(conversations=conversations, vocab=vocab, max_tokens=args.max_tokens, n_ctx=args.ctx,
                loss_ctx=768, seed=0, max_turns=args.max_turns, n_threads=args.threads, n_gpu_layers=0,
-               with_loss=False)
+               grammar=args.grammar, with_loss=False)
     results = {}
     for label, path in (("model", model), ("base", base)):
         if label == "base" and path == model:     # the model is the base: greedy replays are identical

@@ -257,7 +257,8 @@ class Sweep:
 
         data, base, config, _, _ = self.prepare(self.config)
         judging = {"max_turns": self.args.max_turns or None, "max_tokens": config.validate_max_tokens,
-                   "n_ctx": config.app_ctx, "eval": pipeline.eval_key(data), "base": base.sha256}
+                   "n_ctx": config.app_ctx, "eval": pipeline.eval_key(data), "base": base.sha256,
+                   "grammar": config.grammar}
         self.record = load_record(self.out / "sweep.json", judging)
         self.say(f"evaluation: {data.evaluation.describe() if data.evaluation else 'the in-corpus validation split'}"
                  f", {self.args.max_turns or 'all'} DM turns per point")

@@ -230,3 +230,13 @@ def test_a_turn_budget_is_spread_over_every_scenario():
     assert [c.scenario for c, _ in picked] == list("abcd")
     seven = [(c.scenario, i) for c, i in dm_turns(conversations, 7)]
     assert len(set(seven)) == 7 and seven[0] == ("a", 1)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_grammar_that_allows_every_token_changes_no_greedy_token(fresh):
+    # the fast path: the unconstrained pick, checked alone against the grammar, is taken as it is
+    model = native.Model(str(make_tiny_model_cached()))
+    free = model.generate("the", max_tokens=12, temperature=0.0, n_ctx=256, fresh_context=fresh)
+    out = model.generate("the", max_tokens=12, temperature=0.0, n_ctx=256, grammar="root ::= [^\\x00]*",
+                         fresh_context=fresh)
+    assert out["tokens"] == free["tokens"] and out["text"] == free["text"]

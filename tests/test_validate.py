@@ -17,6 +17,7 @@ import pytest
 from dndllama import _native as native
 from dndllama import cli
 from dndllama.cli.validate import add_validate_command
+from dndllama.grammar import tool_call_grammar
 from dndllama.dataset import build_dataset, dataset_windows, render_gemma, window_arrays
 from dndllama.scenarios import load_folder
 from dndllama.tools import load_vocabulary
@@ -82,6 +83,20 @@ def test_replay_generates_every_dm_turn_greedily_and_reproducibly(report, models
         assert 0 < turn.generated_tokens <= MAX_TOKENS and turn.stop_reason in ("eos", "stop", "length")
     assert result.prompt_tokens_per_s > 0 and result.gen_tokens_per_s > 0 and result.peak_rss_mb > 0
     assert result.template == "gguf"
+
+
+def test_replay_with_the_tool_call_grammar_writes_only_calls_the_parser_accepts(models, data):
+    vocab, split = data
+    model = native.Model(str(models[1]))
+    kwargs = dict(max_tokens=48, n_ctx=GEN_CTX, n_threads=THREADS, max_turns=2)
+    free = replay(model, split.validation, vocab, **kwargs)
+    constrained = replay(model, split.validation, vocab, grammar=tool_call_grammar(vocab), **kwargs)
+    assert not any(t.invalid_calls for t in constrained.turns)
+    # a free reply the grammar allows whole is left as it is (greedy: the constrained argmax is the free one)
+    assert any("[" not in f.prediction for f in free.turns)
+    for f, c in zip(free.turns, constrained.turns):
+        if "[" not in f.prediction:
+            assert c.prediction == f.prediction
 
 
 def test_replay_skips_turns_whose_prompt_does_not_fit(models, data):

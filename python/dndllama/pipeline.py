@@ -504,7 +504,8 @@ def _ship(config, base, data, data_key, stats, trained, choice: QuantChoice, ada
 
 def validation_settings(config: Config) -> dict:
     return dict(max_tokens=config.validate_max_tokens, n_ctx=config.app_ctx, loss_ctx=config.ctx, seed=config.seed,
-                max_turns=config.validate_turns or None, n_threads=config.threads, n_gpu_layers=config.gpu_layers)
+                max_turns=config.validate_turns or None, n_threads=config.threads, n_gpu_layers=config.gpu_layers,
+                grammar=config.grammar)   # judged as the app decodes: with the grammar it ships
 
 
 def validate_stage(config: Config, base: BaseModel, data: Data, model: Path, train_log: Path, cache: Path,

@@ -84,7 +84,7 @@ def dm_turns(conversations: Iterable[Conversation], max_turns: int | None = None
 def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_tokens: int = DEFAULT_MAX_TOKENS,
            seed: int = 0, n_ctx: int = 2048, n_threads: int = 0, max_turns: int | None = None,
            progress: Callable[[int, int, Turn | None], None] | None = None, parallel: int = DEFAULT_PARALLEL,
-           one_at_a_time: bool = False) -> Replay:
+           one_at_a_time: bool = False, grammar: str = "") -> Replay:
     """Generate every DM turn from the messages before it, greedily, with `model`'s own chat template.
 
     `model` is a loaded `dndllama._native.Model`. A GGUF without a chat template (the embedded
@@ -93,7 +93,8 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
     Turns whose prompt does not leave `max_tokens` of room in `n_ctx` are skipped and counted.
     `progress(done, total, turn)` is called as turns finish (`turn` is None in the batched engine,
     which finishes them out of order). Greedy output can differ with `n_threads` (float sums in
-    another order), so compare reports made with the same settings.
+    another order), so compare reports made with the same settings. `grammar` (GBNF, "" = none)
+    constrains decoding as the app's completion grammar does (grammar.py).
     """
     todo = dm_turns(conversations, max_turns)
     template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
@@ -109,7 +110,7 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
     run = _one_at_a_time if one_at_a_time else _batched
     with PeakMemory() as memory:
         start = time.perf_counter()
-        outs, stats = run(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, len(todo), progress, vocab)
+        outs, stats = run(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, len(todo), progress, vocab, grammar)
         seconds = time.perf_counter() - start
     turns = [_turn(c, i, out, vocab) for (c, i, _, _), out in zip(jobs, outs)]
     if stats:   # batched: rates of the whole run (prompt work is shared between turns)
@@ -137,7 +138,7 @@ def first_difference(model, prompt_tokens: list[int], a: list[int], b: list[int]
     return i, abs(float(logits[a[i]]) - float(logits[b[i]]))
 
 
-def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab):
+def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar):
     streams: dict[int, int] = {}
     ids = [streams.setdefault(id(conversation), len(streams)) for conversation, _, _, _ in jobs]
     skipped = total - len(jobs)
@@ -147,14 +148,14 @@ def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, p
             progress(done + skipped, total, None)
 
     return model.replay([tokens for _, _, _, tokens in jobs], ids, max_tokens=max_tokens, stop=[END_OF_TURN],
-                        n_ctx=n_ctx, n_parallel=parallel, n_threads=n_threads, progress=report)
+                        n_ctx=n_ctx, n_parallel=parallel, n_threads=n_threads, grammar=grammar, progress=report)
 
 
-def _one_at_a_time(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab):
+def _one_at_a_time(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar):
     outs, skipped = [], total - len(jobs)
     for done, (conversation, index, prompt, _) in enumerate(jobs, start=1):
         out = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, seed=seed,
-                             stop=[END_OF_TURN], n_ctx=n_ctx, n_threads=n_threads, fresh_context=True)
+                             stop=[END_OF_TURN], n_ctx=n_ctx, n_threads=n_threads, grammar=grammar, fresh_context=True)
         outs.append(out)
         if progress:
             progress(done + skipped, total, _turn(conversation, index, out, vocab))

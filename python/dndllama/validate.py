@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import Conversation, TruncationWarning, dataset_windows, window_arrays
+from .grammar import tool_call_grammar
 from .report import (LOSS_PNG, REPORT_JSON, REPORT_MD, TOOLS_PNG, metric_rows, render_markdown,  # noqa: F401
                      write_report)
 from .scoring import (RATES, InvalidCall, ToolMetrics, TurnCalls, _ratio, call_key, normalize_value,  # noqa: F401
@@ -138,7 +139,7 @@ class Report:
 def validate_model(model_path: str | Path, conversations: list[Conversation], vocab: Vocabulary, *,
                    baseline_path: str | Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, n_ctx: int = 2048,
                    loss_ctx: int = 768, seed: int = 0, max_turns: int | None = None, n_threads: int = 0,
-                   n_gpu_layers: int = 0, train_log: str | Path | None = None,
+                   n_gpu_layers: int = 0, grammar: bool = False, train_log: str | Path | None = None,
                    say: Callable[[str], None] | None = None,
                    loss_conversations: list[Conversation] | None = None) -> Report:
     """Replay, score and measure the model (and the baseline, with the same turns and settings); the
@@ -148,9 +149,9 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
     if not total:
         raise ValidationError("the conversations hold no DM turn to replay; pass scenarios with DM turns")
     settings = {"max_tokens": max_tokens, "n_ctx": n_ctx, "loss_ctx": loss_ctx, "seed": seed,
-                "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers}
+                "max_turns": max_turns, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers, "grammar": grammar}
     run = dict(conversations=conversations, vocab=vocab, max_tokens=max_tokens, n_ctx=n_ctx, loss_ctx=loss_ctx,
-               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, say=say,
+               seed=seed, max_turns=max_turns, n_threads=n_threads, n_gpu_layers=n_gpu_layers, grammar=grammar, say=say,
                loss_conversations=loss_conversations)
     model = validate_one("model", model_path, **run)
     baseline = validate_one("baseline", baseline_path, **run) if baseline_path else None
@@ -162,7 +163,8 @@ def validate_model(model_path: str | Path, conversations: list[Conversation], vo
 
 def make_report(model: ModelResult, baseline: ModelResult | None, conversations: list[Conversation],
                 settings: dict, train_log: str | Path | None = None, choices: dict | None = None) -> Report:
-    settings = {"decoding": "greedy", "dm_turns": len(dm_turns(conversations, settings.get("max_turns"))),
+    decoding = "greedy, constrained by the tool-call grammar" if settings.get("grammar") else "greedy"
+    settings = {"decoding": decoding, "dm_turns": len(dm_turns(conversations, settings.get("max_turns"))),
                 **settings}
     return Report(model, baseline, settings, sorted({c.scenario for c in conversations}),
                   str(train_log) if train_log else None, datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -170,9 +172,10 @@ def make_report(model: ModelResult, baseline: ModelResult | None, conversations:
 
 
 def validate_one(label: str, path: str | Path, *, conversations, vocab, max_tokens, n_ctx, loss_ctx, seed,
-                 max_turns, n_threads, n_gpu_layers, say=None, with_loss: bool = True,
+                 max_turns, n_threads, n_gpu_layers, grammar: bool = False, say=None, with_loss: bool = True,
                  loss_conversations=None) -> ModelResult:
-    """One file's replay, scores, speed and memory (and its reference loss unless `with_loss` is off)."""
+    """One file's replay, scores, speed and memory (and its reference loss unless `with_loss` is off);
+    with `grammar`, decoding is constrained by the vocabulary's tool-call grammar, as in the app."""
     from . import _native
 
     say = say or (lambda line: None)
@@ -195,7 +198,8 @@ def validate_one(label: str, path: str | Path, *, conversations, vocab, max_toke
 
         started = time.perf_counter()
         replayed = replay(model, conversations, vocab, max_tokens=max_tokens, seed=seed, n_ctx=n_ctx,
-                          n_threads=n_threads, max_turns=max_turns, progress=progress)
+                          n_threads=n_threads, max_turns=max_turns, progress=progress,
+                          grammar=tool_call_grammar(vocab) if grammar else "")
         del model
     if not replayed.turns:
         raise ValidationError(f"{label} {path.name}: none of the {replayed.skipped} DM turns fits n_ctx={n_ctx} "

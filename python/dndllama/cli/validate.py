@@ -51,6 +51,8 @@ def add_validate_command(groups) -> None:
                       help=f"tokens generated per DM turn at most (default: {DEFAULT_MAX_TOKENS})")
     leaf.add_argument("--seed", type=int, metavar="N", help="seed (decoding is greedy; default: the config's)")
     leaf.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all cores)")
+    leaf.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=None,
+                      help="decode with the tool-call grammar, as the app does (default: grammar in dndllama.toml, on)")
     leaf.add_argument("--train-log", metavar="FILE",
                       help=f"a {TRAIN_LOG} to plot (default: the one next to the model, if any)")
     add_models_dir(leaf)
@@ -77,6 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, n_ctx=args.ctx or config.app_ctx,
         loss_ctx=config.ctx, seed=config.seed if args.seed is None else args.seed, max_turns=args.max_turns or None,
         n_threads=config.threads if args.threads is None else args.threads, n_gpu_layers=config.gpu_layers,
+        grammar=config.grammar if args.grammar is None else args.grammar,
     )
     turns = len(dm_turns(conversations, args.max_turns))
     print(f"validating {model} on {turns} DM turns of {len(conversations)} {which}scenario(s)"
