@@ -51,7 +51,8 @@ def project(tmp_path, tiny_base):
                 "eval_data": "",   # the in-corpus split, whatever folder the tests run from (test_evalset covers it)
                 # the best type under the cap, without replaying every candidate: the tests on choosing
                 # by tool calls ask for select_by="tool_f1" (the default)
-                "select_by": "loss"}
+                "select_by": "loss",
+                "synth": 0}   # the pipeline's mechanics on the hand-written files (test_synth covers the mix)
     return SimpleNamespace(root=tmp_path, data=data, models=tmp_path / "models", settings=settings)
 
 

@@ -54,7 +54,7 @@ class Config:
     augment: int = 0                     # extra renamed copies of each training scenario
     seed: int = 0
     # synthetic scenarios (dndllama.synth), training split only: synthetic DM turns per hand-written one
-    synth: float = 0.0                   # 0 = off; e.g. 1, 5, 20
+    synth: float = 2.0                   # 0 = off; 2: the measured recipe (docs/training.md, "Recipe")
     synth_seed: int = 0
     synth_loss: str = "calls"            # "calls": loss on their call lines + the sentence before; "all"
     # training
