@@ -8,14 +8,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <atomic>
-
 namespace py = pybind11;
 using namespace dnd;
 
 namespace {
-
-std::atomic<bool> g_cancel{false};
 
 // model output may end inside a multi-byte character or be invalid UTF-8: never fail on it
 py::str lenient_str(const std::string & s) {
@@ -100,12 +96,8 @@ py::dict train_py(const std::string & base, const std::string & out,
                     std::to_string(opts.n_ctx));
     }
 
-    g_cancel = false;
     std::unique_ptr<py::error_already_set> pending;   // a Python exception from the callback
     ProgressFn progress = [&](const Progress & p) {
-        if (g_cancel) {
-            return false;
-        }
         if (callback.is_none()) {
             return true;
         }
@@ -282,8 +274,6 @@ PYBIND11_MODULE(_native, m) {
     py::register_exception<Error>(m, "NativeError", PyExc_RuntimeError);
     m.attr("build_stamp") = DNDLLAMA_BUILD_STAMP;   // patched llama.cpp + our sources: part of cache keys
 
-    m.def("set_verbose", &set_verbose, "Echo llama.cpp's log to stderr.");
-    m.def("cancel", [] { g_cancel = true; }, "Ask a running train() to stop at its next step.");
     m.def("default_threads", &default_threads);
     m.def("quant_types", &quant_types);
 

@@ -15,16 +15,7 @@ namespace {
 
 constexpr int kChunk = 128;   // positions per decode: bounds the logits buffer (chunk x n_vocab floats)
 
-struct Ctx {
-    llama_context * p = nullptr;
-    ~Ctx() {
-        if (p) {
-            llama_free(p);
-        }
-    }
-};
-
-void open_context(Ctx & ctx, const Model & model, int n_ctx, int n_threads) {
+ContextHandle open_context(const Model & model, int n_ctx, int n_threads) {
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = n_ctx;
     cp.n_batch = cp.n_ubatch = kChunk;
@@ -32,10 +23,11 @@ void open_context(Ctx & ctx, const Model & model, int n_ctx, int n_threads) {
     // evaluate()'s numerics (F32 K/V, no flash attention), so reference_nll matches the validation loss
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.type_k = cp.type_v = GGML_TYPE_F32;
-    ctx.p = llama_init_from_model(model.get(), cp);
-    if (!ctx.p) {
+    ContextHandle ctx(llama_init_from_model(model.get(), cp));
+    if (!ctx) {
         throw Error("could not create an evaluation context for " + model.path() + ": " + last_log_error());
     }
+    return ctx;
 }
 
 // log-probabilities of one logits row (into `out`) and the row's argmax
@@ -61,18 +53,11 @@ struct Sums {
 
 void decode_chunk(llama_context * ctx, const std::vector<int32_t> & seq, const std::vector<uint8_t> & mask,
                   size_t start, size_t end) {
-    llama_batch batch = llama_batch_init(kChunk, 0, 1);
+    Batch batch(kChunk);
     for (size_t i = start; i < end; ++i) {
-        const int k = batch.n_tokens++;
-        batch.token[k] = seq[i];
-        batch.pos[k] = (llama_pos) i;
-        batch.n_seq_id[k] = 1;
-        batch.seq_id[k][0] = 0;
-        batch.logits[k] = mask[i] != 0;
+        batch.add(seq[i], (int) i, 0, mask[i] != 0);
     }
-    const int rc = llama_decode(ctx, batch);
-    llama_batch_free(batch);
-    if (rc != 0) {
+    if (llama_decode(ctx, batch.b) != 0) {
         throw Error("divergence: decode failed: " + last_log_error());
     }
 }
@@ -105,36 +90,35 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
         }
     }
     const int n_ctx = (int) ((longest + 255) / 256 * 256);
-    Ctx ref;
-    open_context(ref, reference, n_ctx, n_threads);
-    std::vector<Ctx> cands(candidates.size());
-    for (size_t c = 0; c < candidates.size(); ++c) {
-        open_context(cands[c], *candidates[c], n_ctx, n_threads);
+    ContextHandle ref = open_context(reference, n_ctx, n_threads);
+    std::vector<ContextHandle> cands;
+    for (const Model * c : candidates) {
+        cands.push_back(open_context(*c, n_ctx, n_threads));
     }
     std::vector<Sums> sums(candidates.size());
     std::vector<float> ref_lp, cand_lp;
     for (size_t s = 0; s < sequences.size(); ++s) {
         const auto & seq = sequences[s];
         const auto & mask = masks[s];
-        llama_memory_clear(llama_get_memory(ref.p), true);
+        llama_memory_clear(llama_get_memory(ref.get()), true);
         for (auto & c : cands) {
-            llama_memory_clear(llama_get_memory(c.p), true);
+            llama_memory_clear(llama_get_memory(c.get()), true);
         }
         for (size_t start = 0; start < seq.size(); start += kChunk) {
             const size_t end = std::min(seq.size(), start + kChunk);
-            decode_chunk(ref.p, seq, mask, start, end);
+            decode_chunk(ref.get(), seq, mask, start, end);
             for (auto & c : cands) {
-                decode_chunk(c.p, seq, mask, start, end);
+                decode_chunk(c.get(), seq, mask, start, end);
             }
             for (size_t i = start; i < end; ++i) {
                 if (!mask[i]) {
                     continue;
                 }
-                const int ref_top = log_softmax(llama_get_logits_ith(ref.p, (int32_t) (i - start)), n_vocab, ref_lp);
+                const int ref_top = log_softmax(llama_get_logits_ith(ref.get(), (int32_t) (i - start)), n_vocab, ref_lp);
                 const bool tool = mask[i] == 2;
                 const int32_t actual = i + 1 < seq.size() ? seq[i + 1] : -1;
                 for (size_t c = 0; c < cands.size(); ++c) {
-                    const int top = log_softmax(llama_get_logits_ith(cands[c].p, (int32_t) (i - start)), n_vocab, cand_lp);
+                    const int top = log_softmax(llama_get_logits_ith(cands[c].get(), (int32_t) (i - start)), n_vocab, cand_lp);
                     double kl = 0, ref_h = 0, cand_h = 0;
                     for (int t = 0; t < n_vocab; ++t) {
                         const double p = std::exp((double) ref_lp[t]);

@@ -1,6 +1,8 @@
 // The plain C++ API of dndllama's native core. bindings.cpp only converts types and calls in here.
 #pragma once
 
+#include "handles.h"   // the owning handles (and llama.h, ggml-opt.h, gguf.h)
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -9,15 +11,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-struct llama_model;
-struct llama_model_params;
-struct gguf_context;
-struct llama_adapter_lora;
-struct llama_context;
-struct llama_batch;
-struct llama_sampler;
-struct llama_vocab;
 
 namespace dnd {
 
@@ -28,7 +21,6 @@ struct Error : std::runtime_error {
 
 // Initialises llama.cpp once and routes its log: errors are kept so exceptions can quote them.
 void init();
-void set_verbose(bool verbose);
 std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
 
 // ---- model.cpp -------------------------------------------------------------------------------
@@ -55,11 +47,10 @@ struct SessionOptions;
 class Model {
 public:
     Model(const std::string & path, int n_gpu_layers, bool vocab_only);
-    ~Model();
-    Model(const Model &) = delete;
+    Model(const Model &) = delete;              // the session refers to its model: never copied or moved
     Model & operator=(const Model &) = delete;
 
-    llama_model * get() const { return model_; }
+    llama_model * get() const { return model_.get(); }
     const std::string & path() const { return path_; }
     bool vocab_only() const { return vocab_only_; }
 
@@ -76,8 +67,9 @@ public:
 
 private:
     std::string path_;
-    llama_model * model_ = nullptr;
+    ModelHandle model_;
     bool vocab_only_ = false;
+    // declared after model_, so destroyed before it: the session's context refers to the model
     mutable std::unique_ptr<Session> session_;
 };
 
@@ -86,13 +78,10 @@ private:
 class Metadata {
 public:
     explicit Metadata(const std::string & path);
-    ~Metadata();
-    Metadata(const Metadata &) = delete;
-    Metadata & operator=(const Metadata &) = delete;
-    const gguf_context * get() const { return ctx_; }
+    const gguf_context * get() const { return ctx_.get(); }
 
 private:
-    gguf_context * ctx_ = nullptr;
+    GgufHandle ctx_;
 };
 
 // Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
@@ -252,7 +241,7 @@ struct GenerateResult {
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
 
 // The sampler chain of `opts` (grammar first when one is given); throws for a grammar that does not parse.
-llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & opts);
+SamplerHandle new_sampler(const llama_vocab * vocab, const GenerateOptions & opts);
 // One token from the logits at batch position `idx` (-1 = the last); -1 when the grammar rules out
 // every token. Accepts it into the chain (grammar state).
 int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx);
@@ -306,7 +295,6 @@ using ReplayProgress = std::function<bool(int, int)>;
 class Session {
 public:
     Session(const Model & model, const SessionOptions & opts);
-    ~Session();
     Session(const Session &) = delete;
     Session & operator=(const Session &) = delete;
 
@@ -330,10 +318,13 @@ private:
 
     const Model & model_;
     SessionOptions opts_;
-    llama_context * ctx_ = nullptr;
+    ContextHandle ctx_;
     std::vector<int32_t> cached_;
     int threads_ = 0;
 };
+
+// How many leading tokens `a` and `b` share: what a cached sequence keeps of a new prompt.
+size_t common_prefix(const std::vector<int32_t> & a, const std::vector<int32_t> & b);
 
 // ---- divergence.cpp --------------------------------------------------------------------------
 

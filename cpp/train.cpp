@@ -98,23 +98,6 @@ bool param_filter(const ggml_tensor * t, void * ud) {
     return take;
 }
 
-struct ModelPtr {
-    llama_model * p = nullptr;
-    ~ModelPtr() { if (p) llama_model_free(p); }
-};
-struct ContextPtr {
-    llama_context * p = nullptr;
-    ~ContextPtr() { if (p) llama_free(p); }
-};
-struct DatasetPtr {
-    ggml_opt_dataset_t p = nullptr;
-    ~DatasetPtr() { if (p) ggml_opt_dataset_free(p); }
-};
-struct ResultPtr {
-    ggml_opt_result_t p = ggml_opt_result_init();
-    ~ResultPtr() { ggml_opt_result_free(p); }
-};
-
 void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what) {
     if (w.tokens.size() != w.labels.size()) {
         throw Error(std::string(what) + ": tokens and labels differ in length");
@@ -137,9 +120,9 @@ struct Trainer {
     const TrainOptions & opts;
     std::string base_path;
     Metadata meta;
-    ModelPtr model;
-    ContextPtr ctx;
-    DatasetPtr window;
+    ModelHandle model;
+    ContextHandle ctx;      // declared after model: freed before it
+    DatasetHandle window;
     Schedule schedule;
     ParamFilter filter;
     llama_adapter_lora * adapter = nullptr;   // LoRA only; freed with the model
@@ -158,8 +141,8 @@ struct Trainer {
         if (!lora) {
             mp.load_mode = LLAMA_LOAD_MODE_NONE;   // weights must be writable
         }
-        model.p = llama_model_load_from_file(base_path.c_str(), mp);
-        if (!model.p) {
+        model.reset(llama_model_load_from_file(base_path.c_str(), mp));
+        if (!model) {
             throw Error("could not load base model " + base_path + ": " + last_log_error());
         }
 
@@ -168,8 +151,8 @@ struct Trainer {
         cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "train");
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
         cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
-        ctx.p = llama_init_from_model(model.p, cp);
-        if (!ctx.p) {
+        ctx.reset(llama_init_from_model(model.get(), cp));
+        if (!ctx) {
             throw Error("could not create a training context (n_ctx=" + std::to_string(opts.n_ctx) +
                         "): " + last_log_error() + "\nfix: lower --ctx or free memory");
         }
@@ -194,7 +177,7 @@ struct Trainer {
         lp.get_opt_pars_ud = &schedule;
         lp.optimizer_type = opts.optimizer == "sgd" ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
         lp.n_grad_accum = std::max(1, opts.grad_accum);
-        llama_opt_init(ctx.p, model.p, lp);
+        llama_opt_init(ctx.get(), model.get(), lp);
         if (adapter) {
             // llama_opt_init only looks at model weights; ggml-opt trains every tensor flagged as a
             // param when it builds the backward graph, so flagging A and B here is all it takes
@@ -209,20 +192,20 @@ struct Trainer {
                         "the trainable pattern matches nothing)\nfix: dequantize the base to F32 first");
         }
 
-        window.p = ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1);
+        window.reset(ggml_opt_dataset_init(GGML_TYPE_I32, GGML_TYPE_I32, opts.n_ctx, opts.n_ctx, 1, 1));
         pred.resize(opts.n_ctx);
     }
 
     void attach_adapter() {
         if (!opts.lora_init.empty()) {
-            adapter = load_adapter(model.p, opts.lora_init, ctx.p);
+            adapter = load_adapter(model.get(), opts.lora_init, ctx.get());
             return;
         }
         // llama.cpp builds adapters only from files: write the fresh one, load it, delete it
         const fs::path fresh = fs::temp_directory_path() / ("dndllama-lora-init-" + std::to_string(getpid()) + ".gguf");
-        write_new_adapter(model.p, opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, fresh.string());
+        write_new_adapter(model.get(), opts.lora_targets, opts.lora_rank, opts.lora_alpha, opts.seed, fresh.string());
         try {
-            adapter = load_adapter(model.p, fresh.string(), ctx.p);
+            adapter = load_adapter(model.get(), fresh.string(), ctx.get());
         } catch (...) {
             fs::remove(fresh);
             throw;
@@ -230,24 +213,24 @@ struct Trainer {
         fs::remove(fresh);
     }
 
-    int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.p)); }
+    int n_vocab() const { return llama_vocab_n_tokens(llama_model_get_vocab(model.get())); }
 
     // Runs one window forward (and backward + maybe an optimizer step when training).
     // Returns {loss over labelled positions, correct predictions, labelled positions}.
     std::tuple<double, int64_t, int64_t> run(const Windows & w, int64_t i, bool train) {
         const size_t n = opts.n_ctx;
-        memcpy(ggml_opt_dataset_data(window.p)->data, w.tokens.data() + i * n, n * sizeof(int32_t));
-        memcpy(ggml_opt_dataset_labels(window.p)->data, w.labels.data() + i * n, n * sizeof(int32_t));
-        ResultPtr result;
+        memcpy(ggml_opt_dataset_data(window.get())->data, w.tokens.data() + i * n, n * sizeof(int32_t));
+        memcpy(ggml_opt_dataset_labels(window.get())->data, w.labels.data() + i * n, n * sizeof(int32_t));
+        ResultHandle result(ggml_opt_result_init());
         const MatmulPrecision precision(train && bf16_matmul);
         if (train) {
-            llama_opt_epoch(ctx.p, window.p, result.p, nullptr, 1, nullptr, nullptr);
+            llama_opt_epoch(ctx.get(), window.get(), result.get(), nullptr, 1, nullptr, nullptr);
         } else {
-            llama_opt_epoch(ctx.p, window.p, nullptr, result.p, 0, nullptr, nullptr);
+            llama_opt_epoch(ctx.get(), window.get(), nullptr, result.get(), 0, nullptr, nullptr);
         }
         double loss = 0, unc = 0;
-        ggml_opt_result_loss(result.p, &loss, &unc);
-        ggml_opt_result_pred(result.p, pred.data());
+        ggml_opt_result_loss(result.get(), &loss, &unc);
+        ggml_opt_result_pred(result.get(), pred.data());
         int64_t correct = 0, labelled = 0;
         for (size_t k = 0; k < n; ++k) {
             const int32_t label = w.labels[i * n + k];
@@ -286,7 +269,7 @@ struct Trainer {
         if (adapter) {
             save_adapter(adapter, adapter_path(path), opts.kv);
         }
-        save_weights(model.p, meta, path, opts.kv, adapter);
+        save_weights(model.get(), meta, path, opts.kv, adapter);
     }
 };
 
@@ -505,13 +488,12 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
                                    int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file) {
     init();
-    ModelPtr model;
     llama_model_params mp = model_params(n_gpu_layers);
-    model.p = llama_model_load_from_file(model_path.c_str(), mp);
-    if (!model.p) {
+    ModelHandle model(llama_model_load_from_file(model_path.c_str(), mp));
+    if (!model) {
         throw Error("could not load " + model_path + ": " + last_log_error());
     }
-    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model.p));
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model.get()));
     check_windows(windows, n_ctx, n_vocab, "evaluation set");
 
     llama_context_params cp = llama_context_default_params();
@@ -521,30 +503,24 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
     // float rounding, and finite differences of this loss can check train()'s gradients
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.type_k = cp.type_v = GGML_TYPE_F32;
-    ContextPtr ctx;
-    ctx.p = llama_init_from_model(model.p, cp);
-    if (!ctx.p) {
+    ContextHandle ctx(llama_init_from_model(model.get(), cp));
+    if (!ctx) {
         throw Error("could not create an evaluation context: " + last_log_error());
     }
     if (!adapter_file.empty()) {
-        load_adapter(model.p, adapter_file, ctx.p);
+        load_adapter(model.get(), adapter_file, ctx.get());
     }
 
     double nll = 0;
     int64_t correct = 0, labelled = 0;
-    llama_batch batch = llama_batch_init(n_ctx, 0, 1);
+    Batch batch(n_ctx);
     for (int64_t w = 0; w < windows.count(n_ctx); ++w) {
-        llama_memory_clear(llama_get_memory(ctx.p), true);
-        batch.n_tokens = n_ctx;
+        llama_memory_clear(llama_get_memory(ctx.get()), true);
+        batch.clear();
         for (int i = 0; i < n_ctx; ++i) {
-            batch.token[i] = windows.tokens[w * n_ctx + i];
-            batch.pos[i] = i;
-            batch.n_seq_id[i] = 1;
-            batch.seq_id[i][0] = 0;
-            batch.logits[i] = windows.labels[w * n_ctx + i] >= 0;
+            batch.add(windows.tokens[w * n_ctx + i], i, 0, windows.labels[w * n_ctx + i] >= 0);
         }
-        if (llama_decode(ctx.p, batch) != 0) {
-            llama_batch_free(batch);
+        if (llama_decode(ctx.get(), batch.b) != 0) {
             throw Error("evaluation decode failed: " + last_log_error());
         }
         for (int i = 0; i < n_ctx; ++i) {
@@ -552,7 +528,7 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
             if (label < 0) {
                 continue;
             }
-            const float * logits = llama_get_logits_ith(ctx.p, i);
+            const float * logits = llama_get_logits_ith(ctx.get(), i);
             const float mx = *std::max_element(logits, logits + n_vocab);
             double sum = 0;
             for (int v = 0; v < n_vocab; ++v) {
@@ -563,7 +539,6 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
             labelled += 1;
         }
     }
-    llama_batch_free(batch);
     return {labelled ? nll / labelled : NAN, labelled ? double(correct) / labelled : NAN};
 }
 
@@ -582,8 +557,7 @@ std::pair<double, std::vector<std::vector<float>>> op_gradients(
     }
     const int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
     size_t mem = 64 * 1024 * 1024 + 16 * n * sizeof(float) * (inputs.size() + 8);
-    ggml_init_params ip = {mem, nullptr, false};
-    std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(ip), ggml_free);
+    GgmlHandle ctx = ggml_context_of(mem);
 
     std::vector<ggml_tensor *> in;
     for (const auto & values : inputs) {
