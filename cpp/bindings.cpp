@@ -178,6 +178,19 @@ py::dict generate_py(const Model & self, const py::str & text, int max_tokens, f
     return result_dict(r);
 }
 
+py::dict stats_dict(const ReplayStats & st) {
+    py::dict d;
+    d["fed_tokens"] = st.fed_tokens;
+    d["prompt_tokens"] = st.prompt_tokens;
+    d["generated"] = st.generated;
+    d["decodes"] = st.decodes;
+    d["max_parallel"] = st.max_parallel;
+    d["seconds"] = st.seconds;
+    d["prompt_seconds"] = st.prompt_seconds;
+    d["gen_seconds"] = st.gen_seconds;
+    return d;
+}
+
 py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> & prompts, const std::vector<int> & streams,
                     int max_tokens, const std::vector<std::string> & stop, int n_ctx, int n_parallel, int kv_cells,
                     int n_threads, const std::string & grammar, py::object callback) {
@@ -237,16 +250,7 @@ py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> 
     for (const auto & r : results) {
         out.append(result_dict(r));
     }
-    py::dict stats;
-    stats["fed_tokens"] = st.fed_tokens;
-    stats["prompt_tokens"] = st.prompt_tokens;
-    stats["generated"] = st.generated;
-    stats["decodes"] = st.decodes;
-    stats["max_parallel"] = st.max_parallel;
-    stats["seconds"] = st.seconds;
-    stats["prompt_seconds"] = st.prompt_seconds;
-    stats["gen_seconds"] = st.gen_seconds;
-    return py::make_tuple(out, stats);
+    return py::make_tuple(out, stats_dict(st));
 }
 
 py::dict divergence_dict(const Divergence & d) {

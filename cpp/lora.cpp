@@ -1,5 +1,5 @@
-// LoRA adapters: a fresh trainable adapter, saving it as a GGUF LoRA, merging it into its base
-// (export-lora), and logits with or without one (to check that adapter and merge agree).
+// LoRA adapters: a fresh trainable adapter, loading one, saving it as a GGUF LoRA and merging it
+// into its base (export-lora). evaluate.cpp's evaluate and logits run a model with or without one.
 #include "native.h"
 
 #include "gguf.h"
@@ -129,37 +129,6 @@ void merge_adapter(const std::string & base_path, const std::string & adapter_fi
     init();
     Model base(base_path, 0, false);
     save_weights(base.get(), Metadata(base_path), out_path, kv, load_adapter(base.get(), adapter_file, nullptr));
-}
-
-std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
-                          const std::string & adapter_file, int n_threads) {
-    init();
-    Model loaded(model_path, 0, false);
-    llama_model * model = loaded.get();
-    const int n = (int) tokens.size();
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = cp.n_batch = cp.n_ubatch = std::max(n, 8);
-    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "logits");
-    ContextHandle ctx(llama_init_from_model(model, cp));
-    if (!ctx) {
-        throw Error("could not create a context: " + last_log_error());
-    }
-    if (!adapter_file.empty()) {
-        load_adapter(model, adapter_file, ctx.get());
-    }
-    Batch batch(n);
-    for (int i = 0; i < n; ++i) {
-        batch.add(tokens[i], i, 0, true);
-    }
-    if (llama_decode(ctx.get(), batch.b) != 0) {
-        throw Error("decode failed: " + last_log_error());
-    }
-    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
-    std::vector<float> out((size_t) n * n_vocab);
-    for (int i = 0; i < n; ++i) {
-        memcpy(out.data() + (size_t) i * n_vocab, llama_get_logits_ith(ctx.get(), i), n_vocab * sizeof(float));
-    }
-    return out;
 }
 
 } // namespace dnd

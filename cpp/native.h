@@ -114,11 +114,7 @@ void save_adapter(const llama_adapter_lora * adapter, const std::string & out_pa
 void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
                    const std::map<std::string, std::string> & kv);
 
-// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
-std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
-                          const std::string & adapter_file, int n_threads);
-
-// ---- train.cpp -------------------------------------------------------------------------------
+// ---- train.cpp (the loop) and trainer.cpp (one run's model, context and optimizer) -------
 
 struct TrainOptions {
     int n_ctx = 256;
@@ -176,6 +172,10 @@ struct Windows {
     int64_t count(int n_ctx) const { return (int64_t) tokens.size() / n_ctx; }
 };
 
+// Throws unless `w` is whole windows of n_ctx tokens with ids inside a vocabulary of n_vocab
+// (`what` names the set in the message): never hand ggml an id it would assert on.
+void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what);
+
 // Called after every step and evaluation; returning false stops training cleanly at that point.
 using ProgressFn = std::function<bool(const Progress &)>;
 
@@ -191,12 +191,32 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress);
 
+// ---- evaluate.cpp ----------------------------------------------------------------------------
+
 // Loss and accuracy of a model (with an optional LoRA adapter) on windows, without training.
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
                                    int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file = "");
 
+// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
+std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
+                          const std::string & adapter_file, int n_threads);
+
+// A context over `model` for scoring token sequences (evaluate, logits, divergence): n_ctx cells,
+// n_batch tokens per decode, training's numerics (F32 K/V, no flash attention) when
+// `training_numerics`, and the LoRA `adapter_file` attached unless it is "". `what` names the caller
+// in errors (and in the thread-count check).
+ContextHandle open_scoring_context(const Model & model, int n_ctx, int n_batch, int n_threads, bool training_numerics,
+                                   const std::string & adapter_file, const char * what);
+
+// Decodes tokens[0, n) as positions first_pos.. of sequence 0, with logits where wants_logits(i).
+void decode_tokens(llama_context * ctx, const int32_t * tokens, int n, int first_pos,
+                   const std::function<bool(int)> & wants_logits, const char * what);
+
+// ---- gradcheck.cpp ---------------------------------------------------------------------------
+
 // Value and gradients of sum(op(inputs) * weights) for a single ggml op, through ggml's own
 // backward pass: the raw material for finite-difference checks of backward implementations.
+// An unknown op's error lists the ops there are.
 std::pair<double, std::vector<std::vector<float>>> op_gradients(
     const std::string & op, const std::vector<std::vector<float>> & inputs,
     const std::vector<int64_t> & shape, const std::vector<float> & weights);
