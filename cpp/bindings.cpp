@@ -1,6 +1,7 @@
 // pybind11 bindings: type conversion only. Long calls release the GIL; the training progress
 // callback re-acquires it, and a Python exception raised there (Ctrl-C included) stops training
-// cleanly at that step and is re-raised once the native side has unwound.
+// cleanly at that step and is re-raised once the native side has unwound. Longer than ~400 lines
+// only because PYBIND11_MODULE is the declarative table of every name Python sees, with its docs.
 #include "native.h"
 
 #include <pybind11/functional.h>
