@@ -1,6 +1,7 @@
 // pybind11 bindings: type conversion only. Long calls release the GIL; the training progress
 // callback re-acquires it, and a Python exception raised there (Ctrl-C included) stops training
-// cleanly at that step and is re-raised once the native side has unwound.
+// cleanly at that step and is re-raised once the native side has unwound. Longer than ~400 lines
+// only because PYBIND11_MODULE is the declarative table of every name Python sees, with its docs.
 #include "native.h"
 
 #include <pybind11/functional.h>
@@ -8,14 +9,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <atomic>
-
 namespace py = pybind11;
 using namespace dnd;
 
 namespace {
-
-std::atomic<bool> g_cancel{false};
 
 // model output may end inside a multi-byte character or be invalid UTF-8: never fail on it
 py::str lenient_str(const std::string & s) {
@@ -100,12 +97,8 @@ py::dict train_py(const std::string & base, const std::string & out,
                     std::to_string(opts.n_ctx));
     }
 
-    g_cancel = false;
     std::unique_ptr<py::error_already_set> pending;   // a Python exception from the callback
     ProgressFn progress = [&](const Progress & p) {
-        if (g_cancel) {
-            return false;
-        }
         if (callback.is_none()) {
             return true;
         }
@@ -186,6 +179,19 @@ py::dict generate_py(const Model & self, const py::str & text, int max_tokens, f
     return result_dict(r);
 }
 
+py::dict stats_dict(const ReplayStats & st) {
+    py::dict d;
+    d["fed_tokens"] = st.fed_tokens;
+    d["prompt_tokens"] = st.prompt_tokens;
+    d["generated"] = st.generated;
+    d["decodes"] = st.decodes;
+    d["max_parallel"] = st.max_parallel;
+    d["seconds"] = st.seconds;
+    d["prompt_seconds"] = st.prompt_seconds;
+    d["gen_seconds"] = st.gen_seconds;
+    return d;
+}
+
 py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> & prompts, const std::vector<int> & streams,
                     int max_tokens, const std::vector<std::string> & stop, int n_ctx, int n_parallel, int kv_cells,
                     int n_threads, const std::string & grammar, py::object callback) {
@@ -245,16 +251,7 @@ py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> 
     for (const auto & r : results) {
         out.append(result_dict(r));
     }
-    py::dict stats;
-    stats["fed_tokens"] = st.fed_tokens;
-    stats["prompt_tokens"] = st.prompt_tokens;
-    stats["generated"] = st.generated;
-    stats["decodes"] = st.decodes;
-    stats["max_parallel"] = st.max_parallel;
-    stats["seconds"] = st.seconds;
-    stats["prompt_seconds"] = st.prompt_seconds;
-    stats["gen_seconds"] = st.gen_seconds;
-    return py::make_tuple(out, stats);
+    return py::make_tuple(out, stats_dict(st));
 }
 
 py::dict divergence_dict(const Divergence & d) {
@@ -282,8 +279,6 @@ PYBIND11_MODULE(_native, m) {
     py::register_exception<Error>(m, "NativeError", PyExc_RuntimeError);
     m.attr("build_stamp") = DNDLLAMA_BUILD_STAMP;   // patched llama.cpp + our sources: part of cache keys
 
-    m.def("set_verbose", &set_verbose, "Echo llama.cpp's log to stderr.");
-    m.def("cancel", [] { g_cancel = true; }, "Ask a running train() to stop at its next step.");
     m.def("default_threads", &default_threads);
     m.def("quant_types", &quant_types);
 

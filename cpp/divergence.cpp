@@ -15,29 +15,6 @@ namespace {
 
 constexpr int kChunk = 128;   // positions per decode: bounds the logits buffer (chunk x n_vocab floats)
 
-struct Ctx {
-    llama_context * p = nullptr;
-    ~Ctx() {
-        if (p) {
-            llama_free(p);
-        }
-    }
-};
-
-void open_context(Ctx & ctx, const Model & model, int n_ctx, int n_threads) {
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_ctx;
-    cp.n_batch = cp.n_ubatch = kChunk;
-    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "divergence");
-    // evaluate()'s numerics (F32 K/V, no flash attention), so reference_nll matches the validation loss
-    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    cp.type_k = cp.type_v = GGML_TYPE_F32;
-    ctx.p = llama_init_from_model(model.get(), cp);
-    if (!ctx.p) {
-        throw Error("could not create an evaluation context for " + model.path() + ": " + last_log_error());
-    }
-}
-
 // log-probabilities of one logits row (into `out`) and the row's argmax
 int log_softmax(const float * logits, int n, std::vector<float> & out) {
     const int best = (int) (std::max_element(logits, logits + n) - logits);
@@ -59,33 +36,14 @@ struct Sums {
     int64_t n = 0, agree = 0, tool_n = 0, tool_agree = 0;
 };
 
-void decode_chunk(llama_context * ctx, const std::vector<int32_t> & seq, const std::vector<uint8_t> & mask,
-                  size_t start, size_t end) {
-    llama_batch batch = llama_batch_init(kChunk, 0, 1);
-    for (size_t i = start; i < end; ++i) {
-        const int k = batch.n_tokens++;
-        batch.token[k] = seq[i];
-        batch.pos[k] = (llama_pos) i;
-        batch.n_seq_id[k] = 1;
-        batch.seq_id[k][0] = 0;
-        batch.logits[k] = mask[i] != 0;
-    }
-    const int rc = llama_decode(ctx, batch);
-    llama_batch_free(batch);
-    if (rc != 0) {
-        throw Error("divergence: decode failed: " + last_log_error());
-    }
-}
-
-} // namespace
-
-std::vector<Divergence> divergence(const Model & reference, const std::vector<const Model *> & candidates,
-                                   const std::vector<std::vector<int32_t>> & sequences,
-                                   const std::vector<std::vector<uint8_t>> & masks, int n_threads) {
+// Throws unless every sequence has a mask of its length and tokens inside the reference's
+// vocabulary, and every candidate has that vocabulary. Returns the longest sequence's length.
+size_t check_inputs(const Model & reference, const std::vector<const Model *> & candidates,
+                    const std::vector<std::vector<int32_t>> & sequences,
+                    const std::vector<std::vector<uint8_t>> & masks, int n_vocab) {
     if (sequences.size() != masks.size()) {
         throw Error("divergence: one mask per sequence is needed");
     }
-    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(reference.get()));
     size_t longest = 1;
     for (size_t s = 0; s < sequences.size(); ++s) {
         if (masks[s].size() != sequences[s].size()) {
@@ -104,84 +62,108 @@ std::vector<Divergence> divergence(const Model & reference, const std::vector<co
             throw Error("divergence: " + c->path() + " has another vocabulary than " + reference.path());
         }
     }
+    return longest;
+}
+
+// One scored position of one candidate: `ref_lp` and `cand_lp` are the two next-token
+// log-distributions, `actual` the next token (-1 at a sequence's end), `tool` whether it is inside
+// a tool call.
+void add_position(Sums & m, const std::vector<float> & ref_lp, int ref_top, const std::vector<float> & cand_lp,
+                  int top, int32_t actual, bool tool) {
+    double kl = 0, ref_h = 0, cand_h = 0;
+    for (size_t t = 0; t < ref_lp.size(); ++t) {
+        const double p = std::exp((double) ref_lp[t]);
+        kl += p * (ref_lp[t] - cand_lp[t]);
+        ref_h -= p * ref_lp[t];
+        cand_h -= std::exp((double) cand_lp[t]) * cand_lp[t];
+    }
+    kl = std::max(0.0, kl);   // >= 0 exactly; rounding can leave -1e-17
+    m.n += 1;
+    m.kl += kl;
+    m.max_kl = std::max(m.max_kl, kl);
+    m.agree += top == ref_top;
+    m.ref_h += ref_h;
+    m.cand_h += cand_h;
+    if (actual >= 0) {
+        m.ref_nll -= ref_lp[actual];
+        m.cand_nll -= cand_lp[actual];
+    }
+    if (tool) {
+        m.tool_n += 1;
+        m.tool_kl += kl;
+        m.tool_agree += top == ref_top;
+    }
+}
+
+// Decodes seq[start, end) in every context (the reference first) and adds its scored positions.
+void score_chunk(const std::vector<ContextHandle> & contexts, const std::vector<int32_t> & seq,
+                 const std::vector<uint8_t> & mask, size_t start, size_t end, int n_vocab, std::vector<Sums> & sums) {
+    std::vector<float> ref_lp, cand_lp;
+    const auto scored = [&](int i) { return mask[start + i] != 0; };
+    for (const auto & ctx : contexts) {
+        decode_tokens(ctx.get(), seq.data() + start, (int) (end - start), (int) start, scored, "divergence");
+    }
+    for (size_t i = start; i < end; ++i) {
+        if (!mask[i]) {
+            continue;
+        }
+        const int32_t row = (int32_t) (i - start);
+        const int ref_top = log_softmax(llama_get_logits_ith(contexts[0].get(), row), n_vocab, ref_lp);
+        const int32_t actual = i + 1 < seq.size() ? seq[i + 1] : -1;
+        for (size_t c = 1; c < contexts.size(); ++c) {
+            const int top = log_softmax(llama_get_logits_ith(contexts[c].get(), row), n_vocab, cand_lp);
+            add_position(sums[c - 1], ref_lp, ref_top, cand_lp, top, actual, mask[i] == 2);
+        }
+    }
+}
+
+Divergence summarize(const Sums & m) {
+    Divergence d;
+    d.positions = m.n;
+    d.tool_positions = m.tool_n;
+    if (m.n) {
+        d.mean_kl = m.kl / m.n;
+        d.max_kl = m.max_kl;
+        d.top1_agreement = (double) m.agree / m.n;
+        d.reference_nll = m.ref_nll / m.n;
+        d.candidate_nll = m.cand_nll / m.n;
+        d.reference_entropy = m.ref_h / m.n;
+        d.candidate_entropy = m.cand_h / m.n;
+    }
+    if (m.tool_n) {
+        d.tool_mean_kl = m.tool_kl / m.tool_n;
+        d.tool_top1_agreement = (double) m.tool_agree / m.tool_n;
+    }
+    return d;
+}
+
+} // namespace
+
+std::vector<Divergence> divergence(const Model & reference, const std::vector<const Model *> & candidates,
+                                   const std::vector<std::vector<int32_t>> & sequences,
+                                   const std::vector<std::vector<uint8_t>> & masks, int n_threads) {
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(reference.get()));
+    const size_t longest = check_inputs(reference, candidates, sequences, masks, n_vocab);
     const int n_ctx = (int) ((longest + 255) / 256 * 256);
-    Ctx ref;
-    open_context(ref, reference, n_ctx, n_threads);
-    std::vector<Ctx> cands(candidates.size());
-    for (size_t c = 0; c < candidates.size(); ++c) {
-        open_context(cands[c], *candidates[c], n_ctx, n_threads);
+    // evaluate()'s numerics (training's), so reference_nll matches the validation loss
+    std::vector<ContextHandle> contexts;
+    contexts.push_back(open_scoring_context(reference, n_ctx, kChunk, n_threads, true, "", "divergence"));
+    for (const Model * c : candidates) {
+        contexts.push_back(open_scoring_context(*c, n_ctx, kChunk, n_threads, true, "", "divergence"));
     }
     std::vector<Sums> sums(candidates.size());
-    std::vector<float> ref_lp, cand_lp;
     for (size_t s = 0; s < sequences.size(); ++s) {
-        const auto & seq = sequences[s];
-        const auto & mask = masks[s];
-        llama_memory_clear(llama_get_memory(ref.p), true);
-        for (auto & c : cands) {
-            llama_memory_clear(llama_get_memory(c.p), true);
+        for (const auto & ctx : contexts) {
+            llama_memory_clear(llama_get_memory(ctx.get()), true);
         }
-        for (size_t start = 0; start < seq.size(); start += kChunk) {
-            const size_t end = std::min(seq.size(), start + kChunk);
-            decode_chunk(ref.p, seq, mask, start, end);
-            for (auto & c : cands) {
-                decode_chunk(c.p, seq, mask, start, end);
-            }
-            for (size_t i = start; i < end; ++i) {
-                if (!mask[i]) {
-                    continue;
-                }
-                const int ref_top = log_softmax(llama_get_logits_ith(ref.p, (int32_t) (i - start)), n_vocab, ref_lp);
-                const bool tool = mask[i] == 2;
-                const int32_t actual = i + 1 < seq.size() ? seq[i + 1] : -1;
-                for (size_t c = 0; c < cands.size(); ++c) {
-                    const int top = log_softmax(llama_get_logits_ith(cands[c].p, (int32_t) (i - start)), n_vocab, cand_lp);
-                    double kl = 0, ref_h = 0, cand_h = 0;
-                    for (int t = 0; t < n_vocab; ++t) {
-                        const double p = std::exp((double) ref_lp[t]);
-                        kl += p * (ref_lp[t] - cand_lp[t]);
-                        ref_h -= p * ref_lp[t];
-                        cand_h -= std::exp((double) cand_lp[t]) * cand_lp[t];
-                    }
-                    kl = std::max(0.0, kl);   // >= 0 exactly; rounding can leave -1e-17
-                    Sums & m = sums[c];
-                    m.n += 1;
-                    m.kl += kl;
-                    m.max_kl = std::max(m.max_kl, kl);
-                    m.agree += top == ref_top;
-                    m.ref_h += ref_h;
-                    m.cand_h += cand_h;
-                    if (actual >= 0) {
-                        m.ref_nll -= ref_lp[actual];
-                        m.cand_nll -= cand_lp[actual];
-                    }
-                    if (tool) {
-                        m.tool_n += 1;
-                        m.tool_kl += kl;
-                        m.tool_agree += top == ref_top;
-                    }
-                }
-            }
+        for (size_t start = 0; start < sequences[s].size(); start += kChunk) {
+            const size_t end = std::min(sequences[s].size(), start + kChunk);
+            score_chunk(contexts, sequences[s], masks[s], start, end, n_vocab, sums);
         }
     }
-    std::vector<Divergence> result(candidates.size());
-    for (size_t c = 0; c < candidates.size(); ++c) {
-        const Sums & m = sums[c];
-        Divergence & d = result[c];
-        d.positions = m.n;
-        d.tool_positions = m.tool_n;
-        if (m.n) {
-            d.mean_kl = m.kl / m.n;
-            d.max_kl = m.max_kl;
-            d.top1_agreement = (double) m.agree / m.n;
-            d.reference_nll = m.ref_nll / m.n;
-            d.candidate_nll = m.cand_nll / m.n;
-            d.reference_entropy = m.ref_h / m.n;
-            d.candidate_entropy = m.cand_h / m.n;
-        }
-        if (m.tool_n) {
-            d.tool_mean_kl = m.tool_kl / m.tool_n;
-            d.tool_top1_agreement = (double) m.tool_agree / m.tool_n;
-        }
+    std::vector<Divergence> result;
+    for (const Sums & m : sums) {
+        result.push_back(summarize(m));
     }
     return result;
 }

@@ -7,7 +7,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <memory>
 
 namespace dnd {
 
@@ -15,17 +14,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct SamplerDeleter {
-    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
-};
-struct ContextDeleter {
-    void operator()(llama_context * c) const { llama_free(c); }
-};
-
 } // namespace
 
-llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & o) {
-    std::unique_ptr<llama_sampler, SamplerDeleter> chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+SamplerHandle new_sampler(const llama_vocab * vocab, const GenerateOptions & o) {
+    SamplerHandle chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
     if (!o.grammar.empty()) {
         // grammar first: it masks the candidates the rest of the chain then picks from
         llama_sampler * grammar = llama_sampler_init_grammar(vocab, o.grammar.c_str(), "root");
@@ -37,13 +29,13 @@ llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & o
     }
     if (o.temperature <= 0) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-        return chain.release();
+        return chain;
     }
     llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(o.top_k));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(o.top_p, 1));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(o.temperature));
     llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(o.seed));
-    return chain.release();
+    return chain;
 }
 
 namespace {
@@ -191,11 +183,11 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     cp.n_ctx = opts.n_ctx;
     cp.n_batch = std::max<int>(512, tokens.size());
     cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "generate");
-    std::unique_ptr<llama_context, ContextDeleter> ctx(llama_init_from_model(model.get(), cp));
+    ContextHandle ctx(llama_init_from_model(model.get(), cp));
     if (!ctx) {
         throw Error("could not create an inference context: " + last_log_error());
     }
-    std::unique_ptr<llama_sampler, SamplerDeleter> sampler(new_sampler(vocab, opts));
+    SamplerHandle sampler = new_sampler(vocab, opts);
 
     GenerateResult res;
     res.n_prompt = (int) tokens.size();

@@ -1,5 +1,5 @@
-// LoRA adapters: a fresh trainable adapter, saving it as a GGUF LoRA, merging it into its base
-// (export-lora), and logits with or without one (to check that adapter and merge agree).
+// LoRA adapters: a fresh trainable adapter, loading one, saving it as a GGUF LoRA and merging it
+// into its base (export-lora). evaluate.cpp's evaluate and logits run a model with or without one.
 #include "native.h"
 
 #include "gguf.h"
@@ -19,16 +19,6 @@ namespace fs = std::filesystem;
 namespace dnd {
 
 namespace {
-
-struct GgufPtr {
-    gguf_context * p = gguf_init_empty();
-    ~GgufPtr() { gguf_free(p); }
-};
-struct GgmlPtr {
-    ggml_context * p;
-    explicit GgmlPtr(size_t bytes) : p(ggml_init({bytes, nullptr, false})) {}
-    ~GgmlPtr() { ggml_free(p); }
-};
 
 void set_adapter_kv(gguf_context * g, const std::string & arch, float alpha) {
     gguf_set_val_str(g, "general.architecture", arch.c_str());
@@ -78,14 +68,14 @@ void write_new_adapter(const llama_model * model, const std::string & targets, i
         throw Error("the LoRA target pattern '" + targets + "' matches no block weight of this model");
     }
 
-    GgufPtr out;
-    set_adapter_kv(out.p, arch_of(model), alpha);
-    GgmlPtr data(bytes + ggml_tensor_overhead());
+    GgufHandle out(gguf_init_empty());
+    set_adapter_kv(out.get(), arch_of(model), alpha);
+    GgmlHandle data = ggml_context_of(bytes + ggml_tensor_overhead());
     std::mt19937 rng(seed);
     for (const ggml_tensor * t : covered) {
         const int64_t n_in = t->ne[0], n_out = t->ne[1];
-        ggml_tensor * a = ggml_new_tensor_2d(data.p, GGML_TYPE_F32, n_in, rank);
-        ggml_tensor * b = ggml_new_tensor_2d(data.p, GGML_TYPE_F32, rank, n_out);
+        ggml_tensor * a = ggml_new_tensor_2d(data.get(), GGML_TYPE_F32, n_in, rank);
+        ggml_tensor * b = ggml_new_tensor_2d(data.get(), GGML_TYPE_F32, rank, n_out);
         ggml_format_name(a, "%s.lora_a", t->name);
         ggml_format_name(b, "%s.lora_b", t->name);
         std::uniform_real_distribution<float> u(-1.0f / std::sqrt(float(n_in)), 1.0f / std::sqrt(float(n_in)));
@@ -93,10 +83,10 @@ void write_new_adapter(const llama_model * model, const std::string & targets, i
             static_cast<float *>(a->data)[i] = u(rng);
         }
         memset(b->data, 0, ggml_nbytes(b));
-        gguf_add_tensor(out.p, a);
-        gguf_add_tensor(out.p, b);
+        gguf_add_tensor(out.get(), a);
+        gguf_add_tensor(out.get(), b);
     }
-    write_gguf(out.p, out_path);
+    write_gguf(out.get(), out_path);
 }
 
 llama_adapter_lora * load_adapter(llama_model * model, const std::string & adapter_file, llama_context * ctx) {
@@ -113,25 +103,25 @@ llama_adapter_lora * load_adapter(llama_model * model, const std::string & adapt
 
 void save_adapter(const llama_adapter_lora * adapter, const std::string & out_path,
                   const std::map<std::string, std::string> & kv) {
-    GgufPtr out;
+    GgufHandle out(gguf_init_empty());
     for (const auto & [key, value] : kv) {
-        gguf_set_val_str(out.p, key.c_str(), value.c_str());
+        gguf_set_val_str(out.get(), key.c_str(), value.c_str());
     }
-    set_adapter_kv(out.p, arch_of(adapter->model), adapter->alpha);
+    set_adapter_kv(out.get(), arch_of(adapter->model), adapter->alpha);
     size_t bytes = ggml_tensor_overhead();
     for (const auto & [name, w] : adapter->ab_map) {
         bytes += ggml_nbytes(w.a) + ggml_nbytes(w.b) + 2 * ggml_tensor_overhead();
     }
-    GgmlPtr host(bytes);
+    GgmlHandle host = ggml_context_of(bytes);
     for (const auto & [name, w] : adapter->ab_map) {
         for (const ggml_tensor * t : {w.a, w.b}) {
-            ggml_tensor * copy = ggml_dup_tensor(host.p, t);   // the adapter may live on a GPU
+            ggml_tensor * copy = ggml_dup_tensor(host.get(), t);   // the adapter may live on a GPU
             ggml_set_name(copy, t->name);
             ggml_backend_tensor_get(t, copy->data, 0, ggml_nbytes(t));
-            gguf_add_tensor(out.p, copy);
+            gguf_add_tensor(out.get(), copy);
         }
     }
-    write_gguf(out.p, out_path);
+    write_gguf(out.get(), out_path);
 }
 
 void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
@@ -139,44 +129,6 @@ void merge_adapter(const std::string & base_path, const std::string & adapter_fi
     init();
     Model base(base_path, 0, false);
     save_weights(base.get(), Metadata(base_path), out_path, kv, load_adapter(base.get(), adapter_file, nullptr));
-}
-
-std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
-                          const std::string & adapter_file, int n_threads) {
-    init();
-    Model loaded(model_path, 0, false);
-    llama_model * model = loaded.get();
-    const int n = (int) tokens.size();
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = cp.n_batch = cp.n_ubatch = std::max(n, 8);
-    cp.n_threads = cp.n_threads_batch = resolve_threads(n_threads, "logits");
-    std::unique_ptr<llama_context, decltype(&llama_free)> ctx(llama_init_from_model(model, cp), llama_free);
-    if (!ctx) {
-        throw Error("could not create a context: " + last_log_error());
-    }
-    if (!adapter_file.empty()) {
-        load_adapter(model, adapter_file, ctx.get());
-    }
-    llama_batch batch = llama_batch_init(n, 0, 1);
-    batch.n_tokens = n;
-    for (int i = 0; i < n; ++i) {
-        batch.token[i] = tokens[i];
-        batch.pos[i] = i;
-        batch.n_seq_id[i] = 1;
-        batch.seq_id[i][0] = 0;
-        batch.logits[i] = true;
-    }
-    const int rc = llama_decode(ctx.get(), batch);
-    llama_batch_free(batch);
-    if (rc != 0) {
-        throw Error("decode failed: " + last_log_error());
-    }
-    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
-    std::vector<float> out((size_t) n * n_vocab);
-    for (int i = 0; i < n; ++i) {
-        memcpy(out.data() + (size_t) i * n_vocab, llama_get_logits_ith(ctx.get(), i), n_vocab * sizeof(float));
-    }
-    return out;
 }
 
 } // namespace dnd

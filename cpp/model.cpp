@@ -31,7 +31,7 @@ namespace dnd {
 
 static std::mutex g_log_mutex;
 static std::deque<std::string> g_log_errors;
-static bool g_verbose = std::getenv("DNDLLAMA_VERBOSE") != nullptr;
+static const bool g_verbose = std::getenv("DNDLLAMA_VERBOSE") != nullptr;   // echo llama.cpp's whole log
 
 static void log_callback(ggml_log_level level, const char * text, void *) {
     if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
@@ -53,8 +53,6 @@ void init() {
         llama_backend_init();
     });
 }
-
-void set_verbose(bool verbose) { g_verbose = verbose; }
 
 std::string last_log_error() {
     std::lock_guard<std::mutex> lock(g_log_mutex);
@@ -168,17 +166,10 @@ Model::Model(const std::string & path, int n_gpu_layers, bool vocab_only) : path
     last_log_error();
     llama_model_params params = model_params(n_gpu_layers);
     params.vocab_only = vocab_only;
-    model_ = llama_model_load_from_file(path.c_str(), params);
+    model_.reset(llama_model_load_from_file(path.c_str(), params));
     if (!model_) {
         throw Error("could not load " + path + " as a GGUF model: " + last_log_error() +
                     "\nfix: pass a GGUF file written by llama.cpp (convert Hugging Face checkpoints first)");
-    }
-}
-
-Model::~Model() {
-    session_.reset();   // its context refers to the model
-    if (model_) {
-        llama_model_free(model_);
     }
 }
 
@@ -198,27 +189,28 @@ static std::string meta_value(const llama_model * model, const char * key) {
 }
 
 ModelInfo Model::info() const {
+    const llama_model * model = model_.get();
     ModelInfo info;
-    info.arch = meta_value(model_, "general.architecture");
-    info.name = meta_value(model_, "general.name");
-    info.n_params = llama_model_n_params(model_);
-    info.size_bytes = llama_model_size(model_);
-    info.n_ctx_train = llama_model_n_ctx_train(model_);
-    info.n_embd = llama_model_n_embd(model_);
-    info.n_layer = llama_model_n_layer(model_);
+    info.arch = meta_value(model, "general.architecture");
+    info.name = meta_value(model, "general.name");
+    info.n_params = llama_model_n_params(model);
+    info.size_bytes = llama_model_size(model);
+    info.n_ctx_train = llama_model_n_ctx_train(model);
+    info.n_embd = llama_model_n_embd(model);
+    info.n_layer = llama_model_n_layer(model);
     // a vocab-only load has no layers, and llama.cpp aborts when asked for layer 0's heads
-    info.n_head = info.n_layer > 0 ? llama_model_n_head(model_) : 0;
-    info.n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model_));
-    const char * tmpl = llama_model_chat_template(model_, nullptr);
+    info.n_head = info.n_layer > 0 ? llama_model_n_head(model) : 0;
+    info.n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    const char * tmpl = llama_model_chat_template(model, nullptr);
     info.chat_template = tmpl ? tmpl : "";
 
-    const int32_t n_meta = llama_model_meta_count(model_);
+    const int32_t n_meta = llama_model_meta_count(model);
     for (int32_t i = 0; i < n_meta; ++i) {
         char key[256];
-        if (llama_model_meta_key_by_index(model_, i, key, sizeof(key)) < 0) {
+        if (llama_model_meta_key_by_index(model, i, key, sizeof(key)) < 0) {
             continue;
         }
-        info.metadata[key] = meta_value(model_, key);
+        info.metadata[key] = meta_value(model, key);
     }
     // a vocab-only load reads no hyperparameters: take them from the metadata instead
     auto from_meta = [&](int & field, const std::string & suffix) {
@@ -234,17 +226,16 @@ ModelInfo Model::info() const {
 
     // tensor types come from the file itself: the loaded model may have repacked them
     gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
-    if (gguf_context * gctx = gguf_init_from_file(path_.c_str(), gparams)) {
-        for (int64_t i = 0; i < gguf_get_n_tensors(gctx); ++i) {
-            info.tensor_types[ggml_type_name(gguf_get_tensor_type(gctx, i))] += 1;
+    if (GgufHandle gguf{gguf_init_from_file(path_.c_str(), gparams)}) {
+        for (int64_t i = 0; i < gguf_get_n_tensors(gguf.get()); ++i) {
+            info.tensor_types[ggml_type_name(gguf_get_tensor_type(gguf.get(), i))] += 1;
         }
-        gguf_free(gctx);
     }
     return info;
 }
 
 std::vector<int32_t> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    const llama_vocab * vocab = llama_model_get_vocab(model_.get());
     std::vector<int32_t> tokens(text.size() + 8);
     int32_t n = llama_tokenize(vocab, text.data(), (int32_t) text.size(), tokens.data(),
                                (int32_t) tokens.size(), add_special, parse_special);
@@ -261,7 +252,7 @@ std::vector<int32_t> Model::tokenize(const std::string & text, bool add_special,
 }
 
 std::string Model::detokenize(const std::vector<int32_t> & tokens, bool render_special) const {
-    const llama_vocab * vocab = llama_model_get_vocab(model_);
+    const llama_vocab * vocab = llama_model_get_vocab(model_.get());
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
     for (int32_t t : tokens) {
         if (t < 0 || t >= n_vocab) {
@@ -283,7 +274,7 @@ std::string Model::detokenize(const std::vector<int32_t> & tokens, bool render_s
 
 std::string Model::apply_chat_template(const std::vector<Message> & messages, bool add_assistant,
                                        const std::string & tmpl) const {
-    const char * t = tmpl.empty() ? llama_model_chat_template(model_, nullptr) : tmpl.c_str();
+    const char * t = tmpl.empty() ? llama_model_chat_template(model_.get(), nullptr) : tmpl.c_str();
     if (!t) {
         throw Error(path_ + " has no tokenizer.chat_template; pass a template explicitly");
     }
@@ -313,14 +304,10 @@ std::string Model::apply_chat_template(const std::vector<Message> & messages, bo
 
 Metadata::Metadata(const std::string & path) {
     gguf_init_params gparams = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
-    ctx_ = gguf_init_from_file(path.c_str(), gparams);
+    ctx_.reset(gguf_init_from_file(path.c_str(), gparams));
     if (!ctx_) {
         throw Error("could not read the metadata of " + path);
     }
-}
-
-Metadata::~Metadata() {
-    gguf_free(ctx_);
 }
 
 void write_gguf(gguf_context * out, const std::string & out_path) {
@@ -366,10 +353,10 @@ void merge_into(const ggml_tensor * w, const llama_adapter_lora_weight & ab, flo
 
 void save_weights(llama_model * model, const Metadata & meta, const std::string & out_path,
                   const std::map<std::string, std::string> & kv, const llama_adapter_lora * merge) {
-    gguf_context * out = gguf_init_empty();
-    gguf_set_kv(out, meta.get());
+    GgufHandle out(gguf_init_empty());
+    gguf_set_kv(out.get(), meta.get());
     for (const auto & [key, value] : kv) {
-        gguf_set_val_str(out, key.c_str(), value.c_str());
+        gguf_set_val_str(out.get(), key.c_str(), value.c_str());
     }
     auto lora_of = [&](const std::string & name) -> const llama_adapter_lora_weight * {
         if (!merge) {
@@ -390,8 +377,7 @@ void save_weights(llama_model * model, const Metadata & meta, const std::string 
             host_bytes += ggml_nbytes(t) + ggml_tensor_overhead();
         }
     }
-    ggml_init_params cparams = {host_bytes + ggml_tensor_overhead() * (tensors.size() + 1), nullptr, false};
-    ggml_context * host = ggml_init(cparams);
+    GgmlHandle host = ggml_context_of(host_bytes + ggml_tensor_overhead() * (tensors.size() + 1));
     std::set<std::string> written;
     for (const auto & [name, t] : tensors) {
         // gemma3n creates its tied output before token_embd, so llama.cpp holds two copies of
@@ -401,25 +387,17 @@ void save_weights(llama_model * model, const Metadata & meta, const std::string 
         }
         ggml_tensor * src = t;
         if (const auto * ab = lora_of(name)) {
-            src = ggml_new_tensor(host, GGML_TYPE_F32, GGML_MAX_DIMS, t->ne);
+            src = ggml_new_tensor(host.get(), GGML_TYPE_F32, GGML_MAX_DIMS, t->ne);
             ggml_set_name(src, t->name);
             merge_into(t, *ab, ab->get_scale(merge->alpha, 1.0f), src);
         } else if (t->buffer && !ggml_backend_buffer_is_host(t->buffer)) {
-            src = ggml_dup_tensor(host, t);
+            src = ggml_dup_tensor(host.get(), t);
             ggml_set_name(src, t->name);
             ggml_backend_tensor_get(t, src->data, 0, ggml_nbytes(t));
         }
-        gguf_add_tensor(out, src);
+        gguf_add_tensor(out.get(), src);
     }
-    try {
-        write_gguf(out, out_path);
-    } catch (...) {
-        gguf_free(out);
-        ggml_free(host);
-        throw;
-    }
-    gguf_free(out);
-    ggml_free(host);
+    write_gguf(out.get(), out_path);
 }
 
 } // namespace dnd

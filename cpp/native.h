@@ -1,6 +1,8 @@
 // The plain C++ API of dndllama's native core. bindings.cpp only converts types and calls in here.
 #pragma once
 
+#include "handles.h"   // the owning handles (and llama.h, ggml-opt.h, gguf.h)
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -9,15 +11,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-struct llama_model;
-struct llama_model_params;
-struct gguf_context;
-struct llama_adapter_lora;
-struct llama_context;
-struct llama_batch;
-struct llama_sampler;
-struct llama_vocab;
 
 namespace dnd {
 
@@ -28,7 +21,6 @@ struct Error : std::runtime_error {
 
 // Initialises llama.cpp once and routes its log: errors are kept so exceptions can quote them.
 void init();
-void set_verbose(bool verbose);
 std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
 
 // ---- model.cpp -------------------------------------------------------------------------------
@@ -55,11 +47,10 @@ struct SessionOptions;
 class Model {
 public:
     Model(const std::string & path, int n_gpu_layers, bool vocab_only);
-    ~Model();
-    Model(const Model &) = delete;
+    Model(const Model &) = delete;              // the session refers to its model: never copied or moved
     Model & operator=(const Model &) = delete;
 
-    llama_model * get() const { return model_; }
+    llama_model * get() const { return model_.get(); }
     const std::string & path() const { return path_; }
     bool vocab_only() const { return vocab_only_; }
 
@@ -76,8 +67,9 @@ public:
 
 private:
     std::string path_;
-    llama_model * model_ = nullptr;
+    ModelHandle model_;
     bool vocab_only_ = false;
+    // declared after model_, so destroyed before it: the session's context refers to the model
     mutable std::unique_ptr<Session> session_;
 };
 
@@ -86,13 +78,10 @@ private:
 class Metadata {
 public:
     explicit Metadata(const std::string & path);
-    ~Metadata();
-    Metadata(const Metadata &) = delete;
-    Metadata & operator=(const Metadata &) = delete;
-    const gguf_context * get() const { return ctx_; }
+    const gguf_context * get() const { return ctx_.get(); }
 
 private:
-    gguf_context * ctx_ = nullptr;
+    GgufHandle ctx_;
 };
 
 // Writes `model`'s current weights as a GGUF at `out_path` (atomically: temp file, then rename),
@@ -125,11 +114,7 @@ void save_adapter(const llama_adapter_lora * adapter, const std::string & out_pa
 void merge_adapter(const std::string & base_path, const std::string & adapter_file, const std::string & out_path,
                    const std::map<std::string, std::string> & kv);
 
-// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
-std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
-                          const std::string & adapter_file, int n_threads);
-
-// ---- train.cpp -------------------------------------------------------------------------------
+// ---- train.cpp (the loop) and trainer.cpp (one run's model, context and optimizer) -------
 
 struct TrainOptions {
     int n_ctx = 256;
@@ -187,6 +172,10 @@ struct Windows {
     int64_t count(int n_ctx) const { return (int64_t) tokens.size() / n_ctx; }
 };
 
+// Throws unless `w` is whole windows of n_ctx tokens with ids inside a vocabulary of n_vocab
+// (`what` names the set in the message): never hand ggml an id it would assert on.
+void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what);
+
 // Called after every step and evaluation; returning false stops training cleanly at that point.
 using ProgressFn = std::function<bool(const Progress &)>;
 
@@ -202,12 +191,32 @@ TrainResult train(const std::string & base_path, const std::string & out_path,
                   const Windows & train_set, const Windows & val_set,
                   const TrainOptions & opts, const ProgressFn & progress);
 
+// ---- evaluate.cpp ----------------------------------------------------------------------------
+
 // Loss and accuracy of a model (with an optional LoRA adapter) on windows, without training.
 std::pair<double, double> evaluate(const std::string & model_path, const Windows & windows,
                                    int n_ctx, int n_threads, int n_gpu_layers, const std::string & adapter_file = "");
 
+// Logits of every position of `tokens` (row-major, n_tokens x n_vocab), with an optional adapter.
+std::vector<float> logits(const std::string & model_path, const std::vector<int32_t> & tokens,
+                          const std::string & adapter_file, int n_threads);
+
+// A context over `model` for scoring token sequences (evaluate, logits, divergence): n_ctx cells,
+// n_batch tokens per decode, training's numerics (F32 K/V, no flash attention) when
+// `training_numerics`, and the LoRA `adapter_file` attached unless it is "". `what` names the caller
+// in errors (and in the thread-count check).
+ContextHandle open_scoring_context(const Model & model, int n_ctx, int n_batch, int n_threads, bool training_numerics,
+                                   const std::string & adapter_file, const char * what);
+
+// Decodes tokens[0, n) as positions first_pos.. of sequence 0, with logits where wants_logits(i).
+void decode_tokens(llama_context * ctx, const int32_t * tokens, int n, int first_pos,
+                   const std::function<bool(int)> & wants_logits, const char * what);
+
+// ---- gradcheck.cpp ---------------------------------------------------------------------------
+
 // Value and gradients of sum(op(inputs) * weights) for a single ggml op, through ggml's own
 // backward pass: the raw material for finite-difference checks of backward implementations.
+// An unknown op's error lists the ops there are.
 std::pair<double, std::vector<std::vector<float>>> op_gradients(
     const std::string & op, const std::vector<std::vector<float>> & inputs,
     const std::vector<int64_t> & shape, const std::vector<float> & weights);
@@ -252,7 +261,7 @@ struct GenerateResult {
 GenerateResult generate(const Model & model, const std::string & prompt, const GenerateOptions & opts);
 
 // The sampler chain of `opts` (grammar first when one is given); throws for a grammar that does not parse.
-llama_sampler * new_sampler(const llama_vocab * vocab, const GenerateOptions & opts);
+SamplerHandle new_sampler(const llama_vocab * vocab, const GenerateOptions & opts);
 // One token from the logits at batch position `idx` (-1 = the last); -1 when the grammar rules out
 // every token. Accepts it into the chain (grammar state).
 int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx);
@@ -306,7 +315,6 @@ using ReplayProgress = std::function<bool(int, int)>;
 class Session {
 public:
     Session(const Model & model, const SessionOptions & opts);
-    ~Session();
     Session(const Session &) = delete;
     Session & operator=(const Session &) = delete;
 
@@ -330,10 +338,13 @@ private:
 
     const Model & model_;
     SessionOptions opts_;
-    llama_context * ctx_ = nullptr;
+    ContextHandle ctx_;
     std::vector<int32_t> cached_;
     int threads_ = 0;
 };
+
+// How many leading tokens `a` and `b` share: what a cached sequence keeps of a new prompt.
+size_t common_prefix(const std::vector<int32_t> & a, const std::vector<int32_t> & b);
 
 // ---- divergence.cpp --------------------------------------------------------------------------
 

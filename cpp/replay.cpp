@@ -7,7 +7,6 @@
 // turn is generated there, and the fork is dropped (llama_memory_seq_rm) when it stops. The main
 // sequence meanwhile goes on with the next job's prompt (the reference turn, the next message).
 #include "native.h"
-#include "batch.h"
 
 #include "llama.h"
 
@@ -20,10 +19,6 @@ namespace dnd {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-struct SamplerDeleter {
-    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
-};
 
 } // namespace
 
@@ -40,7 +35,7 @@ struct Session::Replay {
         int seq, stream;
         int32_t next = -1;              // sampled, to be decoded next
         int batch_index = -1;
-        std::unique_ptr<llama_sampler, SamplerDeleter> sampler;
+        SamplerHandle sampler;
         GenerateResult res;
     };
     struct Pending {                    // a job whose last prompt token is in this batch
@@ -65,8 +60,8 @@ struct Session::Replay {
     Replay(Session & s, const std::vector<ReplayJob> & jobs, const GenerateOptions & opts,
            const ReplayProgress & progress, ReplayStats & stats)
         : s(s), jobs(jobs), opts(opts), progress(progress), stats(stats),
-          vocab(llama_model_get_vocab(s.model_.get())), mem(llama_get_memory(s.ctx_)), results(jobs.size()) {
-        for (int seq = (int) llama_n_seq_max(s.ctx_) - 1; seq >= 0; --seq) {
+          vocab(llama_model_get_vocab(s.model_.get())), mem(llama_get_memory(s.ctx_.get())), results(jobs.size()) {
+        for (int seq = (int) llama_n_seq_max(s.ctx_.get()) - 1; seq >= 0; --seq) {
             free_seqs.push_back(seq);
         }
         for (const auto & job : jobs) {
@@ -95,14 +90,14 @@ struct Session::Replay {
         const int n_batch = s.opts_.n_batch;
         Batch batch(n_batch, 1);
         while (done < jobs.size()) {
-            batch.b.n_tokens = 0;
+            batch.clear();
             for (auto & f : forks) {
                 f.batch_index = batch.add(f.next, (int) (jobs[f.job].prompt.size() + f.res.n_generated - 1), f.seq, true);
             }
             std::vector<Pending> pending = feed(batch);
             if (batch.b.n_tokens == 0) {
                 throw Error("replay: job " + std::to_string(next) + " does not fit the KV cache of " +
-                            std::to_string(llama_n_ctx(s.ctx_)) + " cells\nfix: raise the session's n_ctx");
+                            std::to_string(llama_n_ctx(s.ctx_.get())) + " cells\nfix: raise the session's n_ctx");
             }
             const auto t0 = Clock::now();
             s.decode(batch.b, "replay");
@@ -173,7 +168,7 @@ struct Session::Replay {
             }
         }
         const size_t extra = prompt.size() - keep + (size_t) opts.max_tokens;
-        if (cells_reserved(pending.size()) + extra > llama_n_ctx(s.ctx_) && !(forks.empty() && pending.empty())) {
+        if (cells_reserved(pending.size()) + extra > llama_n_ctx(s.ctx_.get()) && !(forks.empty() && pending.empty())) {
             return false;   // wait for running forks to free their cells
         }
         if (keep < st.cached.size()) {
@@ -187,7 +182,7 @@ struct Session::Replay {
     void start_fork(const Pending & p) {
         Stream & st = streams[jobs[p.job].stream];
         Fork f{p.job, free_seqs.back(), jobs[p.job].stream, -1, p.batch_index,
-               std::unique_ptr<llama_sampler, SamplerDeleter>(new_sampler(vocab, opts)), {}};
+               new_sampler(vocab, opts), {}};
         free_seqs.pop_back();
         const size_t n_prompt = jobs[p.job].prompt.size();
         llama_memory_seq_cp(mem, st.main, f.seq, 0, (llama_pos) n_prompt);
@@ -222,7 +217,7 @@ struct Session::Replay {
     // greedy without a grammar: the first highest logit, as llama.cpp's greedy sampler picks, without
     // building its candidate array (the vocabulary of Gemma is 262k tokens, per fork and step)
     int32_t argmax(int batch_index) const {
-        const float * logits = llama_get_logits_ith(s.ctx_, batch_index);
+        const float * logits = llama_get_logits_ith(s.ctx_.get(), batch_index);
         if (!logits) {
             throw Error("replay: no logits at batch position " + std::to_string(batch_index));
         }
@@ -232,7 +227,7 @@ struct Session::Replay {
 
     // samples the fork's next token; false once the fork stops (stop_reason set)
     bool advance(Fork & f) {
-        const int32_t tok = opts.grammar.empty() && opts.temperature <= 0 ? argmax(f.batch_index) : sample_token(f.sampler.get(), s.ctx_, f.batch_index);
+        const int32_t tok = opts.grammar.empty() && opts.temperature <= 0 ? argmax(f.batch_index) : sample_token(f.sampler.get(), s.ctx_.get(), f.batch_index);
         if (!take_token(f.res, vocab, tok, opts.stop)) {
             return false;
         }
@@ -263,11 +258,12 @@ struct Session::Replay {
 
 std::vector<GenerateResult> Session::replay(const std::vector<ReplayJob> & jobs, const GenerateOptions & opts,
                                             const ReplayProgress & progress, ReplayStats * stats) {
+    const int n_ctx = std::min<int>(opts.n_ctx, llama_n_ctx(ctx_.get()));
     for (size_t j = 0; j < jobs.size(); ++j) {
-        if (jobs[j].prompt.empty() || (int) jobs[j].prompt.size() + opts.max_tokens > std::min<int>(opts.n_ctx, llama_n_ctx(ctx_))) {
+        if (jobs[j].prompt.empty() || (int) jobs[j].prompt.size() + opts.max_tokens > n_ctx) {
             throw Error("replay job " + std::to_string(j) + ": prompt (" + std::to_string(jobs[j].prompt.size()) +
                         " tokens) plus max_tokens (" + std::to_string(opts.max_tokens) + ") is empty or exceeds the "
-                        "context of " + std::to_string(std::min<int>(opts.n_ctx, llama_n_ctx(ctx_))) +
+                        "context of " + std::to_string(n_ctx) +
                         "\nfix: skip that turn, raise n_ctx or lower max_tokens");
         }
     }

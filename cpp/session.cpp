@@ -5,7 +5,6 @@
 // the turn is generated in the fork, and up to n_parallel forks advance together, one token each
 // per decode call, so a memory-bound CPU reads the weights once for n_parallel tokens.
 #include "native.h"
-#include "batch.h"
 
 #include "llama.h"
 
@@ -21,11 +20,6 @@ using Clock = std::chrono::steady_clock;
 
 // the main sequences of conversations being fed, beside the forks
 constexpr int kMainSequences = 2;
-
-struct SamplerDeleter {
-    void operator()(llama_sampler * s) const { llama_sampler_free(s); }
-};
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -73,36 +67,38 @@ Session::Session(const Model & model, const SessionOptions & opts) : model_(mode
     threads_ = resolve_threads(opts.n_threads, "generate");
     cp.n_threads = cp.n_threads_batch = threads_;
     last_log_error();
-    ctx_ = llama_init_from_model(model.get(), cp);
+    ctx_.reset(llama_init_from_model(model.get(), cp));
     if (!ctx_) {
         throw Error("could not create an inference context for " + model.path() + ": " + last_log_error() +
                     "\nfix: load the model without vocab_only, or lower n_ctx");
     }
 }
 
-Session::~Session() {
-    if (ctx_) {
-        llama_free(ctx_);
+size_t common_prefix(const std::vector<int32_t> & a, const std::vector<int32_t> & b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) {
+        ++n;
     }
+    return n;
 }
 
 void Session::clear() {
-    llama_memory_clear(llama_get_memory(ctx_), true);
+    llama_memory_clear(llama_get_memory(ctx_.get()), true);
     cached_.clear();
 }
 
 void Session::set_threads(int n_threads) {
     const int n = resolve_threads(n_threads > 0 ? n_threads : opts_.n_threads, "generate");
     if (n != threads_) {
-        llama_set_n_threads(ctx_, n, n);
+        llama_set_n_threads(ctx_.get(), n, n);
         threads_ = n;
     }
 }
 
 void Session::decode(const llama_batch & batch, const char * what) {
-    const int rc = llama_decode(ctx_, batch);
+    const int rc = llama_decode(ctx_.get(), batch);
     if (rc == 1) {
-        throw Error(std::string(what) + ": no room left in the KV cache (" + std::to_string(llama_n_ctx(ctx_)) +
+        throw Error(std::string(what) + ": no room left in the KV cache (" + std::to_string(llama_n_ctx(ctx_.get())) +
                     " cells)\nfix: raise the session's n_ctx or lower n_parallel");
     }
     if (rc != 0) {
@@ -111,7 +107,7 @@ void Session::decode(const llama_batch & batch, const char * what) {
 }
 
 size_t Session::feed(const std::vector<int32_t> & prompt) {
-    llama_memory_t mem = llama_get_memory(ctx_);
+    llama_memory_t mem = llama_get_memory(ctx_.get());
     // keep what is cached up to the first difference; the last prompt token is decoded again for its logits
     const size_t keep = std::min(common_prefix(cached_, prompt), prompt.size() - 1);
     if (!llama_memory_seq_rm(mem, 0, (llama_pos) keep, -1)) {
@@ -120,7 +116,7 @@ size_t Session::feed(const std::vector<int32_t> & prompt) {
     cached_.resize(std::min(keep, cached_.size()));
     Batch batch(opts_.n_batch, 1);
     for (size_t i = cached_.size(); i < prompt.size();) {
-        batch.b.n_tokens = 0;
+        batch.clear();
         for (; i < prompt.size() && batch.b.n_tokens < opts_.n_batch; ++i) {
             batch.add(prompt[i], (int) i, 0, i + 1 == prompt.size());
         }
@@ -132,22 +128,22 @@ size_t Session::feed(const std::vector<int32_t> & prompt) {
 }
 
 std::vector<float> Session::next_logits(const std::vector<int32_t> & tokens) {
-    check_fits(tokens.size(), 0, llama_n_ctx(ctx_), "next_logits");
+    check_fits(tokens.size(), 0, llama_n_ctx(ctx_.get()), "next_logits");
     try {
         feed(tokens);
     } catch (...) {
         clear();
         throw;
     }
-    const float * logits = llama_get_logits_ith(ctx_, -1);
+    const float * logits = llama_get_logits_ith(ctx_.get(), -1);
     return std::vector<float>(logits, logits + llama_vocab_n_tokens(llama_model_get_vocab(model_.get())));
 }
 
 GenerateResult Session::generate(const std::vector<int32_t> & prompt, const GenerateOptions & opts) {
-    check_fits(prompt.size(), opts.max_tokens, std::min<int>(opts.n_ctx, llama_n_ctx(ctx_)), "generate");
+    check_fits(prompt.size(), opts.max_tokens, std::min<int>(opts.n_ctx, llama_n_ctx(ctx_.get())), "generate");
     set_threads(opts.n_threads);
     const llama_vocab * vocab = llama_model_get_vocab(model_.get());
-    SamplerPtr sampler(new_sampler(vocab, opts));
+    SamplerHandle sampler = new_sampler(vocab, opts);
     GenerateResult res;
     res.n_prompt = (int) prompt.size();
     try {
@@ -158,14 +154,14 @@ GenerateResult Session::generate(const std::vector<int32_t> & prompt, const Gene
         const auto t1 = Clock::now();
         res.stop_reason = "length";
         for (int i = 0; i < opts.max_tokens; ++i) {
-            const int32_t tok = sample_token(sampler.get(), ctx_, -1);
+            const int32_t tok = sample_token(sampler.get(), ctx_.get(), -1);
             if (!take_token(res, vocab, tok, opts.stop)) {
                 break;
             }
             if (res.n_generated >= opts.max_tokens) {
                 break;   // no decode for a token nothing will follow
             }
-            batch.b.n_tokens = 0;
+            batch.clear();
             batch.add(tok, (int) cached_.size(), 0, true);
             decode(batch.b, "generation");
             cached_.push_back(tok);

@@ -65,6 +65,19 @@ def test_backward_matches_finite_differences(op):
         assert np.linalg.norm(g - n) / np.linalg.norm(n) < 0.02
 
 
+def test_op_gradients_refuses_bad_requests_with_the_fix():
+    # the unknown-op message lists the table's ops, so a test author sees what can be checked
+    with pytest.raises(native.NativeError, match=r"unknown op 'relu' \(geglu, swiglu, .*cross_entropy\)"):
+        native.op_gradients("relu", [[0.0]], [1], [])
+    with pytest.raises(native.NativeError, match="geglu takes 2 inputs"):
+        native.op_gradients("geglu", [[0.0] * 4], [4], [0.0] * 4)
+    for shape in ([], [0, 3], [-1], [1, 1, 1, 1, 1]):   # ggml would assert on a size below 1
+        with pytest.raises(native.NativeError, match="shape"):
+            native.op_gradients("gelu", [[0.0]], shape, [0.0])
+    with pytest.raises(native.NativeError, match="one value per output element"):
+        native.op_gradients("gelu", [[0.0] * 4], [4], [1.0])
+
+
 def test_geglu_backward_is_the_exact_derivative():
     # 1000: AVX-512 iterations (patch 0010), a scalar tail, and |u| large enough for tanh to saturate
     rng = np.random.default_rng(2)
