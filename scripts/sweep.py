@@ -221,7 +221,7 @@ class Sweep:
         data = pipeline.load_data(config)
         base = resolve_base(config.base, Path(config.cache_dir).expanduser(), lambda line: None)
         config, _ = plan.resolve(config, base.header)
-        data_key = pipeline.digest("data", sorted(data.files.items()), pipeline.vocabulary_fingerprint(data.vocab))
+        data_key = pipeline.data_cache_key(data)
         return data, base, config, data_key, pipeline.dataset_cache_key(config, data_key, base.sha256)
 
     def judge(self, data, config):
@@ -265,7 +265,7 @@ class Sweep:
         if self.record["base"] is None:
             self.say(f"base {base.gguf.name}: replaying the evaluation turns (epoch-0 point of every curve) ...")
             result = self.judge(data, config)(base.train_path, "base")
-            loss = reference_loss(base.train_path, data.validation or data.train, config.ctx, config.threads).loss
+            loss = reference_loss(base.train_path, data.in_corpus, config.ctx, config.threads).loss
             self.record["base"] = point_of(result, 0, 0.0, base.gguf.name, loss)
             save_record(self.out / "sweep.json", self.record)
 
@@ -303,8 +303,8 @@ class Sweep:
         entry = self.record["runs"].setdefault(name, {"settings": settings, "points": []})
         entry.update(training=config.training_settings(), steps_per_epoch=per_epoch, eval_every=every)
         run_dir = self.out / "runs" / name
-        trained = pipeline._train_stage(config, base, data, data_key, arrays, run_dir, None, False,
-                                        self.args.quiet, self.say)
+        trained = pipeline.train_weights(config, base, data, data_key, arrays, run_dir, quiet=self.args.quiet,
+                                         say=self.say)
         entry["train_seconds"] = trained.summary.get("seconds")
         self.judge_points(entry, trained.summary.get("candidates") or [], run_dir, self.judge(data, config),
                           per_epoch)

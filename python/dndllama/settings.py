@@ -22,7 +22,7 @@ MAX_CTX = 131072
 BIG = 10**9                               # a step or turn count no run reaches
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"   # one file-name component: no '/', no '..', no leading dot
 QUANT_NAME = r"auto|[A-Za-z0-9_]{1,16}"   # a type name; whether this build and the runtime know it is checked
-                                          # before training (pipeline.preflight)
+                                          # before training (pipeline.prepare)
 SELECT_BY = ("tool_f1", "loss")
 SYNTH_LOSS = ("calls", "all")
 METHODS = ("auto", "full", "lora")

@@ -7,7 +7,7 @@ A run lives in one folder:
                       candidates: the checkpoints after the best few evaluations)
   loss.png            the loss curves
   model-f32.gguf      the best checkpoint by validation loss, else the last
-  candidates/         the other candidates, for choosing by tool-call F1 (pipeline.select_checkpoint)
+  candidates/         the other candidates, for choosing by tool-call F1 (selection.select_checkpoint)
 
 With LoRA every model file x.gguf (the merged model) has its adapter next to it, x.lora.gguf, and the
 two move and go together.
