@@ -166,6 +166,7 @@ def load_record(path: Path, judging: dict) -> dict:
     if not path.exists():
         return {"version": SWEEP_VERSION, "judging": judging, "base": None, "runs": {}}
     record = json.loads(path.read_text(encoding="utf-8"))
+    record["judging"] = {"grammar": False, **record.get("judging", {})}   # records before it decoded freely
     if record.get("judging") != judging:
         raise SweepError(f"{path} was judged with {record.get('judging')}, not {judging}; "
                          "rerun with the same --max-turns and data, or pass another --out")
