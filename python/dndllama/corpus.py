@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .base import BaseModel
 from .config import Config
-from .dataset import Conversation, build_dataset, ctx_for, window_arrays, windows_and_cuts
+from .dataset import Conversation, build_dataset, ctx_for, token_windows
 from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
 from .files import atomic_path, read_json, write_json
 from .scenarios import ERROR, load_folder, scenario_files
@@ -135,20 +135,17 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
             arrays = Arrays(z["tokens"], z["labels"], z["val_tokens"], z["val_labels"])
         return arrays, read_json(path.with_suffix(".json"), {})
     tokenizer = _native.Model(str(base.gguf), vocab_only=True)
-    pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
-    train, cut = windows_and_cuts(data.train, tokenizer, config.ctx)
-    validation, cut_validation = windows_and_cuts(data.validation, tokenizer, config.ctx)
+    tokens, labels, cut = token_windows(data.train, tokenizer, config.ctx)
+    val_tokens, val_labels, cut_validation = token_windows(data.validation, tokenizer, config.ctx)
     cut += cut_validation
     if cut:
         shown = "\n".join(f"  {line}" for line in cut[:MAX_ERRORS_SHOWN])
         raise DataError(f"{len(cut)} exchange(s) do not fit the training window of {config.ctx} tokens; nothing was "
                         f"trained:\n{shown}\nraise ctx to {ctx_for(cut)} (--ctx or ctx in dndllama.toml) or split "
                         "the long DM turns")
-    if not train:
+    if not len(tokens):
         raise DataError("no training window has a DM token; add scenarios with DM turns")
-    tokens, labels = window_arrays(train, config.ctx, pad)
-    val_tokens, val_labels = window_arrays(validation, config.ctx, pad)
-    stats = {"train_windows": len(train), "val_windows": len(validation), "truncated": 0,
+    stats = {"train_windows": len(tokens), "val_windows": len(val_tokens), "truncated": 0,
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
         np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)

@@ -261,6 +261,19 @@ def windows_and_cuts(conversations: Iterable[Conversation], tokenizer: Tokenizer
     return windows, [str(w.message) for w in cut if issubclass(w.category, TruncationWarning)]
 
 
+def padding_id(tokenizer) -> int:
+    """What short windows are filled with: the GGUF's padding token (0 when it names none)."""
+    return int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
+
+
+def token_windows(conversations: Iterable[Conversation], tokenizer, ctx: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The one way from conversations to model input, shared by training, the reference loss and the
+    quant screening: training's windows as (tokens, labels) arrays, and one line per exchange cut to fit."""
+    windows, cuts = windows_and_cuts(conversations, tokenizer, ctx)
+    tokens, labels = window_arrays(windows, ctx, padding_id(tokenizer))
+    return tokens, labels, cuts
+
+
 def ctx_for(cuts: list[str]) -> int:
     """The smallest ctx (a multiple of 256) that holds every exchange the lines of `cuts` name."""
     longest = max((int(m.group(1)) for m in map(re.compile(r"has (\d+) tokens").search, cuts) if m), default=0)

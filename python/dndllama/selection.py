@@ -155,16 +155,10 @@ def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocab
                       ctx: int) -> tuple[list[list[int]], list[list[int]]]:
     """Training's windows of the conversations and, per position, what the divergence pass scores:
     0 = not a DM token next, 1 = a DM token next, 2 = a DM token inside a tool call next."""
-    import warnings
-
-    from .dataset import TruncationWarning, dataset_windows, window_arrays
+    from .dataset import token_windows
     from .tools import find_tool_calls
 
-    pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)
-        windows = dataset_windows(conversations, tokenizer, ctx)
-    tokens, labels = window_arrays(windows, ctx, pad)
+    tokens, labels, _ = token_windows(conversations, tokenizer, ctx)   # a cut exchange scores what fits
     rows = spread(list(zip(tokens.tolist(), labels.tolist())), SCREEN_MAX_WINDOWS)
     sequences, masks = [], []
     for row, label in rows:

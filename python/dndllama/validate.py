@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .dataset import Conversation, TruncationWarning, dataset_windows, window_arrays
+from .dataset import Conversation, token_windows
 from .grammar import tool_call_grammar
 from .report import (LOSS_PNG, REPORT_JSON, REPORT_MD, TOOLS_PNG, metric_rows, render_markdown,  # noqa: F401
                      write_report)
@@ -64,18 +63,14 @@ def reference_loss(model_path: str | Path, conversations: list[Conversation], ct
     from . import _native
 
     tokenizer = _native.Model(str(model_path), vocab_only=True)
-    pad = int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
-    with warnings.catch_warnings(record=True) as cut:
-        warnings.simplefilter("always", TruncationWarning)
-        windows = dataset_windows(conversations, tokenizer, ctx)
-    tokens, labels = window_arrays(windows, ctx, pad)
+    tokens, labels, cut = token_windows(conversations, tokenizer, ctx)
     labelled = int((labels >= 0).sum())
     if not labelled:
-        return LossResult(None, None, None, len(windows), 0, len(cut))
+        return LossResult(None, None, None, len(tokens), 0, len(cut))
     loss, accuracy = _chunked_evaluate(str(model_path), tokens, labels, n_threads, n_gpu_layers, say)
     if not math.isfinite(loss):
-        return LossResult(None, None, accuracy, len(windows), labelled, len(cut))
-    return LossResult(loss, math.exp(min(loss, 700.0)), accuracy, len(windows), labelled, len(cut))
+        return LossResult(None, None, accuracy, len(tokens), labelled, len(cut))
+    return LossResult(loss, math.exp(min(loss, 700.0)), accuracy, len(tokens), labelled, len(cut))
 
 
 def _chunked_evaluate(path: str, tokens, labels, n_threads: int, n_gpu_layers: int, say) -> tuple[float, float]:
