@@ -313,7 +313,7 @@ def test_training_conversations_reach_the_ratio_and_read_no_files(monkeypatch):
 
 def test_load_data_adds_synthetic_training_only(tmp_path):
     base = {"cache_dir": str(tmp_path / "cache"), "val_fraction": 0.3}
-    plain = pipeline.load_data(load_config(DATA / "independent", base))
+    plain = pipeline.load_data(load_config(DATA / "independent", {**base, "synth": 0}))
     mixed = pipeline.load_data(load_config(DATA / "independent", {**base, "synth": 3, "synth_loss": "all"}))
     assert plain.synthetic == 0 and mixed.synthetic > 0
     assert [c.scenario for c in mixed.validation] == [c.scenario for c in plain.validation]
@@ -328,9 +328,9 @@ def test_dataset_cache_key_follows_the_synth_settings(tmp_path):
     def key(**settings):
         return pipeline.dataset_cache_key(load_config(tmp_path, settings), "data", "base")
 
-    off = key()
+    off = key(synth=0)
     assert off == pipeline.digest("dataset", "data", "base", 768, 0.1, 0, 0, pipeline.code_version())
-    assert off == key(synth_seed=9, synth_loss="all")          # settings of an unused generator do not matter
+    assert off == key(synth=0, synth_seed=9, synth_loss="all")          # settings of an unused generator do not matter
     variants = [key(synth=1), key(synth=5), key(synth=5, synth_seed=1), key(synth=5, synth_loss="all")]
     assert len({off, *variants}) == 5
     assert pipeline.synth_settings(load_config(tmp_path, {"synth": 1}))[-1] == SYNTH_VERSION
@@ -341,7 +341,8 @@ def test_synth_settings_are_checked(tmp_path):
         load_config(tmp_path, {"synth": -1.0})
     with pytest.raises(ConfigError, match="--synth-loss = 'prose' is not one of the choices; accepted: .*calls, all"):
         load_config(tmp_path, {"synth_loss": "prose"})
-    assert "synth" not in load_config(tmp_path).training_settings()
+    assert "synth" not in load_config(tmp_path, {"synth": 0}).training_settings()
+    assert load_config(tmp_path).training_settings()["synth"] == 2.0   # the default recipe
     assert load_config(tmp_path, {"synth": 5}).training_settings()["synth_loss"] == "calls"
 
 
