@@ -183,12 +183,13 @@ std::tuple<double, int64_t, int64_t> Trainer::run(const Windows & w, int64_t i, 
     double loss = 0, unc = 0;
     ggml_opt_result_loss(result.get(), &loss, &unc);
     ggml_opt_result_pred(result.get(), pred.data());
+    // patch 0013: one prediction per labelled position, in order
     int64_t correct = 0, labelled = 0;
     for (size_t k = 0; k < n; ++k) {
         const int32_t label = w.labels[i * n + k];
         if (label >= 0) {
+            correct += pred[labelled] == label;
             labelled += 1;
-            correct += pred[k] == label;
         }
     }
     if (!std::isfinite(loss)) {

@@ -5,6 +5,7 @@ the same step in PyTorch, each measured in the same run in its own process.
     python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-f32] [--compare-loop]
     python scripts/bench_train.py --method lora [--lora-rank 16]
     python scripts/bench_train.py --val-check [--val-steps 8]
+    python scripts/bench_train.py --data ai-training --ctx 768 [--compare-torch]
 
 The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF16 or AVX512-BF16 CPUs,
 as `dndllama train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
@@ -16,6 +17,12 @@ measured run is LoRA (frozen F32 base), next to LoRA on the base as stored (Q4_K
 fine-tuning: `ratio_vs_full`, `rss_vs_full`. --val-check trains --val-steps steps with each precision
 from the same base on the same windows and prints the validation loss (evaluated in F32) of each, next
 to F32 with another window order: the noise a difference should be compared with.
+
+Without --data every position of a window is a training target (plain language modelling, as the
+PyTorch reference computes it). With --data the windows are those `dndllama train` makes of that folder
+(default settings: synthetic turns mixed in, loss on DM tokens only), the first --steps + 1 of a fixed
+shuffle; the native core computes logits only where a label is (patch 0013) and PyTorch gets the same
+labels (-100 where masked). The labelled share of the positions is printed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 CTX = 256
+WINDOWS = ""   # an .npz of (tokens, labels) windows shared by every run (--data), else text windows
 
 
 def peak_rss_gb() -> float:
@@ -59,6 +67,10 @@ def base_f32(cache: Path, f32_embedding: bool) -> Path:
 def windows(model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     from dndllama import _native as native
 
+    if WINDOWS:
+        with np.load(WINDOWS) as z:
+            return z["tokens"][:n], z["labels"][:n]
+
     model = native.Model(str(model_path), vocab_only=True)
     text = " ".join(p.read_text() for p in sorted(Path(__file__).parent.parent.glob("ai-training/**/*.md")))
     text = text or "The dragon sleeps under the mountain. " * 400
@@ -67,6 +79,21 @@ def windows(model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     toks = (toks * (need // max(1, len(toks)) + 1))[:need]
     arr = np.array(toks, np.int32).reshape(n, CTX + 1)
     return arr[:, :CTX].copy(), arr[:, 1:].copy()
+
+
+def data_windows(data: Path, model_path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n of a fixed shuffle of the training windows `dndllama train` makes of `data`."""
+    from dndllama import _native as native
+    from dndllama.config import Config
+    from dndllama.corpus import load_data
+    from dndllama.dataset import token_windows
+
+    train = load_data(Config(data=str(data), ctx=CTX, eval_data="")).train
+    tokens, labels, _ = token_windows(train, native.Model(str(model_path), vocab_only=True), CTX)
+    order = np.random.default_rng(0).permutation(len(tokens))[:n]
+    if len(order) < n:
+        raise SystemExit(f"{data} makes {len(tokens)} windows of {CTX} tokens; --steps needs {n}")
+    return tokens[order], labels[order]
 
 
 def bench_native(path: Path, steps: int, threads: int, method: str, rank: int, precision: str = "auto") -> dict:
@@ -127,11 +154,21 @@ cfg = Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=204
 model = Gemma3ForCausalLM(cfg).float()
 model.model.embed_tokens.weight.requires_grad_(False)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-x = torch.randint(0, 262144, (1, ctx))
+if len(sys.argv) > 5:   # the native run's windows; HF shifts labels itself: labels[i] is token i + 1's
+    import numpy as np
+    z = np.load(sys.argv[5])
+    xs = [torch.from_numpy(z["tokens"][i:i + 1].astype("int64")) for i in range(steps + 1)]
+    ys = []
+    for i in range(steps + 1):
+        y = torch.full((1, ctx), -100, dtype=torch.int64)
+        y[0, 1:] = torch.from_numpy(z["labels"][i, :-1].astype("int64"))
+        ys.append(y.masked_fill(y < 0, -100))
+else:
+    xs = ys = [torch.randint(0, 262144, (1, ctx))] * (steps + 1)
 times = []
-for _ in range(steps + 1):
+for x, y in zip(xs, ys):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model(input_ids=x, labels=x).loss
+        loss = model(input_ids=x, labels=y).loss
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter())
 per_step = (times[-1] - times[0]) / (len(times) - 1)
@@ -142,7 +179,8 @@ print(json.dumps({"tokens_per_s": ctx / per_step,
 
 def bench_torch(steps: int, threads: int, precision: str) -> dict:
     """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX or AVX512-BF16)."""
-    proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision],
+    extra = [WINDOWS] if WINDOWS else []
+    proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision, *extra],
                           check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
@@ -154,7 +192,8 @@ def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, st
     """The native core in a fresh process (its own peak RSS; GGML_* switches read at start-up)."""
     proc = subprocess.run([sys.executable, __file__, "--native-only", "--steps", str(steps), "--threads",
                            str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
-                           "--ctx", str(CTX), "--matmul-precision", precision],
+                           "--ctx", str(CTX), "--matmul-precision", precision]
+                          + (["--windows", WINDOWS] if WINDOWS else []),
                           check=False, capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
@@ -162,7 +201,7 @@ def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, st
 
 
 def main() -> None:
-    global CTX
+    global CTX, WINDOWS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -176,11 +215,13 @@ def main() -> None:
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=CTX, help="training window (the torch reference uses it too)")
     ap.add_argument("--f32-embedding", action="store_true", help="train a copy whose token_embd is F32 too")
+    ap.add_argument("--data", type=Path, help="train on the windows `dndllama train` makes of this scenario folder")
+    ap.add_argument("--windows", help=argparse.SUPPRESS)
     ap.add_argument("--native-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", Path.home() / ".cache/dndllama")))
     args = ap.parse_args()
-    CTX = args.ctx
+    CTX, WINDOWS = args.ctx, args.windows or ""
 
     if args.native_only:
         print(json.dumps(bench_native(args.model, args.steps, args.threads, args.method, args.lora_rank,
@@ -188,6 +229,11 @@ def main() -> None:
         return
     args.cache.mkdir(parents=True, exist_ok=True)
     path = base_f32(args.cache, args.f32_embedding)
+    if args.data:
+        tokens, labels = data_windows(args.data, path, max(args.steps + 1, args.val_steps + 4))
+        WINDOWS = str(args.cache / f"bench-train-windows-{CTX}.npz")
+        np.savez(WINDOWS, tokens=tokens, labels=labels)
+        print(f"windows of {args.data}: {np.mean(labels >= 0):.1%} of positions labelled", flush=True)
     print(f"Gemma 3 270M F32 (token_embd {'F32' if args.f32_embedding else 'Q8_0 as stored'}), ctx {CTX}, "
           f"{args.threads} threads, {args.steps} timed steps, {args.method}"
           + (f" rank {args.lora_rank}" if args.method == "lora" else ""), flush=True)
@@ -222,16 +268,17 @@ def main() -> None:
     if others.get("full"):
         line += f" rss_vs_full={res['peak_rss_gb'] / others['full']['peak_rss_gb']:.2f}"
     print(line)
-    print(f"memory plan for this run: {planned_gb(path, args.method, args.lora_rank):.2f} GB "
+    rows = int((windows(path, args.steps + 1)[1] >= 0).sum(axis=1).max()) if WINDOWS else None
+    print(f"memory plan for this run: {planned_gb(path, args.method, args.lora_rank, rows):.2f} GB "
           f"(dndllama train --plan; measured {res['peak_rss_gb']:.2f})")
 
 
-def planned_gb(path: Path, method: str, rank: int) -> float:
+def planned_gb(path: Path, method: str, rank: int, logit_rows: int | None) -> float:
     from dndllama.config import Config
     from dndllama.gguf_header import read_header
     from dndllama.plan import estimate
 
-    return estimate(read_header(path), Config(ctx=CTX, lora_rank=rank), method).total / 1e9
+    return estimate(read_header(path), Config(ctx=CTX, lora_rank=rank), method, logit_rows=logit_rows).total / 1e9
 
 
 if __name__ == "__main__":

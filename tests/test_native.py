@@ -171,6 +171,33 @@ def sgd_gradients(path, x, y, out, threads=2, precision="f32"):
     return r["train_loss"], grads
 
 
+def first_step(path, x, y, out):
+    """Loss and accuracy of one training step's forward pass (before its update)."""
+    seen = []
+    native.train(str(path), str(out), x, y, x[:0], y[:0], options(1, 1e-9),
+                 lambda p: seen.append(p) if p["event"] == "step" else None)
+    return seen[0]["loss"], seen[0]["accuracy"]
+
+
+def test_training_scores_only_labelled_positions(tmp_path, tiny):
+    """Patch 0013: training computes logits only where a label is, and its predictions come back one
+    per labelled position, in order. A step's loss and accuracy are then plain inference's on the same
+    positions, for a sparse window, and a window without any label trains without error."""
+    path = tiny["gemma3"]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    fit = tmp_path / "fit.gguf"
+    native.train(str(path), str(fit), x, y, x[:0], y[:0], options(30, 1e-2))   # predictions worth comparing
+    assert native.evaluate(str(fit), x, y, 2)[1] > 0.5
+    keep = np.random.default_rng(0).random(y.shape) < 0.2
+    sparse = np.where(keep, y, -1).astype(np.int32)
+    loss, accuracy = first_step(fit, x, sparse, tmp_path / "sparse.gguf")
+    want_loss, want_accuracy = native.evaluate(str(fit), x, sparse, 2)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    assert accuracy == pytest.approx(want_accuracy, abs=0.5 / keep.sum())
+    assert 0.3 < accuracy < 1.0   # neither trivially right nor wrong: a misaligned prediction would show
+    assert first_step(fit, x, np.full_like(y, -1), tmp_path / "none.gguf") == (0.0, 0.0)
+
+
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_whole_model_gradients_match_finite_differences(tmp_path, arch):
     path = make_tiny_model(tmp_path / "base.gguf", arch, n_embd=32, n_ff=64)

@@ -23,7 +23,7 @@ from dndllama import pipeline, registry
 from dndllama.base import BaseModelError
 from dndllama.cli import main
 from dndllama.app_runtime import find_runtime_env
-from dndllama.config import ConfigError, load_config, parse_size
+from dndllama.config import Config, ConfigError, load_config, parse_size
 from dndllama.dataset import GEMMA_CHAT_TEMPLATE
 from dndllama.ship_checks import TemplateMismatch, check_chat_template
 from dndllama.quantize import CapError
@@ -421,6 +421,21 @@ def test_auto_method_and_the_plan(project, capsys):
     out = capsys.readouterr().out
     assert "memory plan" in out and "full:" in out and "lora:" in out and "peak (estimate)" in out
     assert not (project.root / "planned").exists()   # a plan trains nothing
+
+
+def test_the_plan_counts_logits_only_at_labelled_positions(project, tiny_base, capsys):
+    """Patch 0013: a step holds logits only where a label is. The run's plan counts the fullest
+    window's labelled positions; `--plan`, before the data is tokenized, every position."""
+    from dndllama import plan
+    from dndllama.gguf_header import read_header
+
+    h, config = read_header(tiny_base), Config(ctx=512)
+    every, some = plan.estimate(h, config, "full"), plan.estimate(h, config, "full", logit_rows=64)
+    n_vocab = h.array_lengths["tokenizer.ggml.tokens"]
+    assert every.total - some.total == plan.LOGIT_COPIES * (512 - 64) * n_vocab * 4
+    assert plan.estimate(h, config, "full", logit_rows=10_000).total == every.total
+    assert "logits (512 rows)" in plan.describe(h, config) and "an upper bound" in plan.describe(h, config)
+    assert "logits (64 rows)" in plan.describe(h, config, logit_rows=64)
 
 
 def test_a_base_with_a_projector_ships_it_inside_the_version(project, tiny_base, tmp_path):

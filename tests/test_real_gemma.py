@@ -87,3 +87,34 @@ def test_dndllama_train_on_the_embedded_base(tmp_path, capsys):
 
     assert main(args) == 0                                   # unchanged: nothing to do
     assert "nothing changed" in capsys.readouterr().out
+
+
+PEAK_RSS_OF_ONE_STEP = r"""
+import resource, sys
+import numpy as np
+from dndllama import _native as native
+path, ctx, labelled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+x = rng.integers(1000, 200000, (1, ctx), dtype=np.int32)
+y = np.full((1, ctx), -1, np.int32)
+y[0, ctx - labelled:] = x[0, ctx - labelled:]
+o = native.TrainOptions()
+o.n_ctx, o.epochs, o.lr, o.n_threads = ctx, 1, 1e-5, 2
+native.train(path, "", x, y, x[:0], y[:0], o)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_training_holds_logits_only_for_labelled_positions(gemma_f32):
+    """Patch 0013: a window whose loss covers 8 positions does not hold ctx x 262,144 logits, their
+    gradient and dense labels (3 x 268 MB at ctx 256); one with every position labelled does."""
+    import subprocess
+    import sys
+
+    def peak(labelled: int) -> int:
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_ONE_STEP, str(gemma_f32), str(CTX), str(labelled)],
+                             check=True, capture_output=True, text=True).stdout
+        return int(out.split()[-1])
+
+    dense = CTX * 262144 * 4
+    assert peak(CTX) - peak(8) > 2 * dense

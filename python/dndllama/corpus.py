@@ -146,7 +146,9 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
     if not len(tokens):
         raise DataError("no training window has a DM token; add scenarios with DM turns")
     stats = {"train_windows": len(tokens), "val_windows": len(val_tokens), "truncated": 0,
-             "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum())}
+             "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum()),
+             # the most logit rows a training step holds (patch 0013): the memory plan's logits
+             "max_window_targets": int(max((labels >= 0).sum(axis=1).max(), (val_labels >= 0).sum(axis=1).max(initial=0)))}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
         np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
     write_json(path.with_suffix(".json"), stats)

@@ -87,7 +87,9 @@ def prepare(config: Config, force: bool, say: Callable[[str], None]) -> Run:
         say(f"warning: {data.root / rel}: {what}")
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
     check_cap_reachable(base.header, config, runtime)
-    config, why = plan.resolve(config, base.header)
+    # the token windows (cached by a key the method does not enter) say how many logit rows a step holds
+    _, stats = build_arrays(data, base, config, cache, dataset_cache_key(config, data_cache_key(data), base.sha256), say)
+    config, why = plan.resolve(config, base.header, stats.get("max_window_targets"))
     say(why)
     for line in registry.repair(models_dir):
         say(f"repaired: {line}")

@@ -9,11 +9,16 @@ fits this machine and LoRA when it does not. The estimate adds up, from the base
                  with gradient accumulation (otherwise the gradients live in the compute buffer, in
                  memory the backward pass has freed: patch 0009); LoRA's adapter also holds its weights
   activations    what the backward pass keeps per layer, with the attention scores (n_ctx^2 per head)
-  logits         n_ctx x n_vocab floats, times the copies cross-entropy and its gradient need
+  logits         n_vocab floats per labelled position of the fullest window (training computes
+                 logits only where a label is: patch 0013), times the logits-sized buffers at the
+                 peak (logits, dense labels, their gradient and one more); every position when the
+                 data is not known yet
   process        Python, the libraries and allocator slack
 
 The per-layer and logits factors are fitted to peak RSS measured on Gemma 3 270M (scripts/
-bench_train.py, ctx 256 and 768); the estimate is within about 8 % there.
+bench_train.py, full fine-tuning): 2.93 GB at ctx 256 and 5.91 GB at ctx 768 with every position
+labelled, 3.08 GB at ctx 768 on ai-training's windows (at most 88 labelled positions); the estimate is
+within about 3 % of each.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from .quantize import human_size
 
 F32 = 4
 FROZEN = {"token_embd.weight", "rope_freqs.weight"}   # llama.cpp never trains these
-ACT_PER_EMBD, ACT_PER_FF, ACT_PER_SCORE = 24, 4, 4      # floats kept per token per layer (fitted)
-LOGIT_COPIES = 3                                       # logits, softmax, their gradient
+ACT_PER_EMBD, ACT_PER_FF, ACT_PER_SCORE = 14, 2, 2      # floats kept per token per layer (fitted)
+LOGIT_COPIES = 4                                       # logits-sized buffers at the peak (fitted)
 PROCESS_BYTES = 300_000_000
 HEADROOM = 0.75                                        # auto picks full only within this share of RAM
 
@@ -69,8 +74,9 @@ def lora_parameters(h: Header, targets: str, rank: int) -> int:
                if name.startswith("blk.") and name.endswith(".weight") and len(t.dims) == 2 and pattern.search(name))
 
 
-def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> Plan:
-    """The peak memory of training `h` with `method` ("full" or "lora") under `config`."""
+def estimate(h: Header, config: Config, method: str, ram: int | None = None, logit_rows: int | None = None) -> Plan:
+    """The peak memory of training `h` with `method` ("full" or "lora") under `config`, for windows
+    with at most `logit_rows` labelled positions (None: every position)."""
     ram = machine_memory() if ram is None else ram
     # the training copy: F32, but token_embd as stored (base._as_f32)
     f32_bytes = sum(t.nbytes if name == "token_embd.weight" else t.n * F32 for name, t in h.tensors.items())
@@ -78,7 +84,8 @@ def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> 
     n_ctx, n_layer, n_vocab = config.ctx, _dim(h, "block_count"), max(h.array_lengths.get("tokenizer.ggml.tokens", 0), 1)
     per_layer = n_ctx * (ACT_PER_EMBD * _dim(h, "embedding_length") + ACT_PER_FF * _dim(h, "feed_forward_length")
                          + ACT_PER_SCORE * _dim(h, "attention.head_count") * n_ctx) * F32
-    shared = [("activations", n_layer * per_layer), ("logits", LOGIT_COPIES * n_ctx * n_vocab * F32),
+    rows = n_ctx if logit_rows is None else min(n_ctx, max(1, logit_rows))
+    shared = [("activations", n_layer * per_layer), (f"logits ({rows} rows)", LOGIT_COPIES * rows * n_vocab * F32),
               ("process", PROCESS_BYTES)]
     accum = F32 if config.grad_accum > 1 else 0
     state = "AdamW moments" + (" + accumulators" if accum else "")
@@ -94,28 +101,28 @@ def estimate(h: Header, config: Config, method: str, ram: int | None = None) -> 
     return replace(f32, weights_from="as stored", rows=[("weights (as stored, frozen)", stored_bytes)] + adapter + shared)
 
 
-def choose_method(h: Header, config: Config, ram: int | None = None) -> tuple[str, str]:
+def choose_method(h: Header, config: Config, ram: int | None = None, logit_rows: int | None = None) -> tuple[str, str]:
     """The method `config.method` resolves to, and why (for the run's output)."""
-    full = estimate(h, config, "full", ram)
+    full = estimate(h, config, "full", ram, logit_rows)
     if config.method != "auto":
         return config.method, f"method {config.method} (set); full fine-tuning would need ≈{human_size(full.total)}"
     if full.fits:
         return "full", (f"method full (auto): it needs ≈{human_size(full.total)} of this machine's "
                         f"{human_size(full.ram)}")
-    lora = estimate(h, config, "lora", ram)
+    lora = estimate(h, config, "lora", ram, logit_rows)
     return "lora", (f"method lora (auto): full fine-tuning would need ≈{human_size(full.total)}, more than "
                     f"{HEADROOM:.0%} of this machine's {human_size(full.ram)}; LoRA needs ≈{human_size(lora.total)}")
 
 
-def resolve(config: Config, h: Header) -> tuple[Config, str]:
+def resolve(config: Config, h: Header, logit_rows: int | None = None) -> tuple[Config, str]:
     """`config` with its method resolved (auto -> full or lora), and the sentence saying why."""
-    method, why = choose_method(h, config)
+    method, why = choose_method(h, config, logit_rows=logit_rows)
     return replace(config, method=method), why
 
 
-def describe(h: Header, config: Config, ram: int | None = None) -> str:
+def describe(h: Header, config: Config, ram: int | None = None, logit_rows: int | None = None) -> str:
     """The plan of both methods as a small table, for `dndllama train --plan`."""
-    plans = [estimate(h, config, m, ram) for m in ("full", "lora")]
+    plans = [estimate(h, config, m, ram, logit_rows) for m in ("full", "lora")]
     lines = [f"memory plan: {h.kv.get('general.name', h.arch)} ({h.arch}), ctx {config.ctx}, "
              f"LoRA rank {config.lora_rank} on /{config.lora_targets}/"]
     for p in plans:
@@ -123,5 +130,7 @@ def describe(h: Header, config: Config, ram: int | None = None) -> str:
         lines += [f"    {what:<30} {human_size(n):>10}" for what, n in p.rows]
         verdict = "fits" if p.fits else f"does not fit in {HEADROOM:.0%} of"
         lines.append(f"    {'peak (estimate)':<30} {human_size(p.total):>10}  {verdict} this machine's {human_size(p.ram)}")
-    lines.append("  " + choose_method(h, config, ram)[1])
+    lines.append("  " + choose_method(h, config, ram, logit_rows)[1])
+    if logit_rows is None:
+        lines.append("  (logits counted for every position of a window: an upper bound, as only DM tokens carry loss)")
     return "\n".join(lines)
