@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .base import BaseModel
 from .config import Config
-from .dataset import Conversation, build_dataset, ctx_for, token_windows
+from .dataset import Conversation, build_dataset, ctx_for, labelled_per_window, token_windows
 from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
 from .files import atomic_path, read_json, write_json
 from .scenarios import ERROR, load_folder, scenario_files
@@ -148,7 +148,7 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
     stats = {"train_windows": len(tokens), "val_windows": len(val_tokens), "truncated": 0,
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum()),
              # the most logit rows a training step holds (patch 0013): the memory plan's logits
-             "max_window_targets": int(max((labels >= 0).sum(axis=1).max(), (val_labels >= 0).sum(axis=1).max(initial=0)))}
+             "max_window_targets": int(max(labelled_per_window(labels).max(), labelled_per_window(val_labels).max(initial=0)))}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
         np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
     write_json(path.with_suffix(".json"), stats)

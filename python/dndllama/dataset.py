@@ -266,6 +266,11 @@ def padding_id(tokenizer) -> int:
     return int(tokenizer.info().metadata.get("tokenizer.ggml.padding_token_id", 0))
 
 
+def labelled_per_window(labels: np.ndarray) -> np.ndarray:
+    """Labelled positions of each window (row): the logit rows a training step holds (patch 0013)."""
+    return (np.asarray(labels) >= 0).sum(axis=-1)
+
+
 def token_windows(conversations: Iterable[Conversation], tokenizer, ctx: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The one way from conversations to model input, shared by training, the reference loss and the
     quant screening: training's windows as (tokens, labels) arrays, and one line per exchange cut to fit."""

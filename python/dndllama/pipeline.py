@@ -88,7 +88,8 @@ def prepare(config: Config, force: bool, say: Callable[[str], None]) -> Run:
     base = resolve_base(config.base, cache, say, runtime.check_architecture)
     check_cap_reachable(base.header, config, runtime)
     # the token windows (cached by a key the method does not enter) say how many logit rows a step holds
-    _, stats = build_arrays(data, base, config, cache, dataset_cache_key(config, data_cache_key(data), base.sha256), say)
+    arrays, stats = build_arrays(data, base, config, cache, dataset_cache_key(config, data_cache_key(data), base.sha256),
+                                 say)
     config, why = plan.resolve(config, base.header, stats.get("max_window_targets"))
     say(why)
     for line in registry.repair(models_dir):
@@ -97,7 +98,7 @@ def prepare(config: Config, force: bool, say: Callable[[str], None]) -> Run:
     parent = None if force else warm_start_parent(previous, data, base, config)
     return Run(config=config, base=base, data=data, runtime=runtime, keys=Keys.of(config, data, base, parent),
                cache=cache, models_dir=models_dir, previous=previous, parent=parent, force=force, say=say,
-               stages=stages)
+               stages=stages, windows=(arrays, stats))
 
 
 def unchanged(job: Run, started: float) -> Outcome | None:
@@ -112,7 +113,7 @@ def unchanged(job: Run, started: float) -> Outcome | None:
 
 
 def dataset_stage(job: Run) -> tuple[Arrays, dict]:
-    arrays, stats = build_arrays(job.data, job.base, job.config, job.cache, job.keys.dataset, job.say)
+    arrays, stats = job.windows   # built by prepare (the memory plan counts their labelled rows)
     job.stages.lap("dataset")
     job.say(f"dataset: {stats['train_windows']} training and {stats['val_windows']} validation windows of "
             f"{job.config.ctx} tokens, {stats['train_targets']} DM target tokens")

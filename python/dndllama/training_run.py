@@ -118,6 +118,7 @@ class Run:
     force: bool = False
     say: Callable[[str], None] = print
     stages: Stopwatch = field(default_factory=Stopwatch)
+    windows: tuple = ()                  # (Arrays, stats): the token windows, built once by prepare
 
     @property
     def run_dir(self) -> Path:
