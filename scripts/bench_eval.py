@@ -1,11 +1,13 @@
 """Replay speed of validation: the one-at-a-time path (a fresh context per DM turn, the whole
 conversation decoded again, one sequence at a time) against the batched session (each conversation
 decoded once, every turn generated in a fork, forks decoded together), in the same run, on the
-embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it.
+embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it, and any trained GGUF given with --model.
 
-    python scripts/bench_eval.py [--data ai-eval] [--turns N] [--parallel 16] [--threads 0] [--no-busy]
+    python scripts/bench_eval.py [--data ai-eval] [--turns N] [--model PATH] [--parallel 16] [--threads 0] [--no-busy]
 
 The evaluation set is ai-eval/ when it exists, else tests/data/independent (every scenario).
+`--turns N` takes whole scenarios, in turn from each category, up to about N DM turns: validation
+replays whole conversations, and their turns share prefixes.
 Greedy tokens of both paths are compared turn by turn; where a turn differs, the logit gap between
 the two paths' tokens at the first difference says how near a tie it was. Then the batched path runs again on the
 Q8_0 copy with one competing CPU-bound process (`python -c "while True: pass"`): busy_slowdown is
@@ -20,6 +22,7 @@ in one run are the figures to compare.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -40,6 +43,25 @@ def conversations(data: Path | None):
     return folder, vocab, sorted(split.validation, key=lambda c: c.scenario)
 
 
+def whole_scenarios(convs, turns: int | None):
+    """Whole conversations, taken in turn from each category folder, until they hold `turns` DM
+    turns. Judging replays whole conversations, whose turns share their prefixes; a few turns picked
+    from many conversations would share nothing and time only the per-turn path."""
+    if not turns:
+        return convs
+    folders: dict[str, list] = {}
+    for conversation in convs:
+        folders.setdefault(conversation.scenario.rsplit("/", 1)[0], []).append(conversation)
+    round_robin = [c for group in itertools.zip_longest(*folders.values()) for c in group if c is not None]
+    picked, held = [], 0
+    for conversation in round_robin:
+        if held >= turns:
+            break
+        picked.append(conversation)
+        held += sum(m.role == "assistant" for m in conversation.messages)
+    return sorted(picked, key=lambda c: c.scenario)
+
+
 def models(cache: Path) -> list[tuple[str, Path]]:
     from dndllama import _native
     from dndllama.base import embedded_gguf
@@ -58,7 +80,7 @@ def run(path: Path, convs, vocab, args, one_at_a_time: bool):
 
     model = _native.Model(str(path))
     return replay(model, convs, vocab, max_tokens=args.max_tokens, n_ctx=args.n_ctx, n_threads=args.threads,
-                  max_turns=args.turns, parallel=args.parallel, one_at_a_time=one_at_a_time)
+                  parallel=args.parallel, one_at_a_time=one_at_a_time)
 
 
 def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], list[str]]:
@@ -100,7 +122,10 @@ def busy(path: Path, convs, vocab, args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--turns", type=int, default=None, help="the first N DM turns (default: all)")
+    parser.add_argument("--turns", type=int, default=None,
+                        help="whole scenarios, taken in turn from each category, up to about N DM turns (default: all)")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="also a trained GGUF (repeatable), e.g. a kept checkpoint")
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="0 = the free cores (as dndllama does)")
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -111,13 +136,14 @@ def main() -> None:
     args = parser.parse_args()
 
     folder, vocab, convs = conversations(args.data)
+    convs = whole_scenarios(convs, args.turns)
     print(f"evaluation set: {folder} ({len(convs)} scenarios); cpu: {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     total_old = total_new = 0.0
     turns = same = 0
     gaps: list[float] = []
     q8_quiet = 0.0
-    for label, path in models(args.cache):
+    for label, path in models(args.cache) + [(p.name, p) for p in args.model]:
         new = run(path, convs, vocab, args, one_at_a_time=False)
         old = run(path, convs, vocab, args, one_at_a_time=True)
         n = len(new.turns)
@@ -131,8 +157,8 @@ def main() -> None:
         for line in notes:
             print(line)
         total_old, total_new, turns, same = total_old + old.seconds, total_new + new.seconds, turns + n, same + k
-        q8_quiet = new.seconds
-        q8_path = path
+        if label == "Q8_0":
+            q8_quiet, q8_path = new.seconds, path
     slowdown = "-"
     if not args.no_busy:
         busy_s = busy(q8_path, convs, vocab, args)

@@ -6,6 +6,7 @@ the same step in PyTorch, each measured in the same run in its own process.
     python scripts/bench_train.py --method lora [--lora-rank 16]
     python scripts/bench_train.py --val-check [--val-steps 8]
     python scripts/bench_train.py --data ai-training --ctx 768 [--compare-torch]
+    python scripts/bench_train.py --isa avx2 --compare-torch
 
 The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF16 or AVX512-BF16 CPUs,
 as `dndllama train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
@@ -23,6 +24,12 @@ PyTorch reference computes it). With --data the windows are those `dndllama trai
 (default settings: synthetic turns mixed in, loss on DM tokens only), the first --steps + 1 of a fixed
 shuffle; the native core computes logits only where a label is (patch 0013) and PyTorch gets the same
 labels (-100 where masked). The labelled share of the positions is printed.
+
+--isa avx2 measures what a CPU with AVX2 and FMA but no AVX-512 gets, on any x86 machine: the native
+rows run a second build of the extension (build-avx2/: GGML_NATIVE off, AVX2/FMA/F16C only; built on
+first use, a few minutes) and PyTorch runs with ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2
+and ONEDNN_MAX_CPU_ISA=AVX2. Without AVX512-BF16 or AMX `auto` is F32 products, and the BF16 PyTorch row
+is skipped: PyTorch's BF16 GEMM there is a scalar loop on one thread (one 4-step run took over 15 minutes).
 """
 
 from __future__ import annotations
@@ -41,6 +48,51 @@ import numpy as np
 
 CTX = 256
 WINDOWS = ""   # an .npz of (tokens, labels) windows shared by every run (--data), else text windows
+NATIVE_ENV: dict[str, str] = {}   # --isa: every native child's environment
+TORCH_ENV: dict[str, str] = {}    # --isa: every PyTorch child's environment
+ROOT = Path(__file__).resolve().parent.parent
+
+# --isa: the CMake switches of a build without the host's newer instructions, and PyTorch's matching limits
+ISA_BUILD = {"avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                      "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF", "-DGGML_AMX_TILE=OFF"]}
+ISA_TORCH_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                          "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}}
+NATIVE_OVERRIDE = "DNDLLAMA_BENCH_NATIVE"   # a child's extension module, from build-<isa>/
+
+
+def isa_build(isa: str) -> Path:
+    """The extension built for `isa` only (CMake + ninja, incremental; ccache when present)."""
+    import glob
+    import shutil
+
+    import pybind11
+
+    out = ROOT / f"build-{isa}"
+    configure = ["cmake", "-S", str(ROOT), "-B", str(out), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", *ISA_BUILD[isa]]
+    if shutil.which("ccache"):
+        configure += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    print(f"building the {isa} extension in {out} ...", flush=True)
+    for cmd in (configure, ["cmake", "--build", str(out), "--target", "_native"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    found = glob.glob(str(out / "_native*.so"))
+    if not found:
+        raise SystemExit(f"no _native*.so in {out} after the build")
+    return Path(found[0])
+
+
+def load_native_override() -> None:
+    """In a child: import dndllama._native from NATIVE_OVERRIDE instead of the installed build."""
+    import importlib.util
+
+    path = os.environ.get(NATIVE_OVERRIDE)
+    if path:
+        spec = importlib.util.spec_from_file_location("dndllama._native", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["dndllama._native"] = module
 
 
 def peak_rss_gb() -> float:
@@ -86,7 +138,7 @@ def data_windows(data: Path, model_path: Path, n: int) -> tuple[np.ndarray, np.n
     from dndllama import _native as native
     from dndllama.config import Config
     from dndllama.corpus import load_data
-    from dndllama.dataset import token_windows
+    from dndllama.dataset import labelled_per_window, token_windows
 
     train = load_data(Config(data=str(data), ctx=CTX, eval_data="")).train
     tokens, labels, _ = token_windows(train, native.Model(str(model_path), vocab_only=True), CTX)
@@ -95,7 +147,7 @@ def data_windows(data: Path, model_path: Path, n: int) -> tuple[np.ndarray, np.n
         raise SystemExit(f"{data} makes {len(tokens)} windows of {CTX} tokens; --steps needs {n}")
     # the fullest window first (the untimed step): the compute buffer grows to its size once, as it
     # does early in a real run, instead of at every new maximum among the few timed steps
-    first = max(order, key=lambda i: int((labels[i] >= 0).sum()))
+    first = max(order, key=lambda i: int(labelled_per_window(labels[i])))
     order = [first] + [i for i in order if i != first]
     return tokens[order], labels[order]
 
@@ -185,7 +237,7 @@ def bench_torch(steps: int, threads: int, precision: str) -> dict:
     """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX or AVX512-BF16)."""
     extra = [WINDOWS] if WINDOWS else []
     proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision, *extra],
-                          check=False, capture_output=True, text=True)
+                          check=False, capture_output=True, text=True, env={**os.environ, **TORCH_ENV})
     if proc.returncode != 0:
         raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -198,14 +250,17 @@ def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, st
                            str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
                            "--ctx", str(CTX), "--matmul-precision", precision]
                           + (["--windows", WINDOWS] if WINDOWS else []),
-                          check=False, capture_output=True, text=True, env={**os.environ, **env})
+                          check=False, capture_output=True, text=True, env={**os.environ, **NATIVE_ENV, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    global CTX, WINDOWS
+    global CTX, WINDOWS, NATIVE_ENV, TORCH_ENV
+    load_native_override()
+    from dndllama.dataset import labelled_per_window
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -220,6 +275,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=CTX, help="training window (the torch reference uses it too)")
     ap.add_argument("--f32-embedding", action="store_true", help="train a copy whose token_embd is F32 too")
     ap.add_argument("--data", type=Path, help="train on the windows `dndllama train` makes of this scenario folder")
+    ap.add_argument("--isa", choices=sorted(ISA_BUILD), help="native build and PyTorch limited to this instruction set")
     ap.add_argument("--windows", help=argparse.SUPPRESS)
     ap.add_argument("--native-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -232,6 +288,10 @@ def main() -> None:
                                       args.matmul_precision)))
         return
     args.cache.mkdir(parents=True, exist_ok=True)
+    if args.isa:
+        NATIVE_ENV, TORCH_ENV = {NATIVE_OVERRIDE: str(isa_build(args.isa))}, ISA_TORCH_ENV[args.isa]
+        print(f"--isa {args.isa}: native rows use {NATIVE_ENV[NATIVE_OVERRIDE]}; PyTorch runs with {TORCH_ENV}",
+              flush=True)
     path = base_f32(args.cache, args.f32_embedding)
     if args.data:
         tokens, labels = data_windows(args.data, path, max(args.steps + 1, args.val_steps + 4))
@@ -248,7 +308,8 @@ def main() -> None:
     others = {}
     if args.compare_torch:
         others["torch"] = bench_torch(args.steps, args.threads, "f32")
-        others["torch_bf16"] = bench_torch(args.steps, args.threads, "bf16")
+        if not args.isa:   # without AVX512-BF16 or AMX, PyTorch's BF16 GEMM is a scalar single-threaded loop
+            others["torch_bf16"] = bench_torch(args.steps, args.threads, "bf16")
     if args.compare_f32:
         others["f32"] = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank, "f32")
     if args.compare_loop:
@@ -272,7 +333,7 @@ def main() -> None:
     if others.get("full"):
         line += f" rss_vs_full={res['peak_rss_gb'] / others['full']['peak_rss_gb']:.2f}"
     print(line)
-    rows = int((windows(path, args.steps + 1)[1] >= 0).sum(axis=1).max()) if WINDOWS else None
+    rows = int(labelled_per_window(windows(path, args.steps + 1)[1]).max()) if WINDOWS else None
     print(f"memory plan for this run: {planned_gb(path, args.method, args.lora_rank, rows):.2f} GB "
           f"(dndllama train --plan; measured {res['peak_rss_gb']:.2f})")
 
