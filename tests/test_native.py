@@ -540,3 +540,19 @@ def test_errors_name_the_cause(tiny, tmp_path):
     native.quantize(str(tiny["gemma3"]), str(q), "Q8_0")
     with pytest.raises(native.NativeError, match="no tensor is trainable"):
         native.train(str(q), "", x, x, x[:0], x[:0], options(1, 1e-3, trainable="nothing-matches-this"))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: one for the competing process")
+def test_default_threads_leave_a_core_to_a_competing_process():
+    # ggml's workers spin at barriers: a thread sharing a core with another busy process stalls all
+    # of them, so thread count 0 means the cores free now, sampled afresh within a few seconds
+    import time
+
+    native.default_threads()   # a sample taken before the competing process starts
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(2.5)   # past that sample's lifetime: the next call samples again
+        assert native.default_threads() <= len(os.sched_getaffinity(0)) - 1
+    finally:
+        hog.kill()
+        hog.wait()
