@@ -47,6 +47,8 @@ def whole_scenarios(convs, turns: int | None):
     """Whole conversations, taken in turn from each category folder, until they hold `turns` DM
     turns. Judging replays whole conversations, whose turns share their prefixes; a few turns picked
     from many conversations would share nothing and time only the per-turn path."""
+    from dndllama.replay import dm_turns
+
     if not turns:
         return convs
     folders: dict[str, list] = {}
@@ -58,7 +60,7 @@ def whole_scenarios(convs, turns: int | None):
         if held >= turns:
             break
         picked.append(conversation)
-        held += sum(m.role == "assistant" for m in conversation.messages)
+        held += len(dm_turns([conversation]))
     return sorted(picked, key=lambda c: c.scenario)
 
 

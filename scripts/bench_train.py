@@ -26,9 +26,9 @@ shuffle; the native core computes logits only where a label is (patch 0013) and 
 labels (-100 where masked). The labelled share of the positions is printed.
 
 --isa avx2 measures what a CPU with AVX2 and FMA but no AVX-512 gets, on any x86 machine: the native
-rows run a second build of the extension (build-avx2/: GGML_NATIVE off, AVX2/FMA/F16C only; built on
-first use, a few minutes) and PyTorch runs with ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2
-and ONEDNN_MAX_CPU_ISA=AVX2. Without AVX512-BF16 or AMX `auto` is F32 products, and the BF16 PyTorch row
+runs (--val-check too) use a second build of the extension (build-avx2/: GGML_NATIVE off, AVX2/FMA/F16C
+only; built on first use, a few minutes) and PyTorch runs with ATEN_CPU_CAPABILITY=avx2,
+MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2. Without AVX512-BF16 or AMX `auto` is F32 products, and the BF16 PyTorch row
 is skipped: PyTorch's BF16 GEMM there is a scalar loop on one thread (one 4-step run took over 15 minutes).
 """
 
@@ -48,8 +48,6 @@ import numpy as np
 
 CTX = 256
 WINDOWS = ""   # an .npz of (tokens, labels) windows shared by every run (--data), else text windows
-NATIVE_ENV: dict[str, str] = {}   # --isa: every native child's environment
-TORCH_ENV: dict[str, str] = {}    # --isa: every PyTorch child's environment
 ROOT = Path(__file__).resolve().parent.parent
 
 # --isa: the CMake switches of a build without the host's newer instructions, and PyTorch's matching limits
@@ -57,7 +55,7 @@ ISA_BUILD = {"avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-
                       "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF", "-DGGML_AMX_TILE=OFF"]}
 ISA_TORCH_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
                           "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}}
-NATIVE_OVERRIDE = "DNDLLAMA_BENCH_NATIVE"   # a child's extension module, from build-<isa>/
+NATIVE_OVERRIDE = "DNDLLAMA_BENCH_NATIVE"   # the extension module to use, from build-<isa>/ (children inherit it)
 
 
 def isa_build(isa: str) -> Path:
@@ -84,7 +82,7 @@ def isa_build(isa: str) -> Path:
 
 
 def load_native_override() -> None:
-    """In a child: import dndllama._native from NATIVE_OVERRIDE instead of the installed build."""
+    """Import dndllama._native from NATIVE_OVERRIDE instead of the installed build."""
     import importlib.util
 
     path = os.environ.get(NATIVE_OVERRIDE)
@@ -237,7 +235,7 @@ def bench_torch(steps: int, threads: int, precision: str) -> dict:
     """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX or AVX512-BF16)."""
     extra = [WINDOWS] if WINDOWS else []
     proc = subprocess.run([sys.executable, "-c", TORCH_STEP, str(steps), str(threads), str(CTX), precision, *extra],
-                          check=False, capture_output=True, text=True, env={**os.environ, **TORCH_ENV})
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"PyTorch reference failed (pip install -e '.[bench]' transformers):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -250,14 +248,14 @@ def bench_native_process(path: Path, steps: int, threads: int, env: dict[str, st
                            str(threads), "--model", str(path), "--method", method, "--lora-rank", str(rank),
                            "--ctx", str(CTX), "--matmul-precision", precision]
                           + (["--windows", WINDOWS] if WINDOWS else []),
-                          check=False, capture_output=True, text=True, env={**os.environ, **NATIVE_ENV, **env})
+                          check=False, capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0:
         raise SystemExit(f"native run with {env} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    global CTX, WINDOWS, NATIVE_ENV, TORCH_ENV
+    global CTX, WINDOWS
     load_native_override()
     from dndllama.dataset import labelled_per_window
 
@@ -288,10 +286,12 @@ def main() -> None:
                                       args.matmul_precision)))
         return
     args.cache.mkdir(parents=True, exist_ok=True)
-    if args.isa:
-        NATIVE_ENV, TORCH_ENV = {NATIVE_OVERRIDE: str(isa_build(args.isa))}, ISA_TORCH_ENV[args.isa]
-        print(f"--isa {args.isa}: native rows use {NATIVE_ENV[NATIVE_OVERRIDE]}; PyTorch runs with {TORCH_ENV}",
-              flush=True)
+    if args.isa:   # the whole run's environment: every child inherits it, and this process loads the build too
+        os.environ[NATIVE_OVERRIDE] = str(isa_build(args.isa))
+        os.environ.update(ISA_TORCH_ENV[args.isa])
+        load_native_override()
+        print(f"--isa {args.isa}: the native core from {os.environ[NATIVE_OVERRIDE]}; PyTorch with "
+              f"{ISA_TORCH_ENV[args.isa]}", flush=True)
     path = base_f32(args.cache, args.f32_embedding)
     if args.data:
         tokens, labels = data_windows(args.data, path, max(args.steps + 1, args.val_steps + 4))
