@@ -252,9 +252,8 @@ class Sweep:
         return say
 
     def open_record(self) -> None:
-        """sweep.json, and the base as every curve's epoch-0 point (judged once)."""
+        """sweep.json, opened for the judging settings it was made with."""
         from dndllama import pipeline
-        from dndllama.validate import reference_loss
 
         data, base, config, _, _ = self.prepare(self.config)
         judging = {"max_turns": self.args.max_turns or None, "max_tokens": config.validate_max_tokens,
@@ -263,6 +262,13 @@ class Sweep:
         self.record = load_record(self.out / "sweep.json", judging)
         self.say(f"evaluation: {data.evaluation.describe() if data.evaluation else 'the in-corpus validation split'}"
                  f", {self.args.max_turns or 'all'} DM turns per point")
+
+    def judge_base(self) -> None:
+        """The base as every curve's epoch-0 point, judged once. After the runs: the base never ends
+        its turns, so it is the slowest point to judge, and the runs' own points come first."""
+        from dndllama.validate import reference_loss
+
+        data, base, config, _, _ = self.prepare(self.config)
         if self.record["base"] is None:
             self.say(f"base {base.gguf.name}: replaying the evaluation turns (epoch-0 point of every curve) ...")
             result = self.judge(data, config)(base.train_path, "base")
@@ -497,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, run in enumerate(runs, start=1):
             sweep.run(i, len(runs), run)
             write_outputs(sweep.record, Path(args.out), False, lambda line: None)
+        sweep.judge_base()
         write_outputs(sweep.record, Path(args.out), args.docs, print)
     except (SweepError, ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

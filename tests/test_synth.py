@@ -220,6 +220,23 @@ def test_tool_checks_come_from_a_tool_the_character_carries(sample):
 # ---------------------------------------------------------------- seeds, variety, talk
 
 
+def test_items_are_named_before_their_call_and_seldom_repeat(sample):
+    """An inventory call's item can be copied from the conversation above it (the item list, the
+    player's words or the narration), and most items are made up per scene: a model has to copy them,
+    it cannot recall a short list."""
+    gained = []
+    for item, scenario in sample:
+        for turn in scenario.turns:
+            for call in turn.tool_calls:
+                name = call.named["item"][1:].strip() if call.name == "inventory" else ""
+                if not name or re.fullmatch(r"\d+ gp", name):
+                    continue
+                before = item.text[:item.text.index(call.raw)]
+                assert name.lower() in before.lower(), (scenario.path, call.raw)
+                gained += [name] if call.named["item"].startswith("+") else []
+    assert len(gained) > 40 and len(set(gained)) > 0.8 * len(gained)
+
+
 def test_output_is_byte_stable_across_processes():
     digest = hashlib.sha256("".join(generate(5, i).text for i in range(6)).encode()).hexdigest()
     code = ("import hashlib; from dndllama.synth import generate; "
