@@ -22,7 +22,6 @@ in one run are the figures to compare.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import subprocess
 import sys
@@ -44,24 +43,15 @@ def conversations(data: Path | None):
 
 
 def whole_scenarios(convs, turns: int | None):
-    """Whole conversations, taken in turn from each category folder, until they hold `turns` DM
-    turns. Judging replays whole conversations, whose turns share their prefixes; a few turns picked
-    from many conversations would share nothing and time only the per-turn path."""
+    """The conversations a judgement of `turns` DM turns reaches (replay.dm_turns: whole conversations,
+    a category at a time), each whole: judging replays whole conversations, whose turns share their
+    prefixes; a few turns picked from many conversations would share nothing."""
     from dndllama.replay import dm_turns
 
     if not turns:
         return convs
-    folders: dict[str, list] = {}
-    for conversation in convs:
-        folders.setdefault(conversation.scenario.rsplit("/", 1)[0], []).append(conversation)
-    round_robin = [c for group in itertools.zip_longest(*folders.values()) for c in group if c is not None]
-    picked, held = [], 0
-    for conversation in round_robin:
-        if held >= turns:
-            break
-        picked.append(conversation)
-        held += len(dm_turns([conversation]))
-    return sorted(picked, key=lambda c: c.scenario)
+    reached = {id(c) for c, _ in dm_turns(convs, turns)}
+    return [c for c in convs if id(c) in reached]
 
 
 def models(cache: Path) -> list[tuple[str, Path]]:

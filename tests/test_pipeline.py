@@ -47,7 +47,7 @@ def project(tmp_path, tiny_base):
     shutil.copytree(INDEPENDENT, data)
     settings = {"base": str(tiny_base), "ctx": 2048, "max_steps": 4, "lr": 1e-3, "save_every": 2, "threads": 2,
                 "cache_dir": str(tmp_path / "cache"), "models_dir": str(tmp_path / "models"),
-                "validate_turns": 3, "validate_max_tokens": 16, "gate": False,   # 3 spread turns hold calls
+                "validate_turns": 3, "validate_max_tokens": 16, "gate": False,   # the first 3 turns hold a call
                 "eval_data": "",   # the in-corpus split, whatever folder the tests run from (test_evalset covers it)
                 # the best type under the cap, without replaying every candidate: the tests on choosing
                 # by tool calls ask for select_by="tool_f1" (the default)
@@ -366,7 +366,7 @@ def test_a_tight_loss_tolerance_keeps_the_larger_type(project):
     chosen, = [q for q in quant if q["chosen"]]
     if len(replayed) == 2:   # the smaller ships only when it gives up no F1 and no loss at all
         larger, smaller = replayed
-        keeps = smaller["tool_name_f1"] >= larger["tool_name_f1"] and smaller["val_loss"] <= larger["val_loss"]
+        keeps = smaller["tool_name_f1"] >= larger["tool_name_f1"] and smaller["candidate_nll"] <= larger["candidate_nll"]
         assert chosen is (smaller if keeps else larger)
 
 

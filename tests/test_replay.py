@@ -215,21 +215,23 @@ def test_divergence_inputs_must_match():
         native.divergence(model, [model], [[2, 10**7]], [[1, 0]])
 
 
-def test_a_turn_budget_is_spread_over_every_scenario():
-    """max_turns picks turns evenly over the whole set, not the first scenario's opening turns."""
+def test_a_turn_budget_takes_whole_conversations_from_every_category_in_turn():
+    """max_turns takes whole conversations (their turns share prefixes), one category after another,
+    and cuts the last one to the count: not the first scenario's opening turns only."""
     from dndllama.dataset import Conversation, Message
 
-    def conversation(name: str, turns: int) -> Conversation:
+    def conversation(name: str, category: str, turns: int) -> Conversation:
         messages = [m for k in range(turns) for m in (Message("user", f"u{k}"), Message("assistant", f"d{k}"))]
-        return Conversation(scenario=name, category="combat", messages=messages)
+        return Conversation(scenario=name, category=category, messages=messages)
 
-    conversations = [conversation(name, 5) for name in "abcd"]
+    conversations = [conversation("a", "combat", 5), conversation("b", "combat", 5),
+                     conversation("c", "roleplay", 5), conversation("d", "puzzles", 5)]
     every = dm_turns(conversations)
     assert len(every) == 20 and dm_turns(conversations, None) == every and dm_turns(conversations, 50) == every
-    picked = dm_turns(conversations, 4)
-    assert [c.scenario for c, _ in picked] == list("abcd")
-    seven = [(c.scenario, i) for c, i in dm_turns(conversations, 7)]
-    assert len(set(seven)) == 7 and seven[0] == ("a", 1)
+    twelve = [(c.scenario, i) for c, i in dm_turns(conversations, 12)]
+    assert twelve == [("a", i) for i in (1, 3, 5, 7, 9)] + [("c", i) for i in (1, 3, 5, 7, 9)] + [("d", 1), ("d", 3)]
+    seventeen = {c.scenario for c, _ in dm_turns(conversations, 17)}
+    assert seventeen == set("abcd") and len(dm_turns(conversations, 17)) == 17
 
 
 @pytest.mark.parametrize("fresh", [True, False])

@@ -134,6 +134,28 @@ def test_reference_loss_is_an_evaluation_of_the_training_windows(report, models,
     assert abs(loss.loss - math.log(tokenizer.info().n_vocab)) < 1.0
 
 
+def test_a_judged_replay_is_reused_when_only_its_loss_is_asked_for(models, data, tmp_path, monkeypatch):
+    """The quant choice replays types without their loss (it has the screen's); the shipped one then
+    gets its loss added, not a second replay."""
+    from dndllama import selection
+
+    vocab, split = data
+    settings = dict(max_tokens=MAX_TOKENS, n_ctx=GEN_CTX, loss_ctx=LOSS_CTX, seed=0, max_turns=2, n_threads=THREADS,
+                    n_gpu_layers=0)
+    judge = selection.Judge(split.validation, vocab, settings, tmp_path)
+    bare = judge(models[1], with_loss=False)
+    assert bare.loss.loss is None
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("replayed again")
+
+    monkeypatch.setattr(selection, "validate_one", no_replay)
+    full = judge(models[1])
+    assert full.loss.loss == reference_loss(models[1], split.validation, LOSS_CTX, THREADS).loss
+    assert [t.prediction for t in full.turns] == [t.prediction for t in bare.turns]
+    assert judge(models[1]).loss == full.loss   # and cached
+
+
 def test_reference_loss_without_a_whole_window_is_undefined(models, data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")         # the cuts are counted, not warned about

@@ -82,7 +82,7 @@ class Config:
     # or Cooper Lake and later, AMD Zen 4 and later), else f32
     matmul_precision: str = "auto"
     # validation and the quality gate
-    validate_turns: int = 24             # DM turns of the evaluation set to replay, spread over all of it (0 = all)
+    validate_turns: int = 0              # evaluation DM turns replayed (0 = all; N: whole conversations by category)
     validate_max_tokens: int = 128       # the longest DM turn of ai-training is ~110 tokens
     gate: bool = True                    # promote a version only when it passes the gate
     min_f1_gain: float = 0.0             # ... its tool-call F1 beats the base model's by more than this

@@ -24,6 +24,7 @@ the gap; tests/test_replay.py bounds it on the real model).
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
 import time
@@ -72,13 +73,25 @@ class Replay:
 
 
 def dm_turns(conversations: Iterable[Conversation], max_turns: int | None = None) -> list[tuple[Conversation, int]]:
-    """(conversation, message index) of every DM turn, in order; with `max_turns`, that many spread
-    evenly over all of them, so a short judgement still sees every scenario and category rather
-    than the first scenario's opening turns."""
+    """(conversation, message index) of every DM turn, in order. With `max_turns`, that many from whole
+    conversations taken in turn from each category (the last one's first turns make up the count): the
+    turns of one conversation share their prefixes, which the batched replay decodes once (a turn costs
+    about a fifth of one whose prefix is shared with nothing), and a short judgement still sees every
+    category rather than the first scenario's opening turns."""
+    conversations = list(conversations)
     every = [(c, i) for c in conversations for i, m in enumerate(c.messages) if m.role == "assistant"]
     if not max_turns or max_turns >= len(every):
         return every
-    return [every[k * len(every) // max_turns] for k in range(max_turns)]
+    categories: dict[str, list[Conversation]] = {}
+    for c in conversations:
+        categories.setdefault(c.category, []).append(c)
+    taken: set[int] = set()
+    for group in itertools.zip_longest(*categories.values()):
+        for c in group:
+            if c is not None and len(taken) < max_turns:
+                turns = [k for k, (owner, _) in enumerate(every) if owner is c]
+                taken.update(turns[:max_turns - len(taken)])
+    return [turn for k, turn in enumerate(every) if k in taken]
 
 
 def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_tokens: int = DEFAULT_MAX_TOKENS,

@@ -95,6 +95,7 @@ CHOICE_COLUMNS = (("size", "size (MB)"), ("step", "step"),
                   ("tool_top1_agreement", "top-1 in tool calls"),
                   ("tool_name_f1", "tool-call F1"), ("exact_call_f1", "exact-call F1"),
                   ("format_validity", "format validity"), ("val_loss", "validation loss"),
+                  ("candidate_nll", "loss on the screened DM tokens"),
                   ("gen_tokens_per_s", "generation tokens/s"))
 
 

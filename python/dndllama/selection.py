@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from .dataset import Conversation
 from .files import atomic_path
 from .quantize import CapError, QuantChoice, human_size
 from .tools import Vocabulary
-from .validate import ModelResult, validate_one
+from .validate import ModelResult, reference_loss, validate_one
 
 
 # F32 checkpoints are replayed through a Q8_0 copy: generation reads every weight per token, so
@@ -50,10 +50,20 @@ class Judge:
 
     def __call__(self, path: Path, label: str = "model", with_loss: bool = True,
                  stand_in: Callable[[Path], Path] | None = None) -> ModelResult:
-        """`stand_in(path)`, when given, writes a file replayed in place of `path` (removed after)."""
+        """`stand_in(path)`, when given, writes a file replayed in place of `path` (removed after). The
+        loss is a step of its own: a file replayed without it (a quant type the choice compared by the
+        screen's loss) gets only its loss added when it ships."""
         cached = self._cache_file(path, with_loss, stand_in is not None)
         result = _load(cached)
         if result is not None:
+            return result
+        if with_loss and stand_in is None and self.cached(path, with_loss=False):
+            s = self.settings
+            loss = reference_loss(path, self.loss_conversations or self.conversations, s["loss_ctx"], s["n_threads"],
+                                  s["n_gpu_layers"])
+            result = replace(self(path, label, with_loss=False), loss=loss)
+            with atomic_path(cached) as tmp:
+                tmp.write_bytes(pickle.dumps(result))
             return result
         replayed = stand_in(path) if stand_in else path
         try:
@@ -128,10 +138,6 @@ def quality_within(q: Quality, tried: list[Quality], f1_tolerance: float, loss_t
     losses = [t.loss for t in tried if t.loss is not None]
     loss_ok = q.loss is None or not losses or q.loss <= min(losses) + loss_tolerance
     return q.f1 >= best_f1 - f1_tolerance and loss_ok
-
-
-def quality(result: ModelResult) -> Quality:
-    return Quality(result.tools.name_f1 or 0.0, result.loss.loss)
 
 
 def _f(value) -> str:
@@ -232,25 +238,25 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
             + ("" if row["screened"] else f"  beyond the screen (KL {SCREEN_MAX_KL}, tool-call agreement "
                                            f"{SCREEN_MIN_TOOL_AGREEMENT})"))
     replayed = to_replay(rows)
-    judged = {}
+    judged, screened = {}, {row["type"]: row for row in rows}
     for qtype in replayed:
         say(f"{qtype}: replaying the validation turns ...")
-        judged[qtype] = judge(dict(fitting)[qtype])
+        judged[qtype] = judge(dict(fitting)[qtype], with_loss=False)   # the loss: the screen's, same tokens
+    qualities = {t: Quality(r.tools.name_f1 or 0.0, screened[t]["candidate_nll"]) for t, r in judged.items()}
     chosen = replayed[-1]
-    kept = quality_within(quality(judged[chosen]), [quality(r) for r in judged.values()],
-                          f1_tolerance, loss_tolerance)
+    kept = quality_within(qualities[chosen], list(qualities.values()), f1_tolerance, loss_tolerance)
     if not kept:
         chosen = replayed[0]
     for row in rows:
         result = judged.get(row["type"])
         row["replayed"], row["chosen"] = result is not None, row["type"] == chosen
         if result:
-            row.update(val_loss=result.loss.loss, **tool_scores(result))
+            row.update(**tool_scores(result))
     for qtype, path in fitting:
         if qtype != chosen:
             path.unlink(missing_ok=True)
     path = dict(fitting)[chosen]
-    scores = ", ".join(f"{t}: tool-call F1 {_f(quality(judged[t]).f1)}" for t in replayed)
+    scores = ", ".join(f"{t}: tool-call F1 {_f(qualities[t].f1)}" for t in replayed)
     why = ("the smallest type within the divergence screen" + (" keeps the tool calls of the next larger"
                                                               if len(replayed) > 1 else "")
            if kept else f"{replayed[-1]} passed the divergence screen but lost tool calls in replay")
