@@ -237,6 +237,21 @@ def test_items_are_named_before_their_call_and_seldom_repeat(sample):
     assert len(gained) > 40 and len(set(gained)) > 0.8 * len(gained)
 
 
+def test_made_up_items_are_none_of_the_evaluation_folders_items():
+    """The made-up names are the generator's own: none equals an item of ai-eval's inventory calls."""
+    import random
+
+    from dndllama.synth.tables import made_up_item
+
+    folder = Path(__file__).parents[1] / "ai-eval"
+    held_out = {m.group(1).strip().lower() for f in folder.rglob("*.md")
+                for m in re.finditer(r"\[inventory: [^,\]]*, *[+-]([^\]]*)\]", f.read_text())}
+    assert len(held_out) > 40
+    rng = random.Random(0)
+    made = {made_up_item(rng) for _ in range(20000)}
+    assert len(made) > 8000 and not made & held_out
+
+
 def test_output_is_byte_stable_across_processes():
     digest = hashlib.sha256("".join(generate(5, i).text for i in range(6)).encode()).hexdigest()
     code = ("import hashlib; from dndllama.synth import generate; "

@@ -304,9 +304,10 @@ GEAR = (
     "playing card set", "tinker's tools", "cartographer's tools", "flute",
 )
 
-# Items made up per scene: hundreds of thousands of names, so a model that writes `[inventory: ...]`
-# for one can only copy it from the narration before the call, not recall it from training (a model
-# trained on the fixed lists above wrote "+obsidian knife" for a "flask of purple quenching oil").
+# Items made up per scene (~35,000 names), so a model that writes `[inventory: ...]` for one can only
+# copy it from the conversation before the call, not recall it from training: a model trained on the
+# fixed lists above wrote their names (a trinket) for items it had just been told about. Words are
+# chosen without looking at the evaluation folder's items (tests check that no name is one of them).
 ITEM_ADJECTIVES = (
     "tarnished", "chipped", "gilded", "battered", "ornate", "tiny", "heavy", "cracked", "engraved", "polished",
     "rusted", "painted", "dented", "carved", "old", "worn", "lacquered", "scorched", "moth-eaten", "delicate",
@@ -318,19 +319,19 @@ ITEM_MATERIALS = (
 )
 ITEM_OBJECTS = (
     "locket", "ring", "figurine", "comb", "goblet", "key", "knife", "box", "flute", "mask", "compass", "amulet",
-    "bracelet", "idol", "statuette", "candlestick", "snuffbox", "music box", "hand mirror", "chess piece",
+    "bracelet", "idol", "statuette", "candlestick", "snuffbox", "music box", "tobacco pipe", "chess piece",
     "brooch", "hairpin", "thimble", "whistle", "tankard", "spoon", "bell", "scroll case", "dice cup", "medallion",
-    "toy horse", "letter opener", "inkwell", "hourglass", "lantern", "spur", "buckle", "circlet", "seal",
+    "tin soldier", "letter opener", "inkwell", "hourglass", "lantern", "spur", "buckle", "circlet", "seal",
 )
-ITEM_CONTAINERS = ("flask", "vial", "pouch", "string", "bundle", "jar", "sack", "crate", "bottle", "tin",
+ITEM_CONTAINERS = ("flask", "vial", "pouch", "basket", "bundle", "jar", "sack", "crate", "bottle", "tin",
                    "roll", "coil", "box", "satchel", "bag")
 ITEM_CONTENTS = (
-    "freshwater pearls", "dried mushrooms", "lamp oil", "old coins", "sealed letters", "river stones",
+    "clay marbles", "dried mushrooms", "lamp oil", "old coins", "sealed letters", "river stones",
     "black powder", "sea salt", "pressed flowers", "wolf teeth", "copper wire", "fine thread", "candle stubs",
-    "cinnamon bark", "glass beads", "healing salve", "quenching oil", "blue dye", "silver dust", "rock candy",
+    "cinnamon bark", "glass beads", "healing salve", "wax seals", "blue dye", "silver dust", "rock candy",
     "iron nails", "goose feathers", "trade tokens", "moss tea", "fire beetles", "tallow", "chalk sticks",
 )
-CONTENT_ADJECTIVES = ("purple", "bitter", "sweet", "smoky", "cloudy", "glittering", "fragrant", "rare", "cheap",
+CONTENT_ADJECTIVES = ("green", "bitter", "sweet", "smoky", "cloudy", "glittering", "fragrant", "rare", "cheap",
                       "foreign", "pale", "black", "golden", "spiced")
 
 
