@@ -43,7 +43,8 @@ TRAIN_FLAGS = [
                                  "loss: best validation loss and best type under the cap (faster)"),
     ("--quant-f1-tolerance", float, "F1", "the smallest quant type within this tool-call F1 of the best wins "
                                           "(default 0.02)"),
-    ("--validate-turns", int, "N", "validation DM turns to replay for the report and the gate (0 = all)"),
+    ("--validate-turns", int, "N", "evaluation DM turns replayed for the choices and the gate (default 0 = all; "
+                                   "N: whole conversations, a category at a time)"),
     ("--min-f1-gain", float, "F", "the gate: tool-call F1 must beat the base model's by more than F (default 0)"),
     ("--synth", float, "RATIO", "add generated scenarios to training: RATIO synthetic DM turns per hand-written "
                                 "one (default 0 = off; e.g. 1, 5, 20)"),
