@@ -24,10 +24,10 @@ from .phrases import COMBAT
 from .phrases_scenes import LOCATIONS, SCENES
 from .scenes import Cast, play
 from .script import Script
-from .tables import CLASSES, FIRST_NAMES, GEAR, NPC_NAMES, RACES, TITLED, TRINKETS, VALUABLES, WORLDS, made_up_or
+from .tables import CLASSES, FIRST_NAMES, GEAR, NPC_NAMES, RACES, TITLED, TRINKETS, VALUABLES, WORLDS
 
 # Bump when the same (seed, index) would give different text: part of the dataset cache key.
-SYNTH_VERSION = 4   # 3 was the secret-DC branch (measured, not merged)
+SYNTH_VERSION = 2
 GRAMMAR = {**COMBAT, **SCENES}
 CATEGORY_WEIGHTS = {"combat": 0.26, "exploration": 0.22, "roleplay": 0.18, "downtime": 0.17, "puzzles": 0.17}
 PARTY_SIZES = {1: 0.15, 2: 0.25, 3: 0.25, 4: 0.2, 5: 0.15}
@@ -82,7 +82,7 @@ def _party(rng: random.Random, size: int, tier: int, category: str) -> list:
 def _inventory(rng: random.Random, class_gear: tuple[str, ...], category: str) -> tuple[list[str], int]:
     """1-5 entries in all: the weapon (added by make_pc), then gear, a valuable, potions, gold."""
     size = rng.randint(1, 5)
-    pool = list(class_gear) + rng.sample(GEAR, 3) + [rng.choice(VALUABLES)[0], made_up_or(rng, TRINKETS)]
+    pool = list(class_gear) + rng.sample(GEAR, 3) + [rng.choice(VALUABLES)[0], rng.choice(TRINKETS)]
     if category in ("downtime", "roleplay"):
         pool.insert(0, rng.choice(VALUABLES)[0])
     rng.shuffle(pool)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from . import actions as act
 from .mechanics import PC, Foe, make_foes
 from .script import Script
-from .tables import MONSTERS, SHOP, TRINKETS, VALUABLES, made_up_item, made_up_or, with_article
+from .tables import MONSTERS, SHOP, TRINKETS, VALUABLES
 
 # (what the player tries, the skill, the DC range, the damage a failure does or "")
 TASKS = (
@@ -179,14 +179,14 @@ def trap_beat(s: Script, cast: Cast) -> None:
 def loot_beat(s: Script, cast: Cast) -> None:
     pc = s.rng.choice(cast.up())
     s.user(s.pick("user_loot" if cast.fought else "user_loot_place", pc=pc.name), actor=pc.name)
-    item = made_up_or(s.rng, TRINKETS)
+    item = s.rng.choice(TRINKETS)
     changes = [(pc, f"+{item}")]
     coins = ""
     if s.rng.random() < 0.6:
         gold = s.rng.choice((5, 8, 10, 12, 15, 20, 25, 30, 40, 50))
         changes.append((pc, f"+{gold} gp"))
         coins = s.rng.choice((f" and {gold} gold pieces", f" and a purse with {gold} gp", f", plus {gold} gp in coins"))
-    act.inventory(s, changes, s.pick("dm_loot", a_item=with_article(item), coins=coins))
+    act.inventory(s, changes, s.pick("dm_loot", item=item, coins=coins))
     s.dm(s.pick("prompt"))
 
 
@@ -202,8 +202,7 @@ def trade_beat(s: Script, cast: Cast) -> None:
         act.inventory(s, [(pc, f"-{item}"), (pc, f"+{price} gp")], "")
         s.dm(s.pick("dm_give", item=item, other=cast.npc))
         return
-    wares = SHOP + ((made_up_item(s.rng), s.rng.choice((2, 4, 5, 8, 12, 15, 20, 30, 45))),)   # one made up per shop
-    affordable = [(item, price) for item, price in wares if price <= pc.gold]
+    affordable = [(item, price) for item, price in SHOP if price <= pc.gold]
     if not affordable:
         s.user(s.pick("user_buy", item=SHOP[0][0], pc=pc.name), actor=pc.name)
         s.dm(f"{cast.npc} shakes their head. \"{SHOP[0][1]} gp, and you don't have it.\"")
@@ -236,8 +235,8 @@ def social_beat(s: Script, cast: Cast) -> None:
     ok = act.check(s, pc, SOCIAL[goal], dc, s.pick("dm_check_lead"))
     s.dm(s.pick("npc_yes" if ok else "npc_no", npc=cast.npc))
     if ok and s.rng.random() < 0.4:   # a won-over NPC hands something over: a consequence call
-        gift = made_up_or(s.rng, GIFTS, 0.5)
-        act.inventory(s, [(pc, f"+{gift}")], f"{cast.npc} presses {with_article(gift)} into {pc.name}'s hand.")
+        gift = s.rng.choice(GIFTS)
+        act.inventory(s, [(pc, f"+{gift}")], f"{cast.npc} presses a {gift} into {pc.name}'s hand.")
         s.dm(s.pick("prompt"))
 
 

@@ -303,58 +303,6 @@ GEAR = (
     "disguise kit", "navigator's tools", "dice set", "forgery kit", "smith's tools", "cook's utensils",
     "playing card set", "tinker's tools", "cartographer's tools", "flute",
 )
-
-# Items made up per scene (~35,000 names), so a model that writes `[inventory: ...]` for one can only
-# copy it from the conversation before the call, not recall it from training: a model trained on the
-# fixed lists above wrote their names (a trinket) for items it had just been told about. Words are
-# chosen without looking at the evaluation folder's items (tests check that no name is one of them).
-ITEM_ADJECTIVES = (
-    "tarnished", "chipped", "gilded", "battered", "ornate", "tiny", "heavy", "cracked", "engraved", "polished",
-    "rusted", "painted", "dented", "carved", "old", "worn", "lacquered", "scorched", "moth-eaten", "delicate",
-    "dwarven", "elven", "salt-stained", "blackened", "jeweled", "plain", "sturdy", "faded", "waxed", "bent",
-)
-ITEM_MATERIALS = (
-    "silver", "bone", "jade", "brass", "oak", "iron", "copper", "obsidian", "ivory", "glass", "leather", "wool",
-    "bronze", "amber", "pewter", "crystal", "tin", "ash-wood", "horn", "coral", "slate", "walnut", "gold", "felt",
-)
-ITEM_OBJECTS = (
-    "locket", "ring", "figurine", "comb", "goblet", "key", "knife", "box", "flute", "mask", "compass", "amulet",
-    "bracelet", "idol", "statuette", "candlestick", "snuffbox", "music box", "tobacco pipe", "chess piece",
-    "brooch", "hairpin", "thimble", "whistle", "tankard", "spoon", "bell", "scroll case", "dice cup", "medallion",
-    "tin soldier", "letter opener", "inkwell", "hourglass", "lantern", "spur", "buckle", "circlet", "seal",
-)
-ITEM_CONTAINERS = ("flask", "vial", "pouch", "basket", "bundle", "jar", "sack", "crate", "bottle", "tin",
-                   "roll", "coil", "box", "satchel", "bag")
-ITEM_CONTENTS = (
-    "clay marbles", "dried mushrooms", "lamp oil", "old coins", "sealed letters", "river stones",
-    "black powder", "sea salt", "pressed flowers", "wolf teeth", "copper wire", "fine thread", "candle stubs",
-    "cinnamon bark", "glass beads", "healing salve", "wax seals", "blue dye", "silver dust", "rock candy",
-    "iron nails", "goose feathers", "trade tokens", "moss tea", "fire beetles", "tallow", "chalk sticks",
-)
-CONTENT_ADJECTIVES = ("green", "bitter", "sweet", "smoky", "cloudy", "glittering", "fragrant", "rare", "cheap",
-                      "foreign", "pale", "black", "golden", "spiced")
-
-
-def made_up_item(rng) -> str:
-    """An item name for one scene: "chipped jade figurine", "flask of purple quenching oil"."""
-    if rng.random() < 0.55:
-        parts = [rng.choice(ITEM_ADJECTIVES)] if rng.random() < 0.6 else []
-        return " ".join(parts + [rng.choice(ITEM_MATERIALS), rng.choice(ITEM_OBJECTS)])
-    contents = rng.choice(ITEM_CONTENTS)
-    if rng.random() < 0.4:
-        contents = f"{rng.choice(CONTENT_ADJECTIVES)} {contents}"
-    return f"{rng.choice(ITEM_CONTAINERS)} of {contents}"
-
-
-def with_article(item: str) -> str:
-    return ("an " if item[0].lower() in "aeiou" else "a ") + item
-
-
-def made_up_or(rng, fixed: tuple[str, ...], share: float = 0.7) -> str:
-    """A made-up item `share` of the time, else one of the fixed list."""
-    return made_up_item(rng) if rng.random() < share else rng.choice(fixed)
-
-
 # things for sale: (item, price in gp)
 SHOP = (
     ("potion of healing", 50), ("rope", 1), ("lantern", 5), ("rations", 1), ("healer's kit", 5),
