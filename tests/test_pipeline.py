@@ -366,7 +366,8 @@ def test_a_tight_loss_tolerance_keeps_the_larger_type(project):
     chosen, = [q for q in quant if q["chosen"]]
     if len(replayed) == 2:   # the smaller ships only when it gives up no F1 and no loss at all
         larger, smaller = replayed
-        keeps = smaller["tool_name_f1"] >= larger["tool_name_f1"] and smaller["candidate_nll"] <= larger["candidate_nll"]
+        keeps = (smaller["tool_name_f1"] >= larger["tool_name_f1"]
+                 and smaller["candidate_nll"] <= larger["candidate_nll"])   # the screen's loss
         assert chosen is (smaller if keeps else larger)
 
 
