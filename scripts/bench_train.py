@@ -28,8 +28,9 @@ labels (-100 where masked). The labelled share of the positions is printed.
 --isa avx2 measures what a CPU with AVX2 and FMA but no AVX-512 gets, on any x86 machine: the native
 runs (--val-check too) use a second build of the extension (build-avx2/: GGML_NATIVE off, AVX2/FMA/F16C
 only; built on first use, a few minutes) and PyTorch runs with ATEN_CPU_CAPABILITY=avx2,
-MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2. Without AVX512-BF16 or AMX `auto` is F32 products, and the BF16 PyTorch row
-is skipped: PyTorch's BF16 GEMM there is a scalar loop on one thread (one 4-step run took over 15 minutes).
+MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2. Without AVX512-BF16 or AMX `auto` is F32
+products, and the BF16 PyTorch row is skipped: PyTorch's BF16 GEMM there is a scalar loop on one
+thread (one 4-step run took over 15 minutes).
 """
 
 from __future__ import annotations

@@ -268,13 +268,14 @@ class Sweep:
         its turns, so it is the slowest point to judge, and the runs' own points come first."""
         from dndllama.validate import reference_loss
 
+        if self.record["base"] is not None:
+            return
         data, base, config, _, _ = self.prepare(self.config)
-        if self.record["base"] is None:
-            self.say(f"base {base.gguf.name}: replaying the evaluation turns (epoch-0 point of every curve) ...")
-            result = self.judge(data, config)(base.train_path, "base")
-            loss = reference_loss(base.train_path, data.in_corpus, config.ctx, config.threads).loss
-            self.record["base"] = point_of(result, 0, 0.0, base.gguf.name, loss)
-            save_record(self.out / "sweep.json", self.record)
+        self.say(f"base {base.gguf.name}: replaying the evaluation turns (epoch-0 point of every curve) ...")
+        result = self.judge(data, config)(base.train_path, "base")
+        loss = reference_loss(base.train_path, data.in_corpus, config.ctx, config.threads).loss
+        self.record["base"] = point_of(result, 0, 0.0, base.gguf.name, loss)
+        save_record(self.out / "sweep.json", self.record)
 
     def q8_0(self, path: Path) -> Path:
         """The Q8_0 copy a checkpoint is replayed through, as selection.select_checkpoint does."""

@@ -85,12 +85,13 @@ def dm_turns(conversations: Iterable[Conversation], max_turns: int | None = None
     categories: dict[str, list[Conversation]] = {}
     for c in conversations:
         categories.setdefault(c.category, []).append(c)
+    indices: dict[int, list[int]] = {}   # id(conversation) -> its turns' places in `every`
+    for k, (c, _) in enumerate(every):
+        indices.setdefault(id(c), []).append(k)
     taken: set[int] = set()
-    for group in itertools.zip_longest(*categories.values()):
-        for c in group:
-            if c is not None and len(taken) < max_turns:
-                turns = [k for k, (owner, _) in enumerate(every) if owner is c]
-                taken.update(turns[:max_turns - len(taken)])
+    for c in itertools.chain.from_iterable(itertools.zip_longest(*categories.values())):
+        if c is not None:
+            taken.update(indices.get(id(c), [])[:max_turns - len(taken)])
     return [turn for k, turn in enumerate(every) if k in taken]
 
 

@@ -57,11 +57,12 @@ class Judge:
         result = _load(cached)
         if result is not None:
             return result
-        if with_loss and stand_in is None and self.cached(path, with_loss=False):
+        bare = _load(self._cache_file(path, False, False)) if with_loss and stand_in is None else None
+        if bare is not None:
             s = self.settings
             loss = reference_loss(path, self.loss_conversations or self.conversations, s["loss_ctx"], s["n_threads"],
                                   s["n_gpu_layers"])
-            result = replace(self(path, label, with_loss=False), loss=loss)
+            result = replace(bare, loss=loss)
             with atomic_path(cached) as tmp:
                 tmp.write_bytes(pickle.dumps(result))
             return result
