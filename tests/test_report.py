@@ -14,12 +14,13 @@ VOCAB = default_vocabulary()
 DAMAGE = Context(("Gorran",), "Gorran guards.", "<TOOLCALL>\n2d8+5: 4 + 7 + 5 = *16*\n</TOOLCALL>")
 TURNS = [("The claws hit. [health: Gorran, -16]", DAMAGE), ("Roll it. [check: stealth, 15]", None),
          ("The hall is quiet.", None), ("Roll. [spellcast: Gorran, bless, 1]", None)]
+SCENARIOS = ["combat/a.md", "combat/a.md", "roleplay/b.md", "roleplay/b.md"]
 
 
 def result(label: str, predictions: list[str]) -> ModelResult:
     turns = [(ref, pred, ctx) if ctx else (ref, pred) for (ref, ctx), pred in zip(TURNS, predictions)]
     return ModelResult(label=label, path=f"/m/{label}.gguf", name=label, arch="gemma3", n_params=270_000_000,
-                       file_bytes=10**8, tools=tool_metrics(turns, VOCAB), loss=LossResult(3.0, 20.1, 0.4, 2, 100, 0),
+                       file_bytes=10**8, tools=tool_metrics(turns, VOCAB, groups=SCENARIOS), loss=LossResult(3.0, 20.1, 0.4, 2, 100, 0),
                        turns=[], skipped_turns=0, seconds=1.0, seconds_per_turn=0.25, prompt_tokens_per_s=900.0,
                        gen_tokens_per_s=40.0, peak_rss_mb=500.0, peak_rss_scope="block", template="gguf")
 
@@ -38,7 +39,7 @@ def test_every_rate_is_shown_with_its_counts_and_interval():
         assert label in rows, label
     # model: 3 turns call something, all 3 call something valid; baseline: 2 of 3 (one invalid attempt)
     assert rows["must-call accuracy (a valid call where one is due)"][1:] == [
-        "1.000 (3/3) [0.44, 1.00]", "0.333 (1/3) [0.06, 0.79]", "+0.667"]
+        "1.000 (3/3) [0.44, 1.00]", "0.333 (1/3) [0.06, 0.79]", "+0.667 [+0.50, +1.00]"]
     assert rows["consequence calls written exactly"][1].startswith("1.000 (1/1) [0.21, 1.00]")
     assert rows["consequence calls written exactly"][2].startswith("0.000 (0/1) [0.00, 0.79]")
     assert rows["calls per reference call (1 is right)"][1:3] == ["1.00", "1.00"]
@@ -49,7 +50,7 @@ def test_every_rate_is_shown_with_its_counts_and_interval():
 def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp_path):
     written = write_report(report(), tmp_path)
     md = (tmp_path / REPORT_MD).read_text()
-    assert "95 % Wilson interval" in md and "| exact-call F1 (tool and arguments) | 0.333 (2/6) [" in md
+    assert "95 % Wilson interval" in md and "resamplings of whole scenarios" in md and "| exact-call F1 (tool and arguments) | 0.333 (2/6) [" in md
     assert "| spellcast | 1 | 1 / 1 / 0 / 0 / 2 of 3 | 0 / 0 / 0 / 1 / 0 of 0 |" in md
     assert "## Consequence calls" in md and "| damage | 1 | 1 (1.00 [0.21, 1.00]) | 0 (0.00 [0.00, 0.79]) |" in md
     data = json.loads((tmp_path / REPORT_JSON).read_text())
@@ -60,7 +61,7 @@ def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp
 def test_a_report_cached_before_the_new_rates_still_renders():
     old = report()
     for key in ("argument_accuracy", "consequence_exact", "must_call_accuracy", "calls_per_reference", "counts",
-                "intervals", "consequence_calls"):
+                "intervals", "consequence_calls", "groups"):
         delattr(old.baseline.tools, key)          # what unpickling an older ToolMetrics gives
     md = render_markdown(old)
     assert "| must-call accuracy (a valid call where one is due) | 1.000 (3/3) [0.44, 1.00] | - |" in md

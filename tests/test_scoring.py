@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dndllama.dataset import Message
-from dndllama.scoring import (RATES, Context, consequence_kind, normalize_value, roll_totals,
+from dndllama.scoring import (RATES, Context, consequence_kind, normalize_value, paired_difference, roll_totals,
                               tool_metrics, turn_calls, turn_context, wilson)
 from dndllama.tools import default_vocabulary, parse_tool_call, render_tool_prompt
 
@@ -223,6 +223,41 @@ def test_every_rate_has_its_counts_and_an_interval():
     assert json.loads(json.dumps(m.to_dict()))["counts"]["exact_f1"] == [2, 4]
 
 
+def test_each_scenarios_counts_add_up_to_the_totals():
+    turns = [("[roll: stealth]", "[roll: stealth]"), ("Hi.", "[roll: perception]"), ("[check: arcana, 12]", "Hm.")]
+    m = tool_metrics(turns, VOCAB, groups=["a.md", "b.md", "a.md"])
+    assert list(m.groups) == ["a.md", "b.md"]
+    for key, _, _ in RATES:
+        assert [sum(g[key][i] for g in m.groups.values()) for i in (0, 1)] == m.counts[key], key
+    assert m.groups["b.md"]["no_call_accuracy"] == [0, 1] and metrics(*turns).groups == {}
+
+
+def scenario_counts(right_per_scenario: list[int], turns: int = 4) -> dict:
+    """Per-scenario counts of no-call accuracy: `right` of `turns` no-call turns in each scenario."""
+    return {f"s{i}.md": {"no_call_accuracy": [right, turns]} for i, right in enumerate(right_per_scenario)}
+
+
+def test_a_paired_difference_is_zero_for_the_same_model_and_clear_for_a_much_better_one():
+    same = scenario_counts([1, 3, 2, 4, 0, 2])
+    assert paired_difference(same, same, "no_call_accuracy") == (0.0, 0.0, 0.0)
+    diff, low, high = paired_difference(scenario_counts([4] * 10), scenario_counts([1] * 10), "no_call_accuracy")
+    assert diff == 0.75 and low == high == 0.75       # every scenario moves alike: nothing to resample
+    diff, low, high = paired_difference(scenario_counts([4, 3, 4, 2, 4, 3]), scenario_counts([1, 2, 0, 2, 1, 1]),
+                                        "no_call_accuracy")
+    assert 0 < low < diff < high and diff == pytest.approx(13 / 24)
+
+
+def test_a_paired_difference_is_wide_when_the_scenarios_disagree_and_refuses_other_turns():
+    diff, low, high = paired_difference(scenario_counts([4, 0, 4, 0]), scenario_counts([0, 4, 0, 4]),
+                                        "no_call_accuracy")
+    assert diff == 0.0 and low < -0.4 and high > 0.4      # a draw of two scenarios says nothing
+    assert paired_difference(scenario_counts([1, 2]), scenario_counts([1, 2, 3]), "no_call_accuracy") is None
+    assert paired_difference(scenario_counts([1, 2]), scenario_counts([1, 2]), "exact_f1") is None
+    assert paired_difference({}, {}, "no_call_accuracy") is None
+    assert paired_difference(scenario_counts([0, 0], turns=0), scenario_counts([0, 0], turns=0),
+                             "no_call_accuracy") is None
+
+
 def test_replayed_turns_are_scored_with_the_conversation_before_them():
     """validate.score_turns: each replayed turn gets its context, so consequence calls are found."""
     from pathlib import Path
@@ -244,3 +279,4 @@ def test_replayed_turns_are_scored_with_the_conversation_before_them():
     assert perfect.consequence_calls == {"item": {"reference": 3, "exact": 3}} and perfect.consequence_exact == 1.0
     silent = score_turns(turns(lambda ref: "The DM nods."), conversations, vocab)
     assert silent.consequence_exact == 0.0 and silent.must_call_accuracy == 0.0 and silent.no_call_accuracy == 1.0
+    assert set(silent.groups) == {c.scenario for c in conversations}       # counts per scenario, for comparisons

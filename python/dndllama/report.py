@@ -5,7 +5,10 @@
   metric_rows(report)             (label, model, baseline, change) rows, also printed by `dndllama validate`
 
 Every rate is shown with its 95 % Wilson interval (scoring.wilson): on a few dozen turns an F1 can
-move by ±0.2 from one set of turns to another, and the interval says so next to the figure.
+move by ±0.2 from one set of turns to another, and the interval says so next to the figure. A change
+against the baseline gets the interval of the paired difference over resampled scenarios
+(scoring.paired_difference): the two models replayed the same turns, so that is the interval that
+says whether one beats the other.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import atomic_path, write_json, write_text
-from .scoring import RATES, wilson
+from .scoring import RATES, paired_difference, wilson
 
 if TYPE_CHECKING:   # validate.py imports this module; the types are only for reading
     from .validate import Report
@@ -71,7 +74,10 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     lines += ["", "## Tool calls", ""]
     lines += _md_table(["metric", *_columns(report)], metric_rows(report, intervals=True))
     lines += ["", "Rates with (numerator/denominator) and their 95 % Wilson interval; F1's interval counts "
-              "(predicted + reference) / 2 trials. Definitions: `scoring.py`."]
+              "(predicted + reference) / 2 trials."
+              + (" A change's interval is the paired difference's over 2,000 resamplings of whole scenarios "
+                 "(the same draw for both models); one that excludes 0 is a real difference on this set."
+                 if base else "") + " Definitions: `scoring.py`."]
     lines += ["", "## Per tool", ""]
     lines += _md_table(["tool", "reference", *[f"{r.label}: predicted / name match / exact / invalid / args right"
                                                for r in (model, base) if r]], _per_tool_rows(report))
@@ -134,17 +140,18 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     model, base = report.model, report.baseline
     rows = []
 
-    def row(label: str, get, fmt: str = "{:.3f}", detail=None) -> None:
+    def row(label: str, get, fmt: str = "{:.3f}", detail=None, rate: str = "") -> None:
         a, b = get(model), get(base) if base else None
         cells = [label, _fmt(a, fmt) + (detail(model) if detail else "")]
         if base:
-            change = _change(a, b, fmt)
+            change = _change(a, b, fmt) + (_paired(model.tools, base.tools, rate) if rate and intervals else "")
             cells += [_fmt(b, fmt) + (detail(base) if detail else ""), change]
         rows.append(cells)
 
     for key, label, _ in RATES:
         # getattr: results cached by an older version lack the newer rates
-        row(label, lambda r, k=key: getattr(r.tools, k, None), detail=(lambda r, k=key: _interval(r.tools, k)) if intervals else None)
+        row(label, lambda r, k=key: getattr(r.tools, k, None), detail=(lambda r, k=key: _interval(r.tools, k)) if intervals else None,
+            rate=key)
     row("calls per reference call (1 is right)", lambda r: getattr(r.tools, "calls_per_reference", None), "{:.2f}")
     row("reference calls / predicted attempts", lambda r: f"{r.tools.reference_calls} / {r.tools.predicted_calls}")
     row("over-calling turns / no-call turns", lambda r: f"{r.tools.over_calling_turns} / {r.tools.no_call_turns}")
@@ -166,6 +173,13 @@ def _interval(tools, key: str) -> str:
         return ""
     k, n = counts
     return f" ({k:g}/{n:g}) [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def _paired(model_tools, base_tools, key: str) -> str:
+    """` [lo, hi]` after a change: its 95 % interval over resampled scenarios (scoring.paired_difference);
+    nothing for results scored without per-scenario counts."""
+    found = paired_difference(getattr(model_tools, "groups", {}), getattr(base_tools, "groups", {}), key)
+    return f" [{found[1]:+.2f}, {found[2]:+.2f}]" if found else ""
 
 
 def _consequence_section(report: Report) -> list[str]:

@@ -4,10 +4,14 @@
   tool_metrics(turns, vocab)       scores over (reference, prediction[, context]) DM turns -> ToolMetrics
   consequence_kind(call, context)  whether a reference call follows from the conversation (see below)
   wilson(k, n)                     the 95 % Wilson interval of a rate
+  paired_difference(a, b, rate)    one model's rate minus another's on the same turns, with a 95 %
+                                   interval from resampling whole scenarios (ToolMetrics.groups)
 
 What each score means is written once, in RATES (label, numerator, denominator); tool_metrics
 counts, and every rate comes with its counts and a Wilson interval, so report.md can say how much
-a figure could move on another set of turns.
+a figure could move on another set of turns. Wilson treats turns as independent; the turns of one
+scenario are not (a model that misreads a scene misreads its next turns too), so a comparison of two
+models on the same turns resamples whole scenarios instead (paired_difference).
 
 How calls are matched (one DM turn = one (reference, prediction) pair):
 - A *call attempt* is `[word: ...]`, or `[tool ...]` without the colon when `tool` is a tool name
@@ -221,13 +225,24 @@ class ToolMetrics:
     # lists, not tuples, so that report.json reads back equal
     counts: dict[str, list[int]] = field(default_factory=dict)              # rate -> [numerator, denominator]
     intervals: dict[str, list[float] | None] = field(default_factory=dict)  # rate -> 95 % Wilson [low, high]
+    groups: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # scenario -> its own counts
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def tool_metrics(turns: Iterable[Sequence], vocab: Vocabulary) -> ToolMetrics:
-    """Score DM turns given as (reference, prediction) or (reference, prediction, Context)."""
+def tool_metrics(turns: Iterable[Sequence], vocab: Vocabulary, groups: Sequence[str] | None = None) -> ToolMetrics:
+    """Score DM turns given as (reference, prediction) or (reference, prediction, Context); with
+    `groups` (one key per turn, e.g. its scenario), each group's counts are kept too."""
+    turns = list(turns)
+    m = _score(turns, vocab)
+    if groups is not None:
+        keys = list(groups)
+        m.groups = {g: _score([t for t, k in zip(turns, keys) if k == g], vocab).counts for g in dict.fromkeys(keys)}
+    return m
+
+
+def _score(turns: list[Sequence], vocab: Vocabulary) -> ToolMetrics:
     m = ToolMetrics(per_tool={name: _tool_counts() for name in vocab.tools})
     tally = Counter()
     for turn in turns:
@@ -346,6 +361,29 @@ def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: dict[str, dict[str, list[int]]], b: dict[str, dict[str, list[int]]], rate: str,
+                      resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
+    """`rate` of model a minus model b, both scored on the same turns and given as per-scenario counts
+    (ToolMetrics.groups), with the 95 % percentile interval of that difference over `resamples`
+    draws of whole scenarios with replacement, the same draw for both. None when the two were not
+    scored on the same scenarios or the rate is undefined."""
+    import numpy as np
+
+    if not a or a.keys() != b.keys() or any(rate not in a[g] or rate not in b[g] for g in a):
+        return None
+    counts = np.array([[*a[g][rate], *b[g][rate]] for g in a], dtype=float)   # k_a, n_a, k_b, n_b
+    if not counts[:, 1].sum() or not counts[:, 3].sum():
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    sums = counts[draws].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diffs = sums[:, 0] / sums[:, 1] - sums[:, 2] / sums[:, 3]
+    diffs = diffs[np.isfinite(diffs)]   # a draw without any turn the rate counts says nothing
+    total = counts.sum(axis=0)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(total[0] / total[1] - total[2] / total[3]), float(low), float(high)
 
 
 def _tool_counts() -> dict[str, int]:

@@ -222,7 +222,7 @@ def score_turns(turns: list[Turn], conversations: list[Conversation], vocab: Voc
     by_name = {c.scenario: c for c in conversations}
     tool_prompt = render_tool_prompt(vocab)
     return tool_metrics([(t.reference, t.prediction, turn_context(by_name[t.scenario].messages, t.message, tool_prompt))
-                         for t in turns], vocab)
+                         for t in turns], vocab, groups=[t.scenario for t in turns])
 
 
 # ---------------------------------------------------------------- gate
