@@ -20,7 +20,8 @@ SCENARIOS = ["combat/a.md", "combat/a.md", "roleplay/b.md", "roleplay/b.md"]
 def result(label: str, predictions: list[str]) -> ModelResult:
     turns = [(ref, pred, ctx) if ctx else (ref, pred) for (ref, ctx), pred in zip(TURNS, predictions)]
     return ModelResult(label=label, path=f"/m/{label}.gguf", name=label, arch="gemma3", n_params=270_000_000,
-                       file_bytes=10**8, tools=tool_metrics(turns, VOCAB, groups=SCENARIOS), loss=LossResult(3.0, 20.1, 0.4, 2, 100, 0),
+                       file_bytes=10**8, tools=tool_metrics(turns, VOCAB, groups=SCENARIOS),
+                       loss=LossResult(3.0, 20.1, 0.4, 2, 100, 0),
                        turns=[], skipped_turns=0, seconds=1.0, seconds_per_turn=0.25, prompt_tokens_per_s=900.0,
                        gen_tokens_per_s=40.0, peak_rss_mb=500.0, peak_rss_scope="block", template="gguf")
 
@@ -50,7 +51,8 @@ def test_every_rate_is_shown_with_its_counts_and_interval():
 def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp_path):
     written = write_report(report(), tmp_path)
     md = (tmp_path / REPORT_MD).read_text()
-    assert "95 % Wilson interval" in md and "resamplings of whole scenarios" in md and "| exact-call F1 (tool and arguments) | 0.333 (2/6) [" in md
+    assert "95 % Wilson interval" in md and "resamplings of whole scenarios" in md
+    assert "| exact-call F1 (tool and arguments) | 0.333 (2/6) [" in md
     assert "| spellcast | 1 | 1 / 1 / 0 / 0 / 2 of 3 | 0 / 0 / 0 / 1 / 0 of 0 |" in md
     assert "## Consequence calls" in md and "| damage | 1 | 1 (1.00 [0.21, 1.00]) | 0 (0.00 [0.00, 0.79]) |" in md
     data = json.loads((tmp_path / REPORT_JSON).read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from dndllama.scoring import (RATES, Context, consequence_kind, normalize_value,
 from dndllama.tools import default_vocabulary, parse_tool_call, render_tool_prompt
 
 VOCAB = default_vocabulary()
+ROOT = Path(__file__).resolve().parents[1]
+INDEPENDENT = ROOT / "tests" / "data" / "independent"
 
 
 def metrics(*turns):
@@ -258,25 +261,51 @@ def test_a_paired_difference_is_wide_when_the_scenarios_disagree_and_refuses_oth
                              "no_call_accuracy") is None
 
 
-def test_replayed_turns_are_scored_with_the_conversation_before_them():
-    """validate.score_turns: each replayed turn gets its context, so consequence calls are found."""
+def independent_turns(predict) -> tuple[list, list]:
+    """The scenarios of tests/data/independent and their DM turns replayed as `predict(reference)`."""
     from pathlib import Path
 
     from dndllama.dataset import build_dataset
     from dndllama.scenarios import load_folder
     from dndllama.tools import load_vocabulary
-    from dndllama.validate import Turn, dm_turns, score_turns
+    from dndllama.validate import Turn, dm_turns
 
-    folder = Path(__file__).parent / "data" / "independent"
-    vocab = load_vocabulary(folder)
-    conversations = build_dataset(load_folder(folder, vocab), 1.0).validation
+    conversations = build_dataset(load_folder(INDEPENDENT, load_vocabulary(INDEPENDENT)), 1.0).validation
+    turns = [Turn(c.scenario, i, c.messages[i].content, predict(c.messages[i].content), [], [], [], 0, 0, "eos", 0, 0)
+             for c, i in dm_turns(conversations)]
+    return conversations, turns
 
-    def turns(predict):
-        return [Turn(c.scenario, i, c.messages[i].content, predict(c.messages[i].content), [], [], [], 0, 0, "eos", 0, 0)
-                for c, i in dm_turns(conversations)]
 
-    perfect = score_turns(turns(lambda ref: ref), conversations, vocab)
+def test_replayed_turns_are_scored_with_the_conversation_before_them():
+    """validate.score_turns: each replayed turn gets its context, so consequence calls are found."""
+    from dndllama.tools import load_vocabulary
+    from dndllama.validate import score_turns
+
+    vocab = load_vocabulary(INDEPENDENT)
+    conversations, perfect_turns = independent_turns(lambda ref: ref)
+    perfect = score_turns(perfect_turns, conversations, vocab)
     assert perfect.consequence_calls == {"item": {"reference": 3, "exact": 3}} and perfect.consequence_exact == 1.0
-    silent = score_turns(turns(lambda ref: "The DM nods."), conversations, vocab)
+    silent = score_turns(independent_turns(lambda ref: "The DM nods.")[1], conversations, vocab)
     assert silent.consequence_exact == 0.0 and silent.must_call_accuracy == 0.0 and silent.no_call_accuracy == 1.0
     assert set(silent.groups) == {c.scenario for c in conversations}       # counts per scenario, for comparisons
+
+
+def test_compare_reports_tells_a_better_model_from_a_worse_one_on_the_same_turns(tmp_path):
+    """scripts/compare_reports.py over two report.json files of the same evaluation folder."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(ROOT / "scripts" / "compare_reports.py")]
+    for name, predict in (("good", lambda ref: ref), ("silent", lambda ref: "The DM nods.")):
+        _, turns = independent_turns(predict)
+        (tmp_path / f"{name}.json").write_text(json.dumps({"model": {"turns": [dataclasses.asdict(t) for t in turns]}}))
+    run = subprocess.run(script + [str(tmp_path / "good.json"), str(tmp_path / "silent.json"),
+                                   "--eval-data", str(INDEPENDENT), "--data", str(INDEPENDENT)],
+                         capture_output=True, text=True, check=True)
+    last = dict(field.split("=") for field in run.stdout.strip().splitlines()[-1].split())
+    assert int(last["compared_turns"]) == len(turns) and "A better" in run.stdout
+    assert float(last["name_f1_diff"]) == 1.0 and last["name_f1_ci"] == "+1.000,+1.000"
+    refused = subprocess.run(script + [str(tmp_path / "good.json"), str(tmp_path / "missing.json")],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "not a readable report.json" in refused.stderr

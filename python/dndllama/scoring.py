@@ -238,7 +238,8 @@ def tool_metrics(turns: Iterable[Sequence], vocab: Vocabulary, groups: Sequence[
     m = _score(turns, vocab)
     if groups is not None:
         keys = list(groups)
-        m.groups = {g: _score([t for t, k in zip(turns, keys) if k == g], vocab).counts for g in dict.fromkeys(keys)}
+        m.groups = {group: _score([t for t, k in zip(turns, keys) if k == group], vocab).counts
+                    for group in dict.fromkeys(keys)}
     return m
 
 
