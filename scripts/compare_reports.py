@@ -6,7 +6,7 @@ evaluation set can tell them apart.
 Each report.json is what `dndllama validate` or `dndllama train` writes. The turns both replayed are
 scored again with this checkout's scoring (so reports from older versions compare too), per
 scenario, and each difference A - B gets the 95 % interval of resampling whole scenarios, the same
-draw for both (scoring.paired_difference). An interval that holds 0 means this evaluation set cannot
+draw for both (scoring.paired_change). An interval that holds 0 means this evaluation set cannot
 tell the two models apart on that rate, however different the figures look. Use it before calling a
 recipe better than another (and compare several training seeds of each: this interval covers the
 choice of turns, not the swing between training runs).
@@ -35,7 +35,7 @@ def main() -> None:
 
     from dndllama.evalset import EvalSetError, load_eval_set
     from dndllama.replay import Turn
-    from dndllama.scoring import RATES, paired_difference
+    from dndllama.scoring import RATES, paired_change
     from dndllama.tools import load_vocabulary
     from dndllama.validate import score_turns
 
@@ -60,7 +60,7 @@ def main() -> None:
     summary = {}
     for key, label, _ in RATES:
         a, b = getattr(scored[0], key), getattr(scored[1], key)
-        found = paired_difference(scored[0].groups, scored[1].groups, key)
+        found = paired_change(scored[0], scored[1], key)
         if found is None:
             print(f"{label:<52} {_f(a):>7} {_f(b):>7}")
             continue

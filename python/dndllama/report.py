@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import atomic_path, write_json, write_text
-from .scoring import RATES, paired_difference, wilson
+from .scoring import RATES, paired_change, wilson
 
 if TYPE_CHECKING:   # validate.py imports this module; the types are only for reading
     from .validate import Report
@@ -176,9 +176,9 @@ def _interval(tools, key: str) -> str:
 
 
 def _paired(model_tools, base_tools, key: str) -> str:
-    """` [lo, hi]` after a change: its 95 % interval over resampled scenarios (scoring.paired_difference);
+    """` [lo, hi]` after a change: its 95 % interval over resampled scenarios (scoring.paired_change);
     nothing for results scored without per-scenario counts."""
-    found = paired_difference(getattr(model_tools, "groups", {}), getattr(base_tools, "groups", {}), key)
+    found = paired_change(model_tools, base_tools, key)
     return f" [{found[1]:+.2f}, {found[2]:+.2f}]" if found else ""
 
 

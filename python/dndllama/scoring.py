@@ -5,7 +5,8 @@
   consequence_kind(call, context)  whether a reference call follows from the conversation (see below)
   wilson(k, n)                     the 95 % Wilson interval of a rate
   paired_difference(a, b, rate)    one model's rate minus another's on the same turns, with a 95 %
-                                   interval from resampling whole scenarios (ToolMetrics.groups)
+                                   interval from resampling whole scenarios (ToolMetrics.groups);
+                                   paired_change(a, b, rate) does it for two ToolMetrics
 
 What each score means is written once, in RATES (label, numerator, denominator); tool_metrics
 counts, and every rate comes with its counts and a Wilson interval, so report.md can say how much
@@ -385,6 +386,12 @@ def paired_difference(a: dict[str, dict[str, list[int]]], b: dict[str, dict[str,
     total = counts.sum(axis=0)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return float(total[0] / total[1] - total[2] / total[3]), float(low), float(high)
+
+
+def paired_change(a: ToolMetrics, b: ToolMetrics, rate: str) -> tuple[float, float, float] | None:
+    """paired_difference of two results; None for a result scored without per-scenario counts (one
+    cached by an older version)."""
+    return paired_difference(getattr(a, "groups", {}), getattr(b, "groups", {}), rate)
 
 
 def _tool_counts() -> dict[str, int]:

@@ -27,7 +27,7 @@ from .grammar import tool_call_grammar
 from .report import (LOSS_PNG, REPORT_JSON, REPORT_MD, TOOLS_PNG, metric_rows, render_markdown,  # noqa: F401
                      write_report)
 from .scoring import (RATES, InvalidCall, ToolMetrics, TurnCalls, _ratio, call_key, normalize_value,  # noqa: F401
-                      paired_difference, tool_metrics, turn_calls, turn_context)
+                      paired_change, tool_metrics, turn_calls, turn_context)
 from .tools import Vocabulary, render_tool_prompt
 # the replay lives in replay.py; its names stay importable from here
 from .replay import DEFAULT_MAX_TOKENS, PeakMemory, Replay, Turn, dm_turns, replay  # noqa: F401
@@ -237,7 +237,7 @@ def gate(report: Report, min_f1_gain: float = 0.0) -> tuple[bool, str]:
         return True, "the validation turns call no tool: tool-call F1 is undefined, gate not applied"
     model_f1, base_f1 = model.name_f1 or 0.0, base.name_f1 or 0.0
     gain = model_f1 - base_f1
-    paired = paired_difference(getattr(model, "groups", {}), getattr(base, "groups", {}), "name_f1")
+    paired = paired_change(model, base, "name_f1")
     interval = f" [{paired[1]:+.3f}, {paired[2]:+.3f}] over resampled scenarios" if paired else ""
     verdict = (f"tool-call F1 {model_f1:.3f} vs baseline {base_f1:.3f} ({gain:+.3f}{interval}, "
                f"needed > {min_f1_gain:+.3f})")
