@@ -35,6 +35,7 @@ def main() -> None:
 
     from dndllama.evalset import EvalSetError, load_eval_set
     from dndllama.replay import Turn
+    from dndllama.report import fmt_value
     from dndllama.scoring import RATES, paired_change
     from dndllama.tools import load_vocabulary
     from dndllama.validate import score_turns
@@ -62,11 +63,11 @@ def main() -> None:
         a, b = getattr(scored[0], key), getattr(scored[1], key)
         found = paired_change(scored[0], scored[1], key)
         if found is None:
-            print(f"{label:<52} {_f(a):>7} {_f(b):>7}")
+            print(f"{label:<52} {fmt_value(a):>7} {fmt_value(b):>7}")
             continue
         diff, low, high = found
         differ = "A better" if low > 0 else "B better" if high < 0 else "no"
-        print(f"{label:<52} {_f(a):>7} {_f(b):>7} {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {differ}")
+        print(f"{label:<52} {fmt_value(a):>7} {fmt_value(b):>7} {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {differ}")
         if key in SUMMARY:
             summary[key] = (diff, low, high)
     print("compared_turns=" + str(len(keys)) + "".join(
@@ -81,9 +82,6 @@ def _turns(path: Path, turn_type) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.exit(f"error: {path} is not a readable report.json of `dndllama validate` ({exc})")
 
-
-def _f(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from .corpus import (Data, DataError, build_arrays, describe, eval_key,  # noqa:
 from .dataset import GEMMA_CHAT_TEMPLATE
 from .files import disk_free, read_json
 from .publish import Built, Checked, Outcome, publish
+from .report import fmt_value
 from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
 from .scenarios import skipped_links
 from .selection import Judge, choose_quant_screened, select_checkpoint
@@ -249,8 +250,8 @@ def train_weights(config: Config, base: BaseModel, data: Data, data_key: str, ar
         f"matrix products in {matmul_precision(config).upper()}")
     outcome = train_model(start, arrays, config, run_dir, lineage(config, base, data, data_key), quiet, say, adapter)
     s = outcome.summary
-    say(f"training done: {s['steps']} steps, loss {_fmt(s['first_loss'])} -> {_fmt(s['final_loss'])}, "
-        f"best validation loss {_fmt(s['best_val_loss'])} ({s['chosen_checkpoint']})"
+    say(f"training done: {s['steps']} steps, loss {fmt_value(s['first_loss'])} -> {fmt_value(s['final_loss'])}, "
+        f"best validation loss {fmt_value(s['best_val_loss'])} ({s['chosen_checkpoint']})"
         + (", stopped early" if s["stopped_early"] else "")
         + (f", {s['tokens_per_s']:.0f} tokens/s with evaluations" if s.get("tokens_per_s") else ""))
     return outcome
@@ -321,6 +322,3 @@ def _runtime(name: str):
 
     return load_runtime(name)
 
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

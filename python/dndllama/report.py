@@ -3,6 +3,7 @@
   write_report(report, out_dir)   report.json, report.md, tool_metrics.png (+ loss_curve.png)
   render_markdown(report)         the report as markdown: scores with 95 % intervals, per tool, examples
   metric_rows(report)             (label, model, baseline, change) rows, also printed by `dndllama validate`
+  fmt_value(value)                a figure as text, "-" when undefined
 
 Every rate is shown with its 95 % Wilson interval (scoring.wilson): on a few dozen turns an F1 can
 move by ±0.2 from one set of turns to another, and the interval says so next to the figure. A change
@@ -123,7 +124,7 @@ def _choice_sections(choices: dict) -> list[str]:
 def _choice_cell(key: str, value) -> str:
     if key == "size" and value is not None:
         return f"{value / 1e6:.1f}"
-    return _fmt(value, {"gen_tokens_per_s": "{:.1f}", "step": "{}", "mean_kl": "{:.4f}"}.get(key, "{:.3f}"))
+    return fmt_value(value, {"gen_tokens_per_s": "{:.1f}", "step": "{}", "mean_kl": "{:.4f}"}.get(key, "{:.3f}"))
 
 
 def _count(n: int, word: str) -> str:
@@ -142,10 +143,10 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
 
     def row(label: str, get, fmt: str = "{:.3f}", detail=None, rate: str = "") -> None:
         a, b = get(model), get(base) if base else None
-        cells = [label, _fmt(a, fmt) + (detail(model) if detail else "")]
+        cells = [label, fmt_value(a, fmt) + (detail(model) if detail else "")]
         if base:
             change = _change(a, b, fmt) + (_paired(model.tools, base.tools, rate) if rate and intervals else "")
-            cells += [_fmt(b, fmt) + (detail(base) if detail else ""), change]
+            cells += [fmt_value(b, fmt) + (detail(base) if detail else ""), change]
         rows.append(cells)
 
     for key, label, _ in RATES:
@@ -213,7 +214,8 @@ def _change(a, b, fmt: str) -> str:
     return text if text.startswith("-") else "+" + text
 
 
-def _fmt(value, fmt: str) -> str:
+def fmt_value(value, fmt: str = "{:.3f}") -> str:
+    """A figure as text: "-" for an undefined one (None), text as it is."""
     if value is None:
         return "-"
     return value if isinstance(value, str) else fmt.format(value)

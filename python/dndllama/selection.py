@@ -27,6 +27,7 @@ from typing import Callable
 from .dataset import Conversation
 from .files import atomic_path
 from .quantize import CapError, QuantChoice, human_size
+from .report import fmt_value
 from .tools import Vocabulary
 from .validate import ModelResult, reference_loss, validate_one
 
@@ -122,8 +123,9 @@ def select_checkpoint(run_dir: Path, candidates: list[dict], judge: Judge, say) 
                                     -(r["val_loss"] if r["val_loss"] is not None else float("inf"))))
     for row in rows:
         row["chosen"] = row is best
-        say(f"  {row['checkpoint']}: exact-call F1 {_f(row['exact_call_f1'])}, tool-call F1 "
-            f"{_f(row['tool_name_f1'])}, validation loss {_f(row['val_loss'])}" + ("  <- chosen" if row is best else ""))
+        say(f"  {row['checkpoint']}: exact-call F1 {fmt_value(row['exact_call_f1'])}, tool-call F1 "
+            f"{fmt_value(row['tool_name_f1'])}, validation loss {fmt_value(row['val_loss'])}"
+            + ("  <- chosen" if row is best else ""))
     return run_dir / best["file"], rows
 
 
@@ -140,9 +142,6 @@ def quality_within(q: Quality, tried: list[Quality], f1_tolerance: float, loss_t
     loss_ok = q.loss is None or not losses or q.loss <= min(losses) + loss_tolerance
     return q.f1 >= best_f1 - f1_tolerance and loss_ok
 
-
-def _f(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- quant screening by divergence
@@ -257,7 +256,7 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
         if qtype != chosen:
             path.unlink(missing_ok=True)
     path = dict(fitting)[chosen]
-    scores = ", ".join(f"{t}: tool-call F1 {_f(qualities[t].f1)}" for t in replayed)
+    scores = ", ".join(f"{t}: tool-call F1 {fmt_value(qualities[t].f1)}" for t in replayed)
     why = ("the smallest type within the divergence screen" + (" keeps the tool calls of the next larger"
                                                               if len(replayed) > 1 else "")
            if kept else f"{replayed[-1]} passed the divergence screen but lost tool calls in replay")
