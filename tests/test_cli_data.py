@@ -27,8 +27,21 @@ def test_independent_scenarios_validate_clean(capsys):
     assert "3 files checked: 0 errors, 0 warnings" in out
     for category in ("combat", "exploration", "roleplay"):
         assert category in out
-    for heading in ("Tool calls", "without tool calls", "median length (words)", "p90 length (words)"):
-        assert heading in out
+    for heading in ("Tool calls", "without tool calls", "median length (tokens)", "p90 length (tokens)"):
+        assert heading in out   # counted by the embedded base's tokenizer, the folder's default base
+
+
+def test_exchanges_over_the_training_window_are_errors_without_passing_a_base(tmp_path, capsys):
+    """`train` refuses an exchange longer than ctx; data check must say so first, with the folder's
+    own base and ctx, not only when --base is passed."""
+    data = tmp_path / "data"
+    shutil.copytree(INDEPENDENT, data)
+    (data / "dndllama.toml").write_text("ctx = 256\n", encoding="utf-8")
+    code, out, err = run(capsys, "data", "check", str(data))
+    assert code == 1, out + err
+    assert "error: combat/wolves_at_the_ford.md: exchange 1 has 589 tokens, cut to ctx=256" in out
+    assert f"fix: raise ctx to 768 in {data / 'dndllama.toml'}, or split the long DM turns" in out
+    assert "pass --base" not in out
 
 
 def test_malformed_copy_fails_naming_the_line(tmp_path, capsys):

@@ -17,7 +17,8 @@ def add_data_commands(groups) -> None:
     commands = group(groups, "data", "check and inspect training scenarios")
     check = command(commands, "check", cmd_data_check, "validate every scenario and print statistics")
     check.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR, help=f"data folder (default: {DEFAULT_DATA_DIR})")
-    check.add_argument("--base", metavar="GGUF", help="base model whose tokenizer counts tokens")
+    check.add_argument("--base", metavar="GGUF",
+                       help="base model whose tokenizer counts tokens (default: the folder's base, if a GGUF)")
     add_synth_command(commands)
 
 
@@ -29,7 +30,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(diagnostic)
     if check.diagnostics:
         print()
-    tokenizer = _load_tokenizer(args.base)
+    tokenizer = _load_tokenizer(args.base or _configured_gguf(root))
     cuts = _exchanges_over_ctx(check, root, tokenizer)
     print_stats(data_stats(check.scenarios, vocab, tokenizer), sys.stdout.isatty())
     errors = sum(d.severity == ERROR for d in check.diagnostics) + len(cuts)
@@ -41,13 +42,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
-    """With a tokenizer (--base), the exchanges that do not fit the training window (ctx of the
-    folder's dndllama.toml): train refuses them, so they are errors here too."""
+    """With a tokenizer, the exchanges that do not fit the training window (ctx of the folder's
+    dndllama.toml): train refuses them, so they are errors here too."""
     from ..config import load_config
     from ..dataset import build_dataset, ctx_for, windows_and_cuts
 
     if tokenizer is None:
-        print("note: pass --base MODEL.gguf to check every exchange against the training window (ctx) in tokens")
+        print("note: pass --base MODEL.gguf to check every exchange against the training window (ctx) in tokens"
+              " (the folder's base is not a GGUF file here)")
         return []
     if check.errors:
         return []
@@ -59,6 +61,22 @@ def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
     if cuts:
         print(f"  fix: raise ctx to {ctx_for(cuts)} in {root / 'dndllama.toml'}, or split the long DM turns\n")
     return cuts
+
+
+def _configured_gguf(root: Path) -> str | None:
+    """The GGUF file of the base that `dndllama train` would use on this folder (the embedded one
+    included), whose tokenizer sees the exchanges as training will; None for a Hugging Face base
+    (converting it is train's job) or one that cannot be found."""
+    from ..base import BaseModelError, embedded_gguf
+    from ..config import EMBEDDED_BASE, ConfigError, load_config
+
+    try:
+        base = load_config(root).base
+        if base == EMBEDDED_BASE:
+            return str(embedded_gguf())
+    except (BaseModelError, ConfigError, ImportError):
+        return None
+    return base if base.endswith(".gguf") and Path(base).is_file() else None
 
 
 def _load_tokenizer(base: str | None):
