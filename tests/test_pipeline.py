@@ -339,10 +339,14 @@ def test_checkpoint_and_quant_type_are_chosen_by_tool_calls(project):
     best = max(checkpoints, key=lambda c: (c["exact_call_f1"], c["tool_name_f1"], -c["val_loss"]))
     assert best["chosen"] and f"{best['checkpoint']}: exact-call F1" in said
 
-    quant = meta["selection"]["quant"]              # every type under the cap, screened, best first
-    assert [q["type"] for q in quant] == ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"][:len(quant)]
+    quant = meta["selection"]["quant"]   # screened from Q8_0 down, 3 a pass, to the first pass with a type beyond it
+    types = [q["type"] for q in quant]
+    lossy = [t for t in types if t != "F16"]
+    assert lossy == ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"][:len(lossy)] and len(lossy) in (3, 6)
+    assert len(lossy) == 6 or not all(q["screened"] for q in quant[-3:])   # stopped: its last pass had a failure
+    assert ("F16" in types) == (not any(q["screened"] for q in quant if q["type"] != "F16"))   # F16 only as a fallback
     assert all(q["mean_kl"] >= 0 and 0 <= q["top1_agreement"] <= 1 for q in quant)
-    assert quant[0]["mean_kl"] < quant[-1]["mean_kl"]   # F16 drifts less than the smallest type
+    assert quant[types.index("Q8_0")]["mean_kl"] < quant[-1]["mean_kl"]   # Q8_0 drifts less than the smallest screened
     chosen = [q for q in quant if q["chosen"]]
     assert len(chosen) == 1 and chosen[0]["type"] == meta["quant"]["type"] == outcome.cactus["quant"]
     replayed = [q for q in quant if q["replayed"]]   # only the smallest type within the screen and the next larger
@@ -357,6 +361,27 @@ def test_checkpoint_and_quant_type_are_chosen_by_tool_calls(project):
 
     again, said = train(project, select_by="tool_f1", eval_every=2, max_steps=6)   # all cached
     assert again.unchanged and again.version.name == outcome.version.name
+
+
+def test_the_screen_stops_after_the_first_pass_with_a_type_beyond_it():
+    from dndllama.selection import screen_down
+
+    sizes = {"Q8_0": 9, "Q6_K": 7, "Q5_K_M": 6, "Q4_K_M": 5, "Q3_K_M": 4, "Q2_K": 3}
+    quantized = []
+
+    def files(qtype):   # the cap (8) drops Q8_0
+        quantized.append(qtype)
+        return None if sizes[qtype] > 8 else Path(qtype)
+
+    def screen(passing):
+        return lambda batch: [{"type": t, "screened": t in passing} for t, _ in batch]
+
+    rows = screen_down(list(sizes), files, screen({"Q6_K", "Q5_K_M", "Q4_K_M"}))
+    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]   # 3 fitting a pass
+    quantized.clear()
+    rows = screen_down(list(sizes), files, screen({"Q6_K"}))
+    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M"] and "Q3_K_M" not in quantized
+    assert screen_down(["Q8_0"], files, screen(set())) == []   # nothing under the cap: nothing screened
 
 
 def test_a_tight_loss_tolerance_keeps_the_larger_type(project):

@@ -266,11 +266,11 @@ def _candidates(trained: TrainOutcome) -> list[dict]:
 
 def quantize_stage(config: Config, runtime, checkpoint: Path, run_dir: Path, judge: Judge | None,
                    say) -> tuple[QuantChoice, list[dict]]:
-    """The quant type under the cap. With a judge: every type under the cap is screened by one
-    teacher-forced divergence pass against the checkpoint (selection.screen_quants); only the smallest
-    type within the screen's tolerance and the next larger one are replayed, and the smaller ships when
-    it keeps the tool calls of the larger (selection.quality_within). Returns the choice and every
-    type's figures."""
+    """The quant type under the cap. With a judge: the types under the cap are screened by teacher-forced
+    divergence against the checkpoint, from the largest down to the first beyond the screen
+    (selection.choose_quant_screened); only the smallest type within the screen's tolerance and the next
+    larger one are replayed, and the smaller ships when it keeps the tool calls of the larger
+    (selection.quality_within). Returns the choice and every screened type's figures."""
     ensure_disk(run_dir, checkpoint.stat().st_size // 2, "quantization")
     types = candidates(config.quant, runtime.supports_quant)
     out_dir = run_dir / "quant" / checkpoint.stem
