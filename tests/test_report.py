@@ -55,9 +55,17 @@ def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp
     assert "| exact-call F1 (tool and arguments) | 0.333 (2/6) [" in md
     assert "| spellcast | 1 | 1 / 1 / 0 / 0 / 2 of 3 | 0 / 0 / 0 / 1 / 0 of 0 |" in md
     assert "## Consequence calls" in md and "| damage | 1 | 1 (1.00 [0.21, 1.00]) | 0 (0.00 [0.00, 0.79]) |" in md
+    assert "## Wrong tool or none" not in md   # the model wrote every tool the reference called, no more
     data = json.loads((tmp_path / REPORT_JSON).read_text())
     assert data["model"]["tools"]["intervals"]["must_call_accuracy"][0] > 0.4
-    assert set(written) >= {"json", "md"}
+
+
+def test_report_md_says_which_tool_stood_in_for_another():
+    wrong = Report(result("model", ["Ouch. [health: Gorran, -16]", "[roll: stealth]", "Quiet. [check: insight, 10]",
+                                    "Roll."]), None, report().settings, ["combat/a.md"], created="2026-11-29")
+    md = render_markdown(wrong)   # columns: the tools involved, in the vocabulary's order
+    assert "| reference call | wrote roll | wrote spellcast | wrote check | wrote nothing |" in md
+    assert "| check | 1 |  |  |  |" in md and "| spellcast |  |  |  | 1 |" in md and "| none due |  |  | 1 |  |" in md
 
 
 def test_a_report_cached_before_the_new_rates_still_renders():

@@ -54,6 +54,15 @@ def test_a_call_on_a_no_call_turn_is_over_calling():
     assert m.turn_exact_match == 0.5
 
 
+def test_confusions_pair_each_missed_call_with_the_call_written_instead():
+    m = metrics(("Roll it. [roll: stealth]", "Roll it. [check: stealth, 12]"),      # check for roll
+                ("[roll: 1d8+3]", "[health: Brakka, -6]"),                        # health without the damage roll
+                ("[roll: perception]\n[inventory: Mira, +rope]", "[roll: perception]"),   # one right, one missed
+                ("The inn is quiet.", "The inn is quiet. [check: insight, 12]"),   # a call where none is due
+                ("[spellcast: Mira, bless, 1]", "[spellcast: Mira, bless, 2]"))    # right tool: no confusion
+    assert m.confusions == {"roll": {"check": 1, "health": 1}, "inventory": {"-": 1}, "-": {"check": 1}}
+
+
 def test_malformed_and_unknown_tool_calls_are_invalid_and_never_match():
     m = metrics(("[roll: perception]", "Let me see. [roll perception]"), ("[roll: stealth]", "[fly: away]"),
                 ("You rest.", "You rest. [Sighs]"))   # prose in brackets is not a call

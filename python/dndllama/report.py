@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import atomic_path, write_json, write_text
-from .scoring import RATES, paired_change, wilson
+from .scoring import NOTHING, RATES, paired_change, wilson
 
 if TYPE_CHECKING:   # validate.py imports this module; the types are only for reading
     from .validate import Report
@@ -82,6 +82,7 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     lines += ["", "## Per tool", ""]
     lines += _md_table(["tool", "reference", *[f"{r.label}: predicted / name match / exact / invalid / args right"
                                                for r in (model, base) if r]], _per_tool_rows(report))
+    lines += _confusion_section(report.model)
     lines += _consequence_section(report)
     if any(r.tools.invalid for r in (model, base) if r):
         lines += ["", "Invalid calls by reason: " + "; ".join(
@@ -232,6 +233,22 @@ def _per_tool_rows(report: Report) -> list[list[str]]:
                  + f" / {c.get('args_right', 0)} of {c.get('args_total', 0)}" for c in counts]
         rows.append([name, str(reference), *cells])
     return rows
+
+
+def _confusion_section(result) -> list[str]:
+    """Which tool the model wrote where the reference called another, or nothing (rows: reference)."""
+    confusions = getattr(result.tools, "confusions", None)   # absent from results cached before it
+    if not confusions:
+        return []
+    tools = [t for t in result.tools.per_tool if t in confusions or any(t in row for row in confusions.values())]
+    rows = [["none due" if want == NOTHING else want,
+             *[str(confusions[want].get(got, "")) for got in [*tools, NOTHING]]]
+            for want in [*tools, NOTHING] if want in confusions]
+    return ["", "## Wrong tool or none", "",
+            f"Each reference call {result.label} did not make by name, paired with a call it made in the same turn "
+            "that the reference does not have; \"none due\" rows are calls beyond the reference's, \"nothing\" "
+            "misses without a stand-in.", "",
+            *_md_table(["reference call", *[f"wrote {t}" for t in tools], "wrote nothing"], rows)]
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -46,6 +46,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Iterable, Sequence
 
 from .tools import ToolCall, Vocabulary, find_tool_calls
@@ -222,6 +223,9 @@ class ToolMetrics:
     missed_call_turns: int = 0        # reference calls a tool, prediction attempts none
     consequence_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> reference, exact
     per_tool: dict[str, dict[str, int]] = field(default_factory=dict)  # see _tool_counts
+    # calls missed or added by name, paired within a turn: reference tool (NOTHING: none due) -> tool
+    # written instead (NOTHING: none) -> count. Says e.g. that `check` stands in for `roll`.
+    confusions: dict[str, dict[str, int]] = field(default_factory=dict)
     invalid: dict[str, int] = field(default_factory=dict)             # reason -> count
     # lists, not tuples, so that report.json reads back equal
     counts: dict[str, list[int]] = field(default_factory=dict)              # rate -> [numerator, denominator]
@@ -283,6 +287,7 @@ def _score_turn(m: ToolMetrics, tally: Counter, ref: list[ToolCall], pred: TurnC
         m.per_tool[name]["args_total"] += total
     _consequences(m, tally, ref, exact.copy(), key, context)
     _per_tool(m, ref, pred, names, exact)
+    _confusions(m, Counter(c.name for c in ref), Counter(c.name for c in pred.valid))
 
 
 def argument_score(ref: list[ToolCall], pred: list[ToolCall], key) -> tuple[int, int]:
@@ -331,6 +336,18 @@ def _per_tool(m: ToolMetrics, ref: list[ToolCall], pred: TurnCalls, names: Count
         m.invalid[bad.reason] = m.invalid.get(bad.reason, 0) + 1
         if bad.name in m.per_tool:
             m.per_tool[bad.name]["invalid"] += 1
+
+
+NOTHING = "-"
+
+
+def _confusions(m: ToolMetrics, ref: Counter, pred: Counter) -> None:
+    """Pairs a turn's reference calls that no prediction matched by name with the predicted calls that
+    matched no reference, in order; the unpaired rest of either side pairs with NOTHING."""
+    missed, added = sorted((ref - pred).elements()), sorted((pred - ref).elements())
+    for want, got in zip_longest(missed, added, fillvalue=NOTHING):
+        row = m.confusions.setdefault(want, {})
+        row[got] = row.get(got, 0) + 1
 
 
 def _finish(m: ToolMetrics, t: Counter) -> None:
