@@ -228,7 +228,10 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
     larger screened one are replayed by `judge`, and the smaller wins when it keeps the larger's tool
     calls (quality_within). Returns (QuantChoice, rows)."""
     files = _Quantizer(checkpoint, out_dir, cap, threads, say)
-    screen = lambda batch: _screen_and_say(checkpoint, batch, judge, ctx, threads, say)
+
+    def screen(batch: list[tuple[str, Path]]) -> list[dict]:
+        return _screen_and_say(checkpoint, batch, judge, ctx, threads, say)
+
     rows = screen_down([t for t in types if t not in HALF_TYPES], files, screen)
     if not any(r["screened"] for r in rows):
         rows = screen_down([t for t in types if t in HALF_TYPES], files, screen) + rows
