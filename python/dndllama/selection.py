@@ -274,8 +274,8 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
 # agreement on the 270M), so it is quantized and screened only when no smaller type passes.
 HALF_TYPES = ("F16", "BF16")
 # Types per divergence pass: each pass decodes the reference again, and the screen stops at the first
-# pass with a type beyond it, so 3 covers the usual outcome (Q8_0, Q6_K pass; Q5_K_M or Q4_K_M not)
-# in one pass of 4 models where screening the whole ladder took 8.
+# pass with a type beyond it. Trained 270Ms first fail at Q5_K_M or Q4_K_M: one or two passes of 4
+# models where screening the whole ladder took 8.
 SCREEN_PASS = 3
 
 
