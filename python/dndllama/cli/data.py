@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import load_config
 from ..dataset import DataStats, data_stats
 from ..scenarios import ERROR, WARNING, scenario_files
 from .common import DEFAULT_DATA_DIR, CliError, command, group, load_scenarios, plural, print_table
@@ -30,8 +31,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(diagnostic)
     if check.diagnostics:
         print()
-    tokenizer = _load_tokenizer(args.base or _configured_gguf(root))
-    cuts = _exchanges_over_ctx(check, root, tokenizer)
+    config = load_config(root)   # after the diagnostics, so a bad dndllama.toml does not hide them
+    tokenizer = _load_tokenizer(args.base or _configured_gguf(config.base))
+    cuts = _exchanges_over_ctx(check, root, config.ctx, tokenizer)
     print_stats(data_stats(check.scenarios, vocab, tokenizer), sys.stdout.isatty())
     errors = sum(d.severity == ERROR for d in check.diagnostics) + len(cuts)
     warnings = sum(d.severity == WARNING for d in check.diagnostics)
@@ -41,10 +43,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
+def _exchanges_over_ctx(check, root: Path, ctx: int, tokenizer) -> list[str]:
     """With a tokenizer, the exchanges that do not fit the training window (ctx of the folder's
     dndllama.toml): train refuses them, so they are errors here too."""
-    from ..config import load_config
     from ..dataset import build_dataset, ctx_for, windows_and_cuts
 
     if tokenizer is None:
@@ -53,7 +54,6 @@ def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
         return []
     if check.errors:
         return []
-    ctx = load_config(root).ctx
     split = build_dataset(check, 0.0)
     _, cuts = windows_and_cuts(split.train + split.validation, tokenizer, ctx)
     for line in cuts:
@@ -63,19 +63,18 @@ def _exchanges_over_ctx(check, root: Path, tokenizer) -> list[str]:
     return cuts
 
 
-def _configured_gguf(root: Path) -> str | None:
-    """The GGUF file of the base that `dndllama train` would use on this folder (the embedded one
-    included), whose tokenizer sees the exchanges as training will; None for a Hugging Face base
-    (converting it is train's job) or one that cannot be found."""
+def _configured_gguf(base: str) -> str | None:
+    """The GGUF file of the base that `dndllama train` would use (the embedded one included), whose
+    tokenizer sees the exchanges as training will; None for a Hugging Face base (converting it is
+    train's job) or one that cannot be found."""
     from ..base import BaseModelError, embedded_gguf
-    from ..config import EMBEDDED_BASE, ConfigError, load_config
+    from ..config import EMBEDDED_BASE
 
-    try:
-        base = load_config(root).base
-        if base == EMBEDDED_BASE:
+    if base == EMBEDDED_BASE:
+        try:
             return str(embedded_gguf())
-    except (BaseModelError, ConfigError, ImportError):
-        return None
+        except (BaseModelError, ImportError):
+            return None
     return base if base.endswith(".gguf") and Path(base).is_file() else None
 
 
