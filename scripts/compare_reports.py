@@ -83,6 +83,5 @@ def _turns(path: Path, turn_type) -> dict:
         sys.exit(f"error: {path} is not a readable report.json of `dndllama validate` ({exc})")
 
 
-
 if __name__ == "__main__":
     main()

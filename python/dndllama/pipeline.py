@@ -33,8 +33,8 @@ from .corpus import (Data, DataError, build_arrays, describe, eval_key,  # noqa:
 from .dataset import GEMMA_CHAT_TEMPLATE
 from .files import disk_free, read_json
 from .publish import Built, Checked, Outcome, publish
-from .report import fmt_value
 from .quantize import LADDER_TYPES, QUANT_LADDER, CapError, QuantChoice, candidates, choose_quant, human_size
+from .report import fmt_value
 from .scenarios import skipped_links
 from .selection import Judge, choose_quant_screened, select_checkpoint
 from .ship_checks import check_model

@@ -1,5 +1,5 @@
-"""Pick the quantization: the best type whose real file fits the size cap, or, given a judge of
-quality, the smallest type that fits and keeps the quality of the best.
+"""Quantize to the ladder's types: `choose_quant` takes the best type whose real file fits the size cap;
+`Quantizer` makes one type's file on demand, for the choice by the task (selection.py).
 
 The ladder runs from best to smallest; each candidate is actually quantized (llama.cpp falls back
 to other types for shapes a type cannot hold, so estimates alone can be wrong).
@@ -53,52 +53,50 @@ def candidates(requested: str, allowed: Callable[[str], bool] = lambda t: True) 
     return [name]
 
 
-def choose_quant(f32_path: Path, out_dir: Path, cap: int, types: Iterable[str], threads: int = 0,
-                 progress=print, judge: Callable[[str, Path], tuple[bool, str]] | None = None) -> QuantChoice:
-    """Quantize down the ladder until the real output fits `cap`. Without a judge that type wins.
-    With one, the smaller types that fit are tried too, while `judge(type, path)` says they keep the
-    quality (it returns (acceptable, a line for the report)); the smallest acceptable one wins.
-    Files not chosen are deleted."""
-    from . import _native
+class Quantizer:
+    """Quantizes one checkpoint to a type on demand (kept on disk, so a rerun reuses it); a file over
+    the cap is deleted and gives None. `fitting` and `tried` record what was made."""
 
-    types = list(types)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tried: list[tuple[str, int]] = []
-    fitting: list[tuple[str, Path, int]] = []
-    notes: list[str] = []
-    for qtype in types:
-        out = out_dir / f"model-{qtype.lower()}.gguf"
+    def __init__(self, f32_path: Path, out_dir: Path, cap: int, threads: int = 0, progress=print):
+        self.f32_path, self.out_dir, self.cap, self.threads, self.progress = f32_path, out_dir, cap, threads, progress
+        self.fitting: dict[str, Path] = {}
+        self.tried: list[tuple[str, int]] = []   # (type, real size) of every type quantized
+
+    def __call__(self, qtype: str) -> Path | None:
+        from . import _native
+
+        out = self.out_dir / f"model-{qtype.lower()}.gguf"
         if not out.exists():
-            progress(f"quantizing to {qtype} ...")
-            _native.quantize(str(f32_path), str(out), qtype, threads)
-        size = out.stat().st_size
-        tried.append((qtype, size))
-        if size > cap:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.progress(f"quantizing to {qtype} ...")
+            _native.quantize(str(self.f32_path), str(out), qtype, self.threads)
+        self.tried.append((qtype, out.stat().st_size))
+        if self.tried[-1][1] > self.cap:
             out.unlink()
-            continue
-        if judge is None:
-            fitting.append((qtype, out, size))
-            break
-        acceptable, note = judge(qtype, out)
-        notes.append(note)
-        if not acceptable:
-            out.unlink()
-            break        # smaller types lose more
-        fitting.append((qtype, out, size))
-    if not fitting:
-        sizes = ", ".join(f"{t} {human_size(s)}" for t, s in tried)
-        raise CapError(f"no quantization fits the {human_size(cap)} cap (tried {sizes}); raise --size-cap "
-                       "or pick a smaller base model")
-    qtype, out, size = fitting[-1]
-    for _, other, _ in fitting[:-1]:
-        other.unlink()
-    return QuantChoice(qtype, out, size, _reason(qtype, size, cap, tried, notes, len(types)), tried)
+            return None
+        self.fitting[qtype] = out
+        return out
+
+    def cap_error(self) -> CapError:
+        sizes = ", ".join(f"{t} {human_size(s)}" for t, s in self.tried)
+        return CapError(f"no quantization fits the {human_size(self.cap)} cap (tried {sizes}); raise --size-cap "
+                        "or pick a smaller base model")
 
 
-def _reason(qtype: str, size: int, cap: int, tried: list[tuple[str, int]], notes: list[str], n_types: int) -> str:
+def choose_quant(f32_path: Path, out_dir: Path, cap: int, types: Iterable[str], threads: int = 0,
+                 progress=print) -> QuantChoice:
+    """Quantize down the ladder until the real output fits `cap`; that type wins."""
+    types = list(types)
+    files = Quantizer(f32_path, out_dir, cap, threads, progress)
+    out = next((path for qtype in types if (path := files(qtype)) is not None), None)
+    if out is None:
+        raise files.cap_error()
+    qtype, size = files.tried[-1]
+    return QuantChoice(qtype, out, size, _reason(qtype, size, cap, files.tried, len(types)), files.tried)
+
+
+def _reason(qtype: str, size: int, cap: int, tried: list[tuple[str, int]], n_types: int) -> str:
     larger = [(t, s) for t, s in tried if s > cap]
     text = (f"{qtype} ({human_size(size)}) fits the {human_size(cap)} cap"
             + (f"; too large: {', '.join(f'{t} {human_size(s)}' for t, s in larger)}" if larger else ""))
-    if notes:
-        return text + "; the smallest type that keeps the tool-call quality of the best:\n" + "\n".join(notes)
     return text + (" and is the best type that does" if n_types > 1 else "")

@@ -26,7 +26,7 @@ from typing import Callable
 
 from .dataset import Conversation
 from .files import atomic_path
-from .quantize import CapError, QuantChoice, human_size
+from .quantize import QuantChoice, Quantizer, human_size
 from .report import fmt_value
 from .tools import Vocabulary
 from .validate import ModelResult, reference_loss, validate_one
@@ -227,7 +227,7 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
     types only when no smaller type passes. Only the smallest type within the screen and the next
     larger screened one are replayed by `judge`, and the smaller wins when it keeps the larger's tool
     calls (quality_within). Returns (QuantChoice, rows)."""
-    files = _Quantizer(checkpoint, out_dir, cap, threads, say)
+    files = Quantizer(checkpoint, out_dir, cap, threads, say)
 
     def screen(batch: list[tuple[str, Path]]) -> list[dict]:
         return _screen_and_say(checkpoint, batch, judge, ctx, threads, say)
@@ -236,9 +236,7 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
     if not any(r["screened"] for r in rows):
         rows = screen_down([t for t in types if t in HALF_TYPES], files, screen) + rows
     if not rows:
-        sizes = ", ".join(f"{t} {human_size(s)}" for t, s in files.tried)
-        raise CapError(f"no quantization fits the {human_size(cap)} cap (tried {sizes}); raise --size-cap "
-                       "or pick a smaller base model")
+        raise files.cap_error()
     replayed = to_replay(rows)
     judged, screened = {}, {row["type"]: row for row in rows}
     for qtype in replayed:
@@ -279,7 +277,7 @@ HALF_TYPES = ("F16", "BF16")
 SCREEN_PASS = 3
 
 
-def screen_down(types: list[str], files: "_Quantizer", screen: Callable[[list], list[dict]]) -> list[dict]:
+def screen_down(types: list[str], files: Quantizer, screen: Callable[[list], list[dict]]) -> list[dict]:
     """Rows of `types` (best first) quantized and screened SCREEN_PASS fitting types at a time, down to the
     first pass with a type beyond the screen: drift grows as the bits fall, so the smaller types would
     not pass either, and they are neither quantized nor screened."""
@@ -296,31 +294,6 @@ def screen_down(types: list[str], files: "_Quantizer", screen: Callable[[list], 
         if not all(row["screened"] for row in rows[-len(batch):]):
             break
     return rows
-
-
-class _Quantizer:
-    """Quantizes the checkpoint to one type on demand (kept on disk, so a rerun reuses it); a file over
-    the cap is deleted and gives None. `fitting` and `tried` record what was made."""
-
-    def __init__(self, checkpoint: Path, out_dir: Path, cap: int, threads: int, say):
-        self.checkpoint, self.out_dir, self.cap, self.threads, self.say = checkpoint, out_dir, cap, threads, say
-        self.fitting: dict[str, Path] = {}
-        self.tried: list[tuple[str, int]] = []   # (type, real size) of every type quantized
-
-    def __call__(self, qtype: str) -> Path | None:
-        from . import _native
-
-        out = self.out_dir / f"model-{qtype.lower()}.gguf"
-        if not out.exists():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.say(f"quantizing to {qtype} ...")
-            _native.quantize(str(self.checkpoint), str(out), qtype, self.threads)
-        self.tried.append((qtype, out.stat().st_size))
-        if self.tried[-1][1] > self.cap:
-            out.unlink()
-            return None
-        self.fitting[qtype] = out
-        return out
 
 
 def _screen_and_say(checkpoint: Path, batch: list[tuple[str, Path]], judge: Judge, ctx: int, threads: int,
