@@ -79,16 +79,16 @@ int allowed_cores() {
     return (int) std::max(1u, std::thread::hardware_concurrency());
 }
 
-// (busy, total) jiffies of all CPUs, and this process's own CPU jiffies; false where /proc is missing
-bool cpu_times(long long & busy, long long & total, long long & own) {
+// false where /proc is missing
+bool cpu_times(CpuTimes & t) {
     std::ifstream stat("/proc/stat");
     std::string cpu;
     long long v[8] = {0};
     if (!(stat >> cpu >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7]) || cpu != "cpu") {
         return false;
     }
-    total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
-    busy = total - v[3] - v[4];   // idle and iowait
+    t.total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    t.busy = t.total - v[3] - v[4];   // idle and iowait
     std::ifstream self("/proc/self/stat");
     std::string line;
     std::getline(self, line);
@@ -101,22 +101,20 @@ bool cpu_times(long long & busy, long long & total, long long & own) {
     if (!(rest >> utime >> stime)) {
         return false;
     }
-    own = utime + stime;
+    t.own = utime + stime;
     return true;
 }
 
-// cores kept busy by other processes, sampled over `ms`; 0 where it cannot be measured
-double busy_elsewhere(int ms) {
-    long long b0, t0, o0, b1, t1, o1;
-    if (!cpu_times(b0, t0, o0)) {
-        return 0;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-    if (!cpu_times(b1, t1, o1) || t1 <= t0) {
-        return 0;
+// the cores this process may use less those other processes kept busy between two samples; a core
+// counts as taken when another process used more than 60% of one
+int free_cores(const CpuTimes & a, const CpuTimes & b) {
+    if (b.total <= a.total) {
+        return allowed_cores();
     }
     const double n_cpus = std::max(1u, std::thread::hardware_concurrency());
-    return std::max(0.0, (double) ((b1 - b0) - (o1 - o0)) / (double) (t1 - t0) * n_cpus);
+    const double others = (double) ((b.busy - a.busy) - (b.own - a.own));
+    const double elsewhere = std::max(0.0, others / (double) (b.total - a.total) * n_cpus);
+    return std::max(1, allowed_cores() - (int) std::floor(elsewhere + 0.4));
 }
 
 } // namespace
@@ -131,12 +129,30 @@ int default_threads() {
     std::lock_guard<std::mutex> lock(mutex);
     const auto now = std::chrono::steady_clock::now();
     if (cached == 0 || now - when > std::chrono::seconds(2)) {
-        // a core counts as taken when another process uses more than 60% of one
-        const int busy = (int) std::floor(busy_elsewhere(150) + 0.4);
-        cached = std::max(1, allowed_cores() - busy);
+        CpuTimes a, b;
+        const bool ok = cpu_times(a);
+        std::this_thread::sleep_for(std::chrono::milliseconds(150));
+        cached = ok && cpu_times(b) ? free_cores(a, b) : allowed_cores();
         when = now;
     }
     return cached;
+}
+
+StepThreads::StepThreads(int n_threads, const char * what)
+    : automatic(n_threads == 0), current(resolve_threads(n_threads, what)), when(std::chrono::steady_clock::now()) {
+    automatic = automatic && cpu_times(last);
+}
+
+int StepThreads::next() {
+    const auto now = std::chrono::steady_clock::now();
+    CpuTimes times;
+    // a second at least: /proc/stat counts in 10 ms ticks
+    if (automatic && now - when >= std::chrono::seconds(1) && cpu_times(times)) {
+        current = free_cores(last, times);
+        last = times;
+        when = now;
+    }
+    return current;
 }
 
 int resolve_threads(int n_threads, const char * what) {

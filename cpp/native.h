@@ -3,6 +3,7 @@
 
 #include "handles.h"   // the owning handles (and llama.h, ggml-opt.h, gguf.h)
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -278,6 +279,26 @@ size_t find_stop(const std::string & text, const std::vector<std::string> & stop
 // machine fewer threads than cores is faster: ggml's threads wait for each other at every op,
 // so one thread descheduled by another process stalls them all.
 int default_threads();
+// CPU time so far, in /proc/stat ticks: busy and total of all CPUs, and this process's own
+struct CpuTimes {
+    long long busy = 0, total = 0, own = 0;
+};
+
+// A training run's thread count. Where the caller asked for the free cores (0) it is chosen again
+// between steps from the CPU time other processes used during the last ones (no pause to sample),
+// so training yields a core to work started after it, and takes it back when that work ends.
+class StepThreads {
+  public:
+    StepThreads(int n_threads, const char * what);
+    int next();   // the count for the coming step
+
+  private:
+    bool automatic;    // the free cores asked for, and /proc/stat readable
+    int current;
+    CpuTimes last;
+    std::chrono::steady_clock::time_point when;
+};
+
 // A thread count from a caller: 0 = all cores; negative or more than ggml can start (GGML_MAX_N_THREADS)
 // throws, naming `what`, instead of reaching ggml's threadpool with it.
 int resolve_threads(int n_threads, const char * what);

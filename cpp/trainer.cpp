@@ -77,7 +77,7 @@ float Schedule::lr() const {
 
 Trainer::Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps)
     : opts(o), base_path(base), meta(base), schedule{&o, total_steps},
-      bf16_matmul(resolve_matmul_precision(o.matmul_precision) == "bf16") {
+      bf16_matmul(resolve_matmul_precision(o.matmul_precision) == "bf16"), threads(o.n_threads, "train") {
     init();
     last_log_error();
     load();
@@ -103,7 +103,7 @@ void Trainer::load() {
 
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = cp.n_ubatch = opts.n_ctx;   // n_ubatch == n_ctx: K/V get gradients
-    cp.n_threads = cp.n_threads_batch = resolve_threads(opts.n_threads, "train");
+    cp.n_threads = cp.n_threads_batch = threads.next();
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // FLASH_ATTN_EXT has no backward
     cp.type_k = cp.type_v = GGML_TYPE_F32;                // OUT_PROD has no F16 path
     ctx.reset(llama_init_from_model(model.get(), cp));
@@ -175,6 +175,8 @@ std::tuple<double, int64_t, int64_t> Trainer::run(const Windows & w, int64_t i, 
     memcpy(ggml_opt_dataset_labels(window.get())->data, w.labels.data() + i * n, n * sizeof(int32_t));
     ResultHandle result(ggml_opt_result_init());
     const MatmulPrecision precision(train && bf16_matmul);
+    const int n_threads = threads.next();
+    llama_set_n_threads(ctx.get(), n_threads, n_threads);   // patch 0014: training computes with it
     if (train) {
         llama_opt_epoch(ctx.get(), window.get(), result.get(), nullptr, 1, nullptr, nullptr);
     } else {

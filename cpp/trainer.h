@@ -45,6 +45,7 @@ struct Trainer {
     // training steps' products in BF16 (evaluation stays F32); resolved first, so a bad setting fails
     // before the model loads
     const bool bf16_matmul;
+    StepThreads threads;   // chosen again between steps when the free cores were asked for
 
     // Loads the base, attaches the LoRA adapter (method "lora") and sets ggml-opt up.
     Trainer(const std::string & base, const TrainOptions & o, int64_t total_steps);

@@ -556,3 +556,26 @@ def test_default_threads_leave_a_core_to_a_competing_process():
     finally:
         hog.kill()
         hog.wait()
+
+
+# the OpenMP workers a training run leaves behind (libgomp keeps a region's threads for the next one)
+THREADS_STARTED_BY_TRAINING = """
+import os, sys, numpy as np
+from dndllama import _native as native
+path, n_threads = sys.argv[1], int(sys.argv[2])
+x = np.arange(256, dtype=np.int32).reshape(1, 256) % 200 + 1
+before = len(os.listdir("/proc/self/task"))
+o = native.TrainOptions()
+o.n_ctx, o.epochs, o.lr, o.n_threads = 256, 1, 1e-3, n_threads
+native.train(path, "", x, x, x[:0], x[:0], o)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_training_computes_with_the_thread_count_asked_for(tiny, n_threads):
+    # patch 0014: training used to compute with ggml's default of 4 threads whatever n_threads said
+    # (4 spinning threads on a 2-core laptop, 12 idle cores on a 16-core one)
+    out = subprocess.run([sys.executable, "-c", THREADS_STARTED_BY_TRAINING, str(tiny["gemma3"]), str(n_threads)],
+                         check=True, capture_output=True, text=True).stdout
+    assert int(out.split()[-1]) == n_threads - 1
