@@ -160,7 +160,7 @@ void check_generate_options(const GenerateOptions & o) {
     }
     if (o.n_threads < 0 || o.n_threads > GGML_MAX_N_THREADS) {
         bad("generate: " + std::to_string(o.n_threads) + " threads is out of range",
-            "pass 0 (all cores) up to " + std::to_string(GGML_MAX_N_THREADS));
+            "pass 0 (the free cores) up to " + std::to_string(GGML_MAX_N_THREADS));
     }
 }
 

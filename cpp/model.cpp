@@ -158,7 +158,7 @@ int StepThreads::next() {
 int resolve_threads(int n_threads, const char * what) {
     if (n_threads < 0 || n_threads > GGML_MAX_N_THREADS) {
         throw Error(std::string(what) + ": " + std::to_string(n_threads) + " threads is out of range"
-                    "\nfix: pass 0 (all cores) up to " + std::to_string(GGML_MAX_N_THREADS));
+                    "\nfix: pass 0 (the free cores) up to " + std::to_string(GGML_MAX_N_THREADS));
     }
     return n_threads > 0 ? n_threads : default_threads();
 }

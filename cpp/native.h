@@ -135,7 +135,7 @@ struct TrainOptions {
     float lora_alpha = 32.0f;          // the adapter's output is scaled by alpha / rank
     std::string lora_targets = "attn_(q|k|v|output)|ffn_(gate|up|down)";   // regex over block weights
     std::string lora_init;             // adapter to start from (resume); "" = a fresh one
-    int n_threads = 0;                 // 0 = all cores
+    int n_threads = 0;                 // 0 = the free cores (StepThreads)
     int n_gpu_layers = 0;
     // training's weight products on the CPU: "f32", "bf16" (BF16 operands, F32 accumulation, on
     // AMX or AVX512-BF16; like PyTorch's float32 matmul precision "medium") or "auto" (bf16 where
@@ -299,7 +299,7 @@ class StepThreads {
     std::chrono::steady_clock::time_point when;
 };
 
-// A thread count from a caller: 0 = all cores; negative or more than ggml can start (GGML_MAX_N_THREADS)
+// A thread count from a caller: 0 = the free cores (default_threads); negative or more than ggml can start (GGML_MAX_N_THREADS)
 // throws, naming `what`, instead of reaching ggml's threadpool with it.
 int resolve_threads(int n_threads, const char * what);
 

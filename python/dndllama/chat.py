@@ -64,7 +64,7 @@ class ChatSettings:
     top_p: float = 0.95
     seed: int = 0
     n_ctx: int = 2048
-    threads: int = 0    # 0 = all cores
+    threads: int = 0    # 0 = the free cores
 
 
 @dataclass

@@ -75,7 +75,7 @@ class Config:
     save_every: int = 50                 # steps between checkpoints (resume points)
     eval_every: int = 0                  # steps between evaluations (0 = at each epoch's end only)
     checkpoint_candidates: int = 3       # checkpoints kept after the best evaluations, to choose from
-    threads: int = 0                     # 0 = all cores
+    threads: int = 0                     # 0 = the free cores
     gpu_layers: int = 0
     # training's weight products on the CPU: "bf16" (BF16 operands, F32 sums, on AMX tiles or with
     # AVX512-BF16; 2-3x faster), "f32", or "auto" = bf16 where the CPU has either (Intel Xeon 4th gen

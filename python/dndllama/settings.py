@@ -156,7 +156,7 @@ SETTINGS: dict[str, Rule] = {
     "save_every": _int(0, BIG, "0 = at epoch ends only"),
     "eval_every": _int(0, BIG, "0 = at epoch ends only"),
     "checkpoint_candidates": _int(1, 100),
-    "threads": _int(0, MAX_THREADS, "0 = all cores; ggml starts at most 512"),
+    "threads": _int(0, MAX_THREADS, "0 = the free cores; ggml starts at most 512"),
     "gpu_layers": _int(-1, 100_000, "-1 = all"),
     "matmul_precision": Rule(str, choices=MATMUL_PRECISIONS),
     "validate_turns": _int(0, BIG, "0 = all"),

@@ -32,7 +32,7 @@ TRAIN_FLAGS = [
     ("--models-dir", str, "DIR", f"where versions are kept (default: {DEFAULT_MODELS_DIR})"),
     ("--cache-dir", str, "DIR", "stage cache (default: ~/.cache/dndllama)"),
     ("--name", str, "NAME", "model name in the GGUF and file names"),
-    ("--threads", int, "N", "CPU threads (default: all cores)"),
+    ("--threads", int, "N", "CPU threads (default: the cores other processes leave free)"),
     ("--matmul-precision", str, "P", "training's weight products on the CPU: auto (default: bf16 where the "
                                      "CPU has AVX512-BF16 or AMX-BF16, else f32), bf16 or f32"),
     ("--gpu-layers", int, "N", "layers to offload to the GPU"),
