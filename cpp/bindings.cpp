@@ -75,6 +75,7 @@ py::dict progress_dict(const Progress & p) {
     d["tokens_per_s"] = p.tokens_per_s;
     d["eta_s"] = p.eta_s;
     d["elapsed_s"] = p.elapsed_s;
+    d["threads"] = p.threads;
     d["checkpoint"] = p.checkpoint.empty() ? py::object(py::none()) : py::object(py::str(p.checkpoint));
     d["eval_done"] = p.eval_done;
     d["eval_total"] = p.eval_total;

@@ -155,6 +155,7 @@ struct Progress {
     int64_t step = 0, total_steps = 0;
     double loss = 0, accuracy = 0, val_loss = -1, val_accuracy = -1;
     double tokens_per_s = 0, eta_s = 0, elapsed_s = 0;
+    int threads = 0;                   // CPU threads the last step computed with
     std::string checkpoint;
     int64_t eval_done = 0, eval_total = 0;   // eval_progress: validation windows done, of
 };
@@ -291,6 +292,7 @@ class StepThreads {
   public:
     StepThreads(int n_threads, const char * what);
     int next();   // the count for the coming step
+    int count() const { return current; }   // the count of the last step
 
   private:
     bool automatic;    // the free cores asked for, and /proc/stat readable

@@ -142,6 +142,7 @@ struct Run {
         p.event = event;
         p.elapsed_s = seconds_since(t0);
         p.tokens_per_s = res.tokens / std::max(1e-9, p.elapsed_s);
+        p.threads = trainer.threads.count();
         const int64_t steps_here = res.steps - start_step;
         p.eta_s = steps_here ? p.elapsed_s / steps_here * (total_steps - res.steps) : 0;
         if (progress && !progress(p)) {

@@ -579,3 +579,33 @@ def test_training_computes_with_the_thread_count_asked_for(tiny, n_threads):
     out = subprocess.run([sys.executable, "-c", THREADS_STARTED_BY_TRAINING, str(tiny["gemma3"]), str(n_threads)],
                          check=True, capture_output=True, text=True).stdout
     assert int(out.split()[-1]) == n_threads - 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: one for the competing process")
+def test_training_gives_a_core_to_a_process_started_after_it(tiny):
+    # threads = 0: the count is chosen again between steps from the CPU time others used meanwhile
+    import threading
+    import time
+
+    x = np.arange(4 * CTX, dtype=np.int32).reshape(4, CTX) % 200 + 1
+    seen, start, hogs = [], time.monotonic(), []
+
+    def on_step(p):
+        if p["event"] == "step":
+            seen.append((time.monotonic() - start, p["threads"]))
+        return time.monotonic() - start < 6.0
+
+    timer = threading.Timer(2.0, lambda: hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"])))
+    timer.start()
+    try:
+        native.train(str(tiny["gemma3"]), "", x, x, x[:0], x[:0], options(1000, 1e-4, n_threads=0), on_step)
+    finally:
+        timer.cancel()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    before = [n for t, n in seen if t < 2.0]
+    after = [n for t, n in seen if t > 4.5]
+    if max(before) == 1:
+        pytest.skip("the machine was already busy: no core to give")
+    assert after and max(after) < max(before)

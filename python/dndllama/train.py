@@ -343,7 +343,7 @@ class _ProgressView:
             self.last_val = event["val_loss"]
         val = f"val {self.last_val:.3f}" if self.last_val is not None else "val -"
         stats = (f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.3f}  {val}  "
-                 f"{event['tokens_per_s']:.0f} tok/s")
+                 f"{event['tokens_per_s']:.0f} tok/s on {event['threads']} thread(s)")
         if self.progress:
             self.progress.update(self.task, completed=event["step"], stats=stats)
             if kind in ("eval", "checkpoint"):
