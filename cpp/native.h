@@ -301,8 +301,8 @@ class StepThreads {
     std::chrono::steady_clock::time_point when;
 };
 
-// A thread count from a caller: 0 = the free cores (default_threads); negative or more than ggml can start (GGML_MAX_N_THREADS)
-// throws, naming `what`, instead of reaching ggml's threadpool with it.
+// A thread count from a caller: 0 = the free cores (default_threads); negative or more than ggml
+// can start (GGML_MAX_N_THREADS) throws, naming `what`, instead of reaching ggml's threadpool with it.
 int resolve_threads(int n_threads, const char * what);
 
 // ---- session.cpp -----------------------------------------------------------------------------

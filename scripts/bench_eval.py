@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from bench_train import competing_process   # scripts/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,13 +101,8 @@ def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], 
 
 
 def busy(path: Path, convs, vocab, args) -> float:
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(1.0)   # let the scheduler see it before threads are chosen
+    with competing_process():
         return run(path, convs, vocab, args, one_at_a_time=False).seconds
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 def main() -> None:

@@ -50,7 +50,8 @@ def add_validate_command(groups) -> None:
     leaf.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
                       help=f"tokens generated per DM turn at most (default: {DEFAULT_MAX_TOKENS})")
     leaf.add_argument("--seed", type=int, metavar="N", help="seed (decoding is greedy; default: the config's)")
-    leaf.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the cores other processes leave free)")
+    leaf.add_argument("--threads", type=int, metavar="N",
+                      help="CPU threads (default: the cores other processes leave free)")
     leaf.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=None,
                       help="decode with the tool-call grammar, as the app does (default: grammar in dndllama.toml, on)")
     leaf.add_argument("--train-log", metavar="FILE",
