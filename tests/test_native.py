@@ -258,23 +258,47 @@ native.train(path, out, z["x"], z["y"], z["x"][:0], z["y"][:0], o)
 """
 
 
+def gradients_in_a_process(path, x, y, tmp_path, env):
+    """One SGD step's gradients from a fresh process with `env` (GGML_* switches are read at start-up)."""
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    out = tmp_path / "other.gguf"
+    subprocess.run([sys.executable, "-c", STEP_IN_A_LOOP_PROCESS, str(path), str(out), str(CTX),
+                    str(tmp_path / "xy.npz")], check=True, env={**os.environ, **env})
+    before, after = read_tensors(path), read_tensors(out)
+    return {n: before[n].astype(np.float64) - after[n] for n in before if n != "token_embd.weight"}
+
+
+def assert_same_gradients_other_bits(ours, theirs):
+    differs = False
+    for name, g in ours.items():
+        assert np.linalg.norm(g - theirs[name]) <= 1e-4 * np.linalg.norm(theirs[name]) + 1e-9, name
+        differs |= not np.array_equal(g, theirs[name])
+    assert differs   # the same bits everywhere would mean our path never ran
+
+
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
-    # OUT_PROD (every MUL_MAT's weight and input gradient) runs through tinyBLAS (patch 0004); the
-    # original rank-1 loop, kept behind GGML_OUT_PROD_LOOP, must give the same gradients
+    # OUT_PROD (every MUL_MAT's weight and input gradient) runs through a GEMM: tinyBLAS (patch 0004)
+    # or, with AVX2, patch 0015's packed kernel; the original rank-1 loop, kept behind
+    # GGML_OUT_PROD_LOOP, must give the same gradients
     path = tiny[arch]
     x, y = windows_for(native.Model(str(path)), TEXT)
     _, fast = sgd_gradients(path, x, y, tmp_path / "gemm.gguf")
-    np.savez(tmp_path / "xy.npz", x=x, y=y)
-    subprocess.run([sys.executable, "-c", STEP_IN_A_LOOP_PROCESS, str(path), str(tmp_path / "loop.gguf"), str(CTX),
-                    str(tmp_path / "xy.npz")], check=True, env={**os.environ, "GGML_OUT_PROD_LOOP": "1"})
-    before, after = read_tensors(path), read_tensors(tmp_path / "loop.gguf")
-    differs = False
-    for name, g in fast.items():
-        loop = before[name].astype(np.float64) - after[name]
-        assert np.linalg.norm(g - loop) <= 1e-4 * np.linalg.norm(loop) + 1e-9, name
-        differs |= not np.array_equal(g, loop)
-    assert differs   # the same bits everywhere would mean the GEMM path never ran
+    loop = gradients_in_a_process(path, x, y, tmp_path, {"GGML_OUT_PROD_LOOP": "1"})
+    assert_same_gradients_other_bits(fast, loop)
+
+
+@pytest.mark.skipif(not native.f32_gemm_supported(), reason="no AVX2 and FMA in this build")
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_packed_f32_gemm_gives_tinyblas_gradients(tiny, tmp_path, arch):
+    # with AVX2, training's F32 weight products (MUL_MAT forward, OUT_PROD gradients) run on packed
+    # operands (patch 0015); upstream's tinyBLAS, kept behind GGML_F32_GEMM=tinyblas, must give the
+    # same gradients in another summation order
+    path = tiny[arch]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    _, packed = sgd_gradients(path, x, y, tmp_path / "packed.gguf")
+    tinyblas = gradients_in_a_process(path, x, y, tmp_path, {"GGML_F32_GEMM": "tinyblas"})
+    assert_same_gradients_other_bits(packed, tinyblas)
 
 
 # ---- BF16 matrix products (AMX) ---------------------------------------------------------------
