@@ -147,9 +147,11 @@ def make_tiny_model_cached():
 
 
 # where a real-model turn parts between the engines, its two tokens' logits were close: float
-# summation order (one-token kernels vs batched ones). Measured: 0.03-0.49 over 16 turns; a KV bug
+# summation order (one-token kernels vs batched ones), grown by the 8-bit rounding of activations
+# before the quantized weights' products. Measured: 0.03-0.49 over 16 turns on an AVX-512 Zen 4,
+# 0.21-1.39 over 12 on an AVX2 Zen 3 (the 1.39 after 28 generated tokens); a KV bug
 # (conversations overlapping, fixed) parted one at 4.99
-TIE_GAP = 1.0
+TIE_GAP = 2.0
 
 
 @pytest.mark.slow
