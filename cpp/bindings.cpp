@@ -440,7 +440,8 @@ PYBIND11_MODULE(_native, m) {
 
     m.def("f32_gemm_supported", &f32_gemm_supported,
           "Whether training's F32 weight products run on packed operands with AVX2 FMAs here (patch 0015); "
-          "False without AVX2 and FMA in the build, or with GGML_F32_GEMM=tinyblas in the environment.");
+          "False without AVX2 and FMA in the build, in AVX-512 builds (they keep tinyBLAS), or with "
+          "GGML_F32_GEMM=tinyblas in the environment.");
 
     m.def("resolve_matmul_precision", &resolve_matmul_precision, py::arg("precision"),
           "matmul_precision ('auto', 'bf16', 'f32') as training runs it here: 'bf16' or 'f32'; "

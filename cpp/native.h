@@ -186,7 +186,8 @@ using ProgressFn = std::function<bool(const Progress &)>;
 bool bf16_matmul_supported();
 
 // Whether training's F32 weight products run on packed operands with AVX2 FMAs (patch 0015): false
-// where the build lacks AVX2 and FMA or GGML_F32_GEMM=tinyblas keeps upstream's tinyBLAS.
+// where the build lacks AVX2 and FMA or has AVX-512 (which keeps tinyBLAS), or GGML_F32_GEMM=tinyblas
+// keeps upstream's tinyBLAS.
 bool f32_gemm_supported();
 
 // TrainOptions::matmul_precision as training will run it here: "bf16" or "f32". Throws for an

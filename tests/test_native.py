@@ -288,7 +288,7 @@ def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
     assert_same_gradients_other_bits(fast, loop)
 
 
-@pytest.mark.skipif(not native.f32_gemm_supported(), reason="no AVX2 and FMA in this build")
+@pytest.mark.skipif(not native.f32_gemm_supported(), reason="built without AVX2 and FMA, or with AVX-512 (tinyBLAS)")
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_packed_f32_gemm_gives_tinyblas_gradients(tiny, tmp_path, arch):
     # with AVX2, training's F32 weight products (MUL_MAT forward, OUT_PROD gradients) run on packed
