@@ -23,7 +23,7 @@ namespace {
 
 // Sets ggml-cpu's matrix products for a scope and restores them after: BF16 operands when asked and
 // the CPU takes them (bf16 says whether: it needs AVX512-BF16 or AMX-BF16), else F32 products on packed
-// operands where the build has AVX2 (patch 0015; upstream's tinyBLAS otherwise)
+// operands where the build has AVX2 but no AVX-512 (patch 0015; upstream's tinyBLAS otherwise)
 struct MatmulPrecision {
     bool was_bf16 = ggml_cpu_get_bf16_matmul();
     bool was_f32_gemm = ggml_cpu_get_f32_gemm();

@@ -279,7 +279,7 @@ def assert_same_gradients_other_bits(ours, theirs):
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
     # OUT_PROD (every MUL_MAT's weight and input gradient) runs through a GEMM: tinyBLAS (patch 0004)
-    # or, with AVX2, patch 0015's packed kernel; the original rank-1 loop, kept behind
+    # or, with AVX2 and no AVX-512, patch 0015's packed kernel; the original rank-1 loop, kept behind
     # GGML_OUT_PROD_LOOP, must give the same gradients
     path = tiny[arch]
     x, y = windows_for(native.Model(str(path)), TEXT)
@@ -291,7 +291,7 @@ def test_out_prod_through_gemm_gives_the_loops_gradients(tiny, tmp_path, arch):
 @pytest.mark.skipif(not native.f32_gemm_supported(), reason="built without AVX2 and FMA, or with AVX-512 (tinyBLAS)")
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_packed_f32_gemm_gives_tinyblas_gradients(tiny, tmp_path, arch):
-    # with AVX2, training's F32 weight products (MUL_MAT forward, OUT_PROD gradients) run on packed
+    # with AVX2 (no AVX-512), training's F32 weight products (MUL_MAT forward, OUT_PROD gradients) run on packed
     # operands (patch 0015); upstream's tinyBLAS, kept behind GGML_F32_GEMM=tinyblas, must give the
     # same gradients in another summation order
     path = tiny[arch]
