@@ -26,6 +26,7 @@ REPO = Path(__file__).parent.parent
 INDEPENDENT = Path(__file__).parent / "data" / "independent"
 EVAL = REPO / "ai-eval"
 TRAINING = REPO / "ai-training"
+EXTRA = REPO / "ai-training-extra"      # hand-written, not yet in the default training
 MARKER = "The quartz heron sings only at midnight"
 
 HELD_OUT = f"""\
@@ -150,18 +151,23 @@ def test_shipped_evaluation_set_passes_data_check_and_meets_the_targets(shipped)
     assert stats["calls"]["health"] >= 20 and stats["calls"]["roll"] >= 20
 
 
-def test_shipped_evaluation_set_is_written_fresh(shipped):
-    """No file and no DM paragraph of 10+ words is shared with ai-training (copies and edited copies)."""
-    evaluation, training = shipped
+@pytest.fixture(scope="module", params=[TRAINING, EXTRA], ids=lambda p: p.name)
+def training_folder(request):
+    return request.param, load_folder(request.param, load_vocabulary(TRAINING))
+
+
+def test_shipped_evaluation_set_is_written_fresh(shipped, training_folder):
+    """No file and no DM paragraph of 10+ words is shared with training data (copies and edited copies)."""
+    (evaluation, _), (root, training) = shipped, training_folder
     assert not {s.digest for s in evaluation.scenarios} & {s.digest for s in training.scenarios}
-    training_text = _folded(" ".join(p.read_text(encoding="utf-8") for p in TRAINING.rglob("*.md")))
+    training_text = _folded(" ".join(p.read_text(encoding="utf-8") for p in root.rglob("*.md")))
     shared = [(s.path, para[:60]) for s in evaluation.scenarios for t in s.turns if t.kind == "dm"
               for para in t.text.split("\n\n") if len(para.split()) >= 10 and _folded(para) in training_text]
     assert shared == []
 
 
-def test_shipped_evaluation_parties_are_new_names(shipped):
-    evaluation, training = shipped
+def test_shipped_evaluation_parties_are_new_names(shipped, training_folder):
+    (evaluation, _), (_, training) = shipped, training_folder
     taken = {m.name.split()[0].lower() for s in training.scenarios for m in s.system.party}
     reused = sorted({(s.path, m.name) for s in evaluation.scenarios for m in s.system.party
                      if m.name.split()[0].lower() in taken})
@@ -258,6 +264,14 @@ def test_shipped_evaluation_mechanics_add_up(shipped):
     evaluation, _ = shipped
     problems = [p for s in evaluation.scenarios for p in mechanics_problems(s)]
     assert problems == []
+
+
+def test_extra_training_scenarios_pass_data_check_and_the_mechanics_check(training_folder):
+    root, training = training_folder
+    if root != EXTRA:
+        pytest.skip("ai-training predates this check: its DMs often deal damage they did not roll (24 findings)")
+    assert training.errors == [] and len(training.scenarios) >= 90
+    assert [p for s in training.scenarios for p in mechanics_problems(s)] == []
 
 
 def test_the_mechanics_check_can_fail():
