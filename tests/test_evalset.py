@@ -1,7 +1,7 @@
 """The evaluation set: kept out of training, loaded by the pipeline, and its own files right.
 
 The leak tests build real token windows with a tiny GGUF's tokenizer; the content tests read the
-repository's ai-eval/ and ai-training/ as shipped.
+repository's ai-eval/, ai-training/ and ai-training-extra/ as shipped.
 """
 
 from __future__ import annotations
