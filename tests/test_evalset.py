@@ -137,12 +137,17 @@ def test_the_evaluation_content_is_part_of_its_key(project):
 
 @pytest.fixture(scope="module")
 def shipped():
+    return load_folder(EVAL, load_vocabulary(TRAINING))
+
+
+@pytest.fixture(scope="module")
+def training_sets():
     vocab = load_vocabulary(TRAINING)
-    return load_folder(EVAL, vocab), load_folder(TRAINING, vocab)
+    return {root: load_folder(root, vocab) for root in (TRAINING, EXTRA)}
 
 
 def test_shipped_evaluation_set_passes_data_check_and_meets_the_targets(shipped):
-    evaluation, _ = shipped
+    evaluation = shipped
     assert evaluation.errors == []
     stats = set_stats(evaluation)
     assert stats["scenarios"] >= 13 and stats["dm_turns"] >= 110
@@ -151,14 +156,14 @@ def test_shipped_evaluation_set_passes_data_check_and_meets_the_targets(shipped)
     assert stats["calls"]["health"] >= 20 and stats["calls"]["roll"] >= 20
 
 
-@pytest.fixture(scope="module", params=[TRAINING, EXTRA], ids=lambda p: p.name)
-def training_folder(request):
-    return request.param, load_folder(request.param, load_vocabulary(TRAINING))
+@pytest.fixture(params=[TRAINING, EXTRA], ids=lambda p: p.name)
+def training_folder(request, training_sets):
+    return request.param, training_sets[request.param]
 
 
 def test_shipped_evaluation_set_is_written_fresh(shipped, training_folder):
     """No file and no DM paragraph of 10+ words is shared with training data (copies and edited copies)."""
-    (evaluation, _), (root, training) = shipped, training_folder
+    evaluation, (root, training) = shipped, training_folder
     assert not {s.digest for s in evaluation.scenarios} & {s.digest for s in training.scenarios}
     training_text = _folded(" ".join(p.read_text(encoding="utf-8") for p in root.rglob("*.md")))
     shared = [(s.path, para[:60]) for s in evaluation.scenarios for t in s.turns if t.kind == "dm"
@@ -167,7 +172,7 @@ def test_shipped_evaluation_set_is_written_fresh(shipped, training_folder):
 
 
 def test_shipped_evaluation_parties_are_new_names(shipped, training_folder):
-    (evaluation, _), (_, training) = shipped, training_folder
+    evaluation, (_, training) = shipped, training_folder
     taken = {m.name.split()[0].lower() for s in training.scenarios for m in s.system.party}
     reused = sorted({(s.path, m.name) for s in evaluation.scenarios for m in s.system.party
                      if m.name.split()[0].lower() in taken})
@@ -261,15 +266,15 @@ def _check_health(call, result, hp: dict, rolls: list[int]) -> list[str]:
 
 
 def test_shipped_evaluation_mechanics_add_up(shipped):
-    evaluation, _ = shipped
+    evaluation = shipped
     problems = [p for s in evaluation.scenarios for p in mechanics_problems(s)]
     assert problems == []
 
 
-def test_extra_training_scenarios_parse_cleanly_and_add_up():
+def test_extra_training_scenarios_parse_cleanly_and_add_up(training_sets):
     """ai-training-extra/ is held to the evaluation set's bookkeeping. ai-training/ predates this
     check: its DMs often deal damage they did not roll (24 findings)."""
-    extra = load_folder(EXTRA, load_vocabulary(TRAINING))
+    extra = training_sets[EXTRA]
     assert extra.errors == [] and len(extra.scenarios) >= 90
     assert [p for s in extra.scenarios for p in mechanics_problems(s)] == []
 
