@@ -382,3 +382,21 @@ def test_dataset_stage_trains_fewer_synthetic_tokens_with_calls_loss(tmp_path):
         assert stats["train_windows"] > len(data.train) - data.synthetic   # the synthetic ones are in
         targets[loss] = stats["train_targets"]
     assert 0 < targets["calls"] < targets["all"]
+
+
+def test_generated_scenarios_too_long_for_the_window_are_left_out_not_refused(tmp_path):
+    """No file names a generated exchange for the user to fix, so the dataset stage leaves such a
+    scenario out (where a hand-written one that does not fit stops training)."""
+    from tiny_models import make_tiny_model
+
+    from dndllama import _native
+    from dndllama.corpus import fitting_synthetic
+    from dndllama.dataset import windows_and_cuts
+
+    tokenizer = _native.Model(str(make_tiny_model(tmp_path / "tiny.gguf", n_ctx=4096)), vocab_only=True)
+    conversations = training_conversations(1, 0, "calls", 300, default_vocabulary())
+    too_long = [bool(windows_and_cuts([c], tokenizer, 2048)[1]) for c in conversations]   # small vocabulary: many tokens
+    kept, dropped = fitting_synthetic(conversations, tokenizer, 2048)
+    assert 0 < dropped == sum(too_long) < len(conversations)
+    assert kept == [w for c, long in zip(conversations, too_long) if not long
+                    for w in conversation_windows(c, tokenizer, 2048)]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .base import BaseModel
 from .config import Config
-from .dataset import Conversation, build_dataset, ctx_for, labelled_per_window, token_windows
+from .dataset import (Conversation, build_dataset, ctx_for, labelled_per_window, padding_id, token_windows,
+                      window_arrays, windows_and_cuts)
 from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
 from .files import atomic_path, read_json, write_json
 from .scenarios import ERROR, load_folder, scenario_files
@@ -103,6 +104,19 @@ def synthetic_train(config: Config, train: list[Conversation], vocab: Vocabulary
         raise DataError(str(exc)) from None
 
 
+def fitting_synthetic(conversations: list[Conversation], tokenizer, ctx: int) -> tuple[list, int]:
+    """The windows of the generated conversations whose every exchange fits `ctx`, and how many were
+    left out. Unlike a hand-written file's, a generated exchange that is too long is no error: no file
+    names it for the user to fix, and the generator cannot count tokens."""
+    kept: list = []
+    dropped = 0
+    for conversation in conversations:
+        windows, cut = windows_and_cuts([conversation], tokenizer, ctx)
+        dropped += bool(cut)
+        kept += [] if cut else windows
+    return kept, dropped
+
+
 def synth_settings(config: Config) -> tuple:
     """What the synthetic part of the dataset depends on; empty when off, so other keys do not move."""
     if not config.synth:
@@ -135,7 +149,13 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
             arrays = Arrays(z["tokens"], z["labels"], z["val_tokens"], z["val_labels"])
         return arrays, read_json(path.with_suffix(".json"), {})
     tokenizer = _native.Model(str(base.gguf), vocab_only=True)
-    tokens, labels, cut = token_windows(data.train, tokenizer, config.ctx)
+    hand = len(data.train) - data.synthetic
+    windows, cut = windows_and_cuts(data.train[:hand], tokenizer, config.ctx)
+    kept, dropped = fitting_synthetic(data.train[hand:], tokenizer, config.ctx)
+    tokens, labels = window_arrays(windows + kept, config.ctx, padding_id(tokenizer))
+    if dropped:
+        say(f"left out {dropped} of {data.synthetic} synthetic scenarios: an exchange of theirs is longer than "
+            f"the training window of {config.ctx} tokens")
     val_tokens, val_labels, cut_validation = token_windows(data.validation, tokenizer, config.ctx)
     cut += cut_validation
     if cut:
@@ -145,7 +165,7 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
                         "the long DM turns")
     if not len(tokens):
         raise DataError("no training window has a DM token; add scenarios with DM turns")
-    stats = {"train_windows": len(tokens), "val_windows": len(val_tokens), "truncated": 0,
+    stats = {"train_windows": len(tokens), "val_windows": len(val_tokens), "truncated": 0, "synthetic_dropped": dropped,
              "train_targets": int((labels >= 0).sum()), "val_targets": int((val_labels >= 0).sum()),
              # the most logit rows a training step holds (patch 0013): the memory plan's logits
              "max_window_targets": int(max(labelled_per_window(labels).max(), labelled_per_window(val_labels).max(initial=0)))}
