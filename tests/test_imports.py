@@ -4,6 +4,7 @@ with "cannot import name ... from partially initialized module")."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,11 @@ def test_train_flags_override_config_fields_of_the_same_name():
     assert set(TRAIN_OVERRIDES) <= fields, set(TRAIN_OVERRIDES) - fields
     assert len(TRAIN_OVERRIDES) == len(TRAIN_FLAGS) + 1       # the flags and --no-gate
     assert {"data", "models_dir", "matmul_precision", "gate"} <= set(TRAIN_OVERRIDES)
+
+
+def test_train_flags_state_the_config_defaults():
+    """A default written into a flag's help is the Config's (--synth's once said 0 while the recipe was 2)."""
+    stated = {flag: re.search(r"\(default:? (-?\d[\d.e-]*)", text) for flag, _, _, text in TRAIN_FLAGS}
+    stated = {flag.removeprefix("--").replace("-", "_"): float(m.group(1)) for flag, m in stated.items() if m}
+    assert {"synth", "lora_rank", "lora_lr", "quant_f1_tolerance"} <= set(stated)
+    assert stated == {field: float(getattr(Config(), field)) for field in stated}

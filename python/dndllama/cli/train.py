@@ -47,7 +47,7 @@ TRAIN_FLAGS = [
                                    "N: whole conversations, a category at a time)"),
     ("--min-f1-gain", float, "F", "the gate: tool-call F1 must beat the base model's by more than F (default 0)"),
     ("--synth", float, "RATIO", "add generated scenarios to training: RATIO synthetic DM turns per hand-written "
-                                "one (default 0 = off; e.g. 1, 5, 20)"),
+                                "one (default 2, the measured recipe; 0 = off)"),
     ("--synth-seed", int, "S", "seed of the generated scenarios (default 0)"),
     ("--synth-loss", str, "WHAT", "loss on generated DM turns: calls (default: their call lines and the sentence "
                                   "before) or all"),
