@@ -56,6 +56,7 @@ def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp
     assert "| spellcast | 1 | 1 / 1 / 0 / 0 / 2 of 3 | 0 / 0 / 0 / 1 / 0 of 0 |" in md
     assert "## Consequence calls" in md and "| damage | 1 | 1 (1.00 [0.21, 1.00]) | 0 (0.00 [0.00, 0.79]) |" in md
     assert "## Wrong tool or none" not in md   # the model wrote every tool the reference called, no more
+    assert "| spellcast.slot | 0 of 1 (0.00 [0.00, 0.79]) |" in md and "| spellcast.caster | 1 of 1 (1.00 [" in md
     data = json.loads((tmp_path / REPORT_JSON).read_text())
     assert data["model"]["tools"]["intervals"]["must_call_accuracy"][0] > 0.4
     assert set(written) >= {"json", "md"}

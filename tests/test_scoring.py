@@ -141,6 +141,14 @@ def test_argument_score_counts_the_right_arguments_of_calls_with_the_right_tool(
     assert m.per_tool["check"]["args_total"] == 0 and m.exact_f1 == pytest.approx(2 / 7)
 
 
+def test_per_argument_counts_say_which_argument_of_a_paired_call_was_wrong():
+    m = metrics(("[health: hill giant, -13]", "[health: Giant, -13]"),            # the amount copied, not the target
+                ("[health: Sella, -4] [health: Brakka, -9]", "[health: Brakka, -9] [health: Sella, -5]"),
+                ("[spellcast: Elara, fireball, 3]", "[roll: 8d6]"))                  # no spellcast: nothing paired
+    assert m.per_argument == {"health.target": [2, 3], "health.amount": [2, 3]}
+    assert sum(r for r, _ in m.per_argument.values()) == m.counts["argument_accuracy"][0]
+
+
 # ---- normalisation and optional arguments -----------------------------------------------------
 
 def test_every_apostrophe_variant_folds_to_one():

@@ -82,6 +82,7 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     lines += ["", "## Per tool", ""]
     lines += _md_table(["tool", "reference", *[f"{r.label}: predicted / name match / exact / invalid / args right"
                                                for r in (model, base) if r]], _per_tool_rows(report))
+    lines += _argument_section(report)
     lines += _confusion_section(report.model)
     lines += _consequence_section(report)
     if any(r.tools.invalid for r in (model, base) if r):
@@ -233,6 +234,25 @@ def _per_tool_rows(report: Report) -> list[list[str]]:
                  + f" / {c.get('args_right', 0)} of {c.get('args_total', 0)}" for c in counts]
         rows.append([name, str(reference), *cells])
     return rows
+
+
+def _argument_section(report: Report) -> list[str]:
+    """Each argument of the calls that were paired with a reference call of the same tool: how often
+    it was right, so a wrong call says which part was wrong (a `health` target, or its amount)."""
+    results = [r for r in (report.model, report.baseline) if r]
+    names = list(dict.fromkeys(a for r in results for a in getattr(r.tools, "per_argument", {})))
+    if not names:                                   # no paired call, or a result cached before it
+        return []
+    rows = [[name, *[_rate_cell(*getattr(r.tools, "per_argument", {}).get(name, [0, 0])) for r in results]]
+            for name in names]
+    return ["", "## Arguments", "",
+            "Each argument of the calls paired with a reference call of the same tool: right / of.", "",
+            *_md_table(["argument", *[f"{r.label}: right" for r in results]], rows)]
+
+
+def _rate_cell(k: int, n: int) -> str:
+    interval = wilson(k, n)
+    return f"{k} of {n}" + (f" ({k / n:.2f} [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else "")
 
 
 def _confusion_section(result) -> list[str]:

@@ -223,6 +223,9 @@ class ToolMetrics:
     missed_call_turns: int = 0        # reference calls a tool, prediction attempts none
     consequence_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> reference, exact
     per_tool: dict[str, dict[str, int]] = field(default_factory=dict)  # see _tool_counts
+    # "tool.argument" -> [right, of]: each argument of the paired calls (argument_score), so a wrong
+    # `health` says whether the target or the amount was wrong
+    per_argument: dict[str, list[int]] = field(default_factory=dict)
     # calls missed or added by name, paired within a turn: reference tool (NOTHING: none due) -> tool
     # written instead (NOTHING: none) -> count. Says e.g. that `check` stands in for `roll`.
     confusions: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -280,7 +283,8 @@ def _score_turn(m: ToolMetrics, tally: Counter, ref: list[ToolCall], pred: TurnC
         tally["must_call_right"] += bool(pred.valid)
         m.missed_call_turns += pred.attempts == 0
     for name in dict.fromkeys(c.name for c in ref):
-        right, total = argument_score([c for c in ref if c.name == name], [p for p in pred.valid if p.name == name], key)
+        right, total = argument_score([c for c in ref if c.name == name], [p for p in pred.valid if p.name == name],
+                                      key, m.per_argument)
         tally["args_right"] += right
         tally["args_total"] += total
         m.per_tool.setdefault(name, _tool_counts())["args_right"] += right
@@ -290,9 +294,11 @@ def _score_turn(m: ToolMetrics, tally: Counter, ref: list[ToolCall], pred: TurnC
     _confusions(m, Counter(c.name for c in ref), Counter(c.name for c in pred.valid))
 
 
-def argument_score(ref: list[ToolCall], pred: list[ToolCall], key) -> tuple[int, int]:
+def argument_score(ref: list[ToolCall], pred: list[ToolCall], key,
+                   per_argument: dict[str, list[int]] | None = None) -> tuple[int, int]:
     """(arguments right, arguments of the paired reference calls): reference and predicted calls of the
-    same tool are paired best first (most shared arguments), each call used once."""
+    same tool are paired best first (most shared arguments), each call used once. `per_argument`, when
+    given, gains each paired argument's [right, of] under "tool.argument"."""
     want = [dict(key(c)[1]) for c in ref]
     have = [dict(key(p)[1]) for p in pred]
     shared = sorted(((sum(h.get(a) == v for a, v in w.items()), i, j)
@@ -306,6 +312,10 @@ def argument_score(ref: list[ToolCall], pred: list[ToolCall], key) -> tuple[int,
             used_pred.add(j)
             right += score
             total += len(want[i])
+            for arg, value in want[i].items() if per_argument is not None else ():
+                tally = per_argument.setdefault(f"{ref[i].name}.{arg}", [0, 0])
+                tally[0] += have[j].get(arg) == value
+                tally[1] += 1
     return right, total
 
 
