@@ -70,8 +70,19 @@ def main() -> None:
         print(f"{label:<52} {fmt_value(a):>7} {fmt_value(b):>7} {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {differ}")
         if key in SUMMARY:
             summary[key] = (diff, low, high)
+    _print_arguments(scored)
     print("compared_turns=" + str(len(keys)) + "".join(
         f" {k}_diff={d:+.3f} {k}_ci={lo:+.3f},{hi:+.3f}" for k, (d, lo, hi) in summary.items()))
+
+
+def _print_arguments(scored) -> None:
+    """Each argument of the paired calls, right / of, for A and B: which part of the calls moved."""
+    names = list(dict.fromkeys(n for m in scored for n in m.per_argument))
+    if names:
+        print(f"{'argument (right / of the paired calls)':<52} {'A':>9} {'B':>9}")
+    for name in names:
+        a, b = (m.per_argument.get(name, [0, 0]) for m in scored)
+        print(f"{name:<52} {f'{a[0]}/{a[1]}':>9} {f'{b[0]}/{b[1]}':>9}")
 
 
 def _turns(path: Path, turn_type) -> dict:

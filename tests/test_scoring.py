@@ -322,6 +322,9 @@ def test_compare_reports_tells_a_better_model_from_a_worse_one_on_the_same_turns
                          capture_output=True, text=True, check=True)
     last = dict(field.split("=") for field in run.stdout.strip().splitlines()[-1].split())
     assert int(last["compared_turns"]) == len(turns) and "A better" in run.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line.startswith("inventory.")}
+    (right, of), silent = rows["inventory.item"][0].split("/"), rows["inventory.item"][1]
+    assert right == of != "0" and silent == "0/0"      # every item right; the silent model paired no call
     assert float(last["name_f1_diff"]) == 1.0 and last["name_f1_ci"] == "+1.000,+1.000"
     refused = subprocess.run(script + [str(tmp_path / "good.json"), str(tmp_path / "missing.json")],
                              capture_output=True, text=True)
