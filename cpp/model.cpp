@@ -22,6 +22,12 @@
 #ifdef __linux__
 #include <sched.h>
 #endif
+#ifdef _WIN32
+#include <process.h>
+#define getpid _getpid
+#else
+#include <unistd.h>
+#endif
 
 namespace fs = std::filesystem;
 
@@ -52,6 +58,11 @@ void init() {
         llama_log_set(log_callback, nullptr);
         llama_backend_init();
     });
+}
+
+std::string temp_path(const std::string & path) {
+    const fs::path p(path);
+    return (p.parent_path() / ("." + p.filename().string() + "." + std::to_string(getpid()) + ".tmp")).string();
 }
 
 std::string last_log_error() {
@@ -329,7 +340,7 @@ Metadata::Metadata(const std::string & path) {
 }
 
 void write_gguf(gguf_context * out, const std::string & out_path) {
-    const std::string tmp = out_path + ".tmp";
+    const std::string tmp = temp_path(out_path);
     if (!gguf_write_to_file(out, tmp.c_str(), false)) {
         std::error_code ec;
         fs::remove(tmp, ec);

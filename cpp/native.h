@@ -23,6 +23,9 @@ struct Error : std::runtime_error {
 // Initialises llama.cpp once and routes its log: errors are kept so exceptions can quote them.
 void init();
 std::string last_log_error();   // the most recent error lines llama.cpp logged, for exception text
+// where a file is written before its rename into place: .<name>.<pid>.tmp beside it, so two runs
+// writing the same file (one shared cache) never write into one temporary
+std::string temp_path(const std::string & path);
 
 // ---- model.cpp -------------------------------------------------------------------------------
 

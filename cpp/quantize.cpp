@@ -85,7 +85,7 @@ QuantizeResult quantize(const std::string & in_path, const std::string & out_pat
     }
 
     // never leave a half-written model under the final name
-    const std::string tmp = out_path + ".tmp";
+    const std::string tmp = temp_path(out_path);
     last_log_error();
     const uint32_t rc = llama_model_quantize(in_path.c_str(), tmp.c_str(), &params);
     if (rc != 0) {

@@ -526,6 +526,18 @@ def test_quantize_then_load_and_generate(tiny, tmp_path, qtype):
     assert g["n_generated"] + (g["stop_reason"] == "eos") >= 1 and g["n_prompt"] > 1
 
 
+def test_two_processes_writing_one_file_do_not_share_a_temporary(tiny, tmp_path):
+    """Two runs on one cache may convert the same base at once; each writes its own .<name>.<pid>.tmp
+    before the rename (one shared <name>.tmp made the second rename fail, seen with two trainings)."""
+    out = tmp_path / "shared.gguf"
+    loop = (f"from dndllama import _native\nfor _ in range(12): _native.quantize({str(tiny['gemma3'])!r}, "
+            f"{str(out)!r}, 'Q8_0', 1)")
+    workers = [subprocess.Popen([sys.executable, "-c", loop], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    assert native.Model(str(out)).info().arch == "gemma3" and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_chat_template_and_tokens_roundtrip(tiny):
     m = native.Model(str(tiny["gemma3"]), vocab_only=True)
     info = m.info()                              # info() works on a vocabulary-only load, hyperparameters
