@@ -312,10 +312,11 @@ def argument_score(ref: list[ToolCall], pred: list[ToolCall], key,
             used_pred.add(j)
             right += score
             total += len(want[i])
-            for arg, value in want[i].items() if per_argument is not None else ():
-                tally = per_argument.setdefault(f"{ref[i].name}.{arg}", [0, 0])
-                tally[0] += have[j].get(arg) == value
-                tally[1] += 1
+            if per_argument is not None:
+                for arg, value in want[i].items():
+                    counts = per_argument.setdefault(f"{ref[i].name}.{arg}", [0, 0])
+                    counts[0] += have[j].get(arg) == value
+                    counts[1] += 1
     return right, total
 
 
