@@ -203,8 +203,13 @@ def _consequence_section(report: Report) -> list[str]:
 
 def _exact_cell(counts: dict) -> str:
     k, n = counts.get("exact", 0), counts.get("reference", 0)
+    return f"{k}" + _rate_suffix(k, n)
+
+
+def _rate_suffix(k: int, n: int) -> str:
+    """` (rate [lo, hi])` with the 95 % Wilson interval; nothing when n is 0."""
     interval = wilson(k, n)
-    return f"{k}" + (f" ({k / n:.2f} [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else "")
+    return f" ({k / n:.2f} [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else ""
 
 
 def _change(a, b, fmt: str) -> str:
@@ -251,8 +256,7 @@ def _argument_section(report: Report) -> list[str]:
 
 
 def _rate_cell(k: int, n: int) -> str:
-    interval = wilson(k, n)
-    return f"{k} of {n}" + (f" ({k / n:.2f} [{interval[0]:.2f}, {interval[1]:.2f}])" if interval else "")
+    return f"{k} of {n}" + _rate_suffix(k, n)
 
 
 def _confusion_section(result) -> list[str]:
