@@ -339,11 +339,11 @@ def test_checkpoint_and_quant_type_are_chosen_by_tool_calls(project):
     best = max(checkpoints, key=lambda c: (c["exact_call_f1"], c["tool_name_f1"], -c["val_loss"]))
     assert best["chosen"] and f"{best['checkpoint']}: exact-call F1" in said
 
-    quant = meta["selection"]["quant"]   # screened from Q8_0 down, 3 a pass, to the first pass with a type beyond it
+    quant = meta["selection"]["quant"]   # screened from Q8_0 down, 4 a pass, to the first pass with a type beyond it
     types = [q["type"] for q in quant]
-    lossy = [t for t in types if t != "F16"]
-    assert lossy == ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"][:len(lossy)] and len(lossy) in (3, 6)
-    assert len(lossy) == 6 or not all(q["screened"] for q in quant[-3:])   # stopped: its last pass had a failure
+    lossy = [q for q in quant if q["type"] != "F16"]
+    assert [q["type"] for q in lossy] == ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"][:len(lossy)]
+    assert len(lossy) in (4, 6) and (len(lossy) == 6 or not all(q["screened"] for q in lossy))   # stopped at a failure
     assert ("F16" in types) == (not any(q["screened"] for q in quant if q["type"] != "F16"))   # F16 only as a fallback
     assert all(q["mean_kl"] >= 0 and 0 <= q["top1_agreement"] <= 1 for q in quant)
     assert quant[types.index("Q8_0")]["mean_kl"] < quant[-1]["mean_kl"]   # Q8_0 drifts less than the smallest screened
@@ -376,11 +376,11 @@ def test_the_screen_stops_after_the_first_pass_with_a_type_beyond_it():
     def screen(passing):
         return lambda batch: [{"type": t, "screened": t in passing} for t, _ in batch]
 
-    rows = screen_down(list(sizes), files, screen({"Q6_K", "Q5_K_M", "Q4_K_M"}))
-    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]   # 3 fitting a pass
+    rows = screen_down(list(sizes), files, screen({"Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"}))
+    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"]   # 4 fitting a pass
     quantized.clear()
-    rows = screen_down(list(sizes), files, screen({"Q6_K"}))
-    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M"] and "Q3_K_M" not in quantized
+    rows = screen_down(list(sizes), files, screen({"Q6_K", "Q5_K_M"}))
+    assert [r["type"] for r in rows] == ["Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"] and "Q2_K" not in quantized
     assert screen_down(["Q8_0"], files, screen(set())) == []   # nothing under the cap: nothing screened
 
 

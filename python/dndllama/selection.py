@@ -272,9 +272,10 @@ def choose_quant_screened(checkpoint: Path, out_dir: Path, cap: int, types: list
 # agreement on the 270M), so it is quantized and screened only when no smaller type passes.
 HALF_TYPES = ("F16", "BF16")
 # Types per divergence pass: each pass decodes the reference again, and the screen stops at the first
-# pass with a type beyond it. Trained 270Ms first fail at Q5_K_M or Q4_K_M: one or two passes of 4
-# models where screening the whole ladder took 8.
-SCREEN_PASS = 3
+# pass with a type beyond it. Trained 270Ms first fail at Q5_K_M or Q4_K_M (the README's short run and
+# the 2-epoch default at Q4_K_M): one pass of 5 models (Q8_0 down to Q4_K_M) where 3 a pass took two
+# passes of 4 and screening the whole ladder took 8.
+SCREEN_PASS = 4
 
 
 def screen_down(types: list[str], files: Quantizer, screen: Callable[[list], list[dict]]) -> list[dict]:
