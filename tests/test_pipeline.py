@@ -140,11 +140,14 @@ def test_reruns_do_only_what_changed(project):
     assert "training: unchanged" in said and "training gemma3" not in said
     assert "as the baseline" not in said               # the base model's validation is cached across runs
 
+    _, said = train(project, quant="Q8_0", augment=1)              # other training windows, same judging
+    assert "training gemma3" in said and "as the baseline" not in said
+
     scenario = project.data / "combat" / "wolves_at_the_ford.md"
     scenario.write_text(scenario.read_text().replace("## DM\n", "## DM\nThe river roars.\n", 1))
     retrained, said = train(project, quant="Q8_0")
-    assert retrained.version.name == "v0003" and "training gemma3" in said
-    assert retrained.version.metadata["parent"] == "v0002"
+    assert retrained.version.name == "v0004" and "training gemma3" in said
+    assert retrained.version.metadata["parent"] == "v0003"
     assert retrained.version.metadata["dataset_hash"] != first.version.metadata["dataset_hash"]
 
 

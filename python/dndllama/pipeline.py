@@ -298,15 +298,18 @@ def make_judge(job: Run) -> Judge:
 
 def validate_stage(job: Run, model: Path, train_log: Path, judge: Judge, choices: dict):
     """The shipped file's validation (already done if it was judged) next to the base model's (cached
-    across runs: it only changes with the base, the data and these settings)."""
+    across runs: it only changes with the base, the scenario files, their split and these settings)."""
     config, data = job.config, job.data
     conversations = judged_conversations(data)
     settings = validation_settings(config)
     which = "evaluation" if data.evaluation else "validation"
     job.say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} {which} scenarios ...")
     result = judge(model)
+    # keyed by what the base's replay and loss read: not the training windows (synth, augment), so a
+    # run with other training settings does not replay the base again
     baselines = Judge(conversations, data.vocab, settings, job.cache / "baselines",
-                      scope=digest(job.base.sha256, job.keys.dataset, code_version(), eval_key(data)),
+                      scope=digest(job.base.sha256, job.keys.data, config.val_fraction, config.seed, code_version(),
+                                   eval_key(data)),
                       loss_conversations=loss_conversations(data))
     if not baselines.cached(job.base.gguf):
         job.say(f"validating the base model {job.base.gguf.name} as the baseline (once) ...")
