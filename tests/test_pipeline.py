@@ -151,6 +151,13 @@ def test_reruns_do_only_what_changed(project):
     assert retrained.version.metadata["dataset_hash"] != first.version.metadata["dataset_hash"]
 
 
+def test_without_a_validation_split_the_base_is_judged_again_on_other_training_windows(project):
+    # no split held back: the base is judged on the training split, which augment changes
+    train(project, val_fraction=0.0)
+    _, said = train(project, val_fraction=0.0, augment=1)
+    assert "training gemma3" in said and "as the baseline" in said
+
+
 def test_added_data_warm_starts_from_the_current_version(project):
     train(project)
     shutil.copy(INDEPENDENT.parent / "seed_tavern.md", project.data / "roleplay" / "seed_tavern.md")

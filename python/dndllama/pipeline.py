@@ -306,9 +306,11 @@ def validate_stage(job: Run, model: Path, train_log: Path, judge: Judge, choices
     job.say(f"validating on {config.validate_turns or 'all'} DM turns of {len(conversations)} {which} scenarios ...")
     result = judge(model)
     # keyed by what the base's replay and loss read: not the training windows (synth, augment), so a
-    # run with other training settings does not replay the base again
+    # run with other training settings does not replay the base again; a corpus too small for a
+    # validation split is judged on its training split, which holds those windows
+    read = job.keys.data if data.validation else job.keys.dataset
     baselines = Judge(conversations, data.vocab, settings, job.cache / "baselines",
-                      scope=digest(job.base.sha256, job.keys.data, config.val_fraction, config.seed, code_version(),
+                      scope=digest(job.base.sha256, read, config.val_fraction, config.seed, code_version(),
                                    eval_key(data)),
                       loss_conversations=loss_conversations(data))
     if not baselines.cached(job.base.gguf):
