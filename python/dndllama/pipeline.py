@@ -310,8 +310,7 @@ def validate_stage(job: Run, model: Path, train_log: Path, judge: Judge, choices
     # validation split is judged on its training split, which holds those windows
     read = job.keys.data if data.validation else job.keys.dataset
     baselines = Judge(conversations, data.vocab, settings, job.cache / "baselines",
-                      scope=digest(job.base.sha256, read, config.val_fraction, config.seed, code_version(),
-                                   eval_key(data)),
+                      scope=digest(job.base.sha256, read, config.val_fraction, code_version(), eval_key(data)),
                       loss_conversations=loss_conversations(data))
     if not baselines.cached(job.base.gguf):
         job.say(f"validating the base model {job.base.gguf.name} as the baseline (once) ...")
