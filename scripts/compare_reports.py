@@ -70,6 +70,8 @@ def main() -> None:
         print(f"{label:<52} {fmt_value(a):>7} {fmt_value(b):>7} {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {differ}")
         if key in SUMMARY:
             summary[key] = (diff, low, high)
+    a, b = (f"{m.repeated_calls} of {m.predicted_calls}" for m in scored)
+    print(f"{'attempts repeating the call just resolved':<52} {a:>9} {b:>9}")
     _print_arguments(scored)
     print("compared_turns=" + str(len(keys)) + "".join(
         f" {k}_diff={d:+.3f} {k}_ci={lo:+.3f},{hi:+.3f}" for k, (d, lo, hi) in summary.items()))

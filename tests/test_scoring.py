@@ -216,7 +216,22 @@ def test_turn_context_reads_the_party_and_the_results_and_leaves_out_the_tool_pr
     assert context.party == ("Mira", "Old Tom") and "*4*" in context.results and "I look around." in context.before
     assert "rope" not in context.before                   # the tool prompt's example is not the conversation
     assert turn_context(messages, 2, render_tool_prompt(VOCAB)).results == ""   # answers the player
+    assert context.resolved == "Roll. [roll: 1d6]" and turn_context(messages, 2, render_tool_prompt(VOCAB)).resolved == ""
     assert consequence_kind(call("[inventory: Mira, +rope]"), context) is None
+
+
+def test_turns_after_a_tool_result_count_their_own_no_call_accuracy_and_repeated_calls():
+    paid = Context(("Mira",), "I buy the rope.", "<TOOLCALL>\nMira: +rope\n</TOOLCALL>", "Done. [inventory: Mira, +rope]")
+    m = tool_metrics([("She coils it over her shoulder.", "Done. [inventory: mira, +Rope]", paid),   # the same call again
+                      ("The road is quiet.", "The road is quiet.", paid),
+                      ("The inn is warm.", "[roll: perception]", Context(("Mira",), "I walk in.")),      # answers the player
+                      ("[roll: 1d6]", "[roll: 1d6] [inventory: Mira, +rope]", paid)], VOCAB)
+    assert m.counts["no_call_after_result"] == [1, 2] and m.no_call_after_result == 0.5
+    assert m.no_call_accuracy == pytest.approx(1 / 3)
+    assert m.repeated_calls == 2                  # a must-call turn can repeat the resolved call too
+    fresh = Context(("Mira",), "", "<TOOLCALL>\nMira: +rope\n</TOOLCALL>", "Done. [inventory: Mira, +rope]")
+    assert tool_metrics([("[inventory: Mira, -rope]", "[inventory: Mira, -rope]", fresh)], VOCAB).repeated_calls == 0
+    assert metrics(("Quiet.", "Quiet.")).no_call_after_result is None   # no turn follows a result
 
 
 # ---- intervals --------------------------------------------------------------------------------

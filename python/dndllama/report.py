@@ -158,6 +158,7 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("calls per reference call (1 is right)", lambda r: getattr(r.tools, "calls_per_reference", None), "{:.2f}")
     row("reference calls / predicted attempts", lambda r: f"{r.tools.reference_calls} / {r.tools.predicted_calls}")
     row("over-calling turns / no-call turns", lambda r: f"{r.tools.over_calling_turns} / {r.tools.no_call_turns}")
+    row("attempts repeating the call just resolved", lambda r: getattr(r.tools, "repeated_calls", None), "{}")
     row("replies cut at max_tokens", lambda r: f"{sum(t.stop_reason == 'length' for t in r.turns)} / {len(r.turns)}")
     row("validation loss (reference DM tokens)", lambda r: r.loss.loss)
     row("perplexity", lambda r: r.loss.perplexity, "{:.2f}")

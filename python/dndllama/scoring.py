@@ -69,6 +69,7 @@ RATES = [
     ("consequence_exact", "consequence calls written exactly", "conseq."),
     ("turn_exact_match", "turns with exactly the reference calls", "turn exact"),
     ("no_call_accuracy", "no-call accuracy (no attempt where none is due)", "no-call"),
+    ("no_call_after_result", "no-call accuracy right after a tool result", "no-call after result"),
     ("must_call_accuracy", "must-call accuracy (a valid call where one is due)", "must-call"),
     ("format_validity", "tool-call format validity", "format"),
 ]
@@ -96,12 +97,13 @@ class TurnCalls:
 @dataclass(frozen=True)
 class Context:
     """What a DM turn follows: the party (from the SYSTEM block), the text written before the turn
-    (SYSTEM block and earlier messages, without the tool prompt) and the tool results fed back just
-    before it ("" when the turn answers the player)."""
+    (SYSTEM block and earlier messages, without the tool prompt), the tool results fed back just
+    before it ("" when the turn answers the player) and the DM turn whose calls they answer."""
 
     party: tuple[str, ...] = ()
     before: str = ""
     results: str = ""
+    resolved: str = ""
 
 
 def turn_calls(text: str, vocab: Vocabulary) -> TurnCalls:
@@ -148,7 +150,9 @@ def turn_context(messages: Sequence, index: int, tool_prompt: str = "") -> Conte
     system = before[0].replace(tool_prompt, "") if before and messages[0].role == "system" else ""
     previous = before[-1] if before and messages[index - 1].role == "user" else ""
     results = previous if previous.lstrip().startswith("<TOOLCALL>") else ""
-    return Context(party_names(system), "\n".join([system, *before[1:]]) if system else "\n".join(before), results)
+    resolved = before[-2] if results and index >= 2 and messages[index - 2].role == "assistant" else ""
+    return Context(party_names(system), "\n".join([system, *before[1:]]) if system else "\n".join(before), results,
+                   resolved)
 
 
 def party_names(system_block: str) -> tuple[str, ...]:
@@ -221,6 +225,9 @@ class ToolMetrics:
     calls_per_reference: float | None = None   # attempts per reference call: 1 is right, > 1 over-calls
     over_calling_turns: int = 0       # no-call reference, at least one attempt predicted
     missed_call_turns: int = 0        # reference calls a tool, prediction attempts none
+    # valid attempts that repeat (exactly) a call whose result was just fed back: the app would run it
+    # again. Copying the previous DM turn's call is what a small model falls back on.
+    repeated_calls: int = 0
     consequence_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> reference, exact
     per_tool: dict[str, dict[str, int]] = field(default_factory=dict)  # see _tool_counts
     # "tool.argument" -> [right, of]: each argument of the paired calls (argument_score), so a wrong
@@ -278,10 +285,16 @@ def _score_turn(m: ToolMetrics, tally: Counter, ref: list[ToolCall], pred: TurnC
         m.no_call_turns += 1
         tally["no_call_right"] += pred.attempts == 0
         m.over_calling_turns += pred.attempts > 0
+        if context and context.results:
+            tally["no_call_after_result"] += 1
+            tally["no_call_after_result_right"] += pred.attempts == 0
     else:
         m.must_call_turns += 1
         tally["must_call_right"] += bool(pred.valid)
         m.missed_call_turns += pred.attempts == 0
+    if context and context.resolved:
+        resolved = {key(c) for c in turn_calls(context.resolved, vocab).valid}
+        m.repeated_calls += sum(key(c) in resolved for c in pred.valid)
     for name in dict.fromkeys(c.name for c in ref):
         right, total = argument_score([c for c in ref if c.name == name], [p for p in pred.valid if p.name == name],
                                       key, m.per_argument)
@@ -372,6 +385,7 @@ def _finish(m: ToolMetrics, t: Counter) -> None:
         "consequence_exact": (t["consequence_exact"], t["consequence"]),
         "turn_exact_match": (t["exact_turns"], m.turns),
         "no_call_accuracy": (t["no_call_right"], m.no_call_turns),
+        "no_call_after_result": (t["no_call_after_result_right"], t["no_call_after_result"]),
         "must_call_accuracy": (t["must_call_right"], m.must_call_turns),
         "format_validity": (m.valid_calls, m.predicted_calls),
     }
