@@ -3,8 +3,10 @@ the per-tool rows with the argument score, and the consequence calls."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from dndllama.replay import Turn
 from dndllama.report import REPORT_JSON, REPORT_MD, metric_rows, render_markdown, write_report
 from dndllama.scoring import RATES, Context, tool_metrics
 from dndllama.tools import default_vocabulary
@@ -46,6 +48,21 @@ def test_every_rate_is_shown_with_its_counts_and_interval():
     assert rows["calls per reference call (1 is right)"][1:3] == ["1.00", "1.00"]
     plain = {row[0]: row for row in metric_rows(report())}            # the console table: figures only
     assert plain["tool-name F1"][1] == "1.000"
+
+
+def test_report_counts_calls_in_looping_replies_and_calls_repeated_after_their_result():
+    looped = "Swing. " + "[roll: Gorran, axe attack]\n" * 5
+    paid = Context(("Gorran",), "Gorran buys rope.", "<TOOLCALL>\nGorran: +rope\n</TOOLCALL>", "[inventory: Gorran, +rope]")
+    tools = tool_metrics([("Swing. [roll: Gorran, axe attack]", looped), ("He coils it.", "[inventory: Gorran, +rope]", paid),
+                          ("Quiet.", "Quiet.")], VOCAB)
+    turns = [Turn("a.md", 2, "", looped, [], ["[roll: Gorran, axe attack]"] * 5, [], 10, 64, "length", 0, 0),
+             Turn("a.md", 4, "", "", [], ["[inventory: Gorran, +rope]"], [], 10, 9, "eos", 0, 0),
+             Turn("a.md", 6, "", "", [], [], ["[roll"], 10, 64, "length", 0, 0)]
+    model = dataclasses.replace(result("model", ["", "", "", ""]), tools=tools, turns=turns)
+    rows = {row[0]: row for row in metric_rows(Report(model, None, {}, ["a.md"]))}
+    assert rows["replies cut at max_tokens"][1] == "2 / 3"
+    assert rows["attempts in those replies / all attempts"][1] == "6 / 6"
+    assert rows["attempts repeating the call just resolved"][1] == "1"
 
 
 def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp_path):

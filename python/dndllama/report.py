@@ -160,6 +160,7 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("over-calling turns / no-call turns", lambda r: f"{r.tools.over_calling_turns} / {r.tools.no_call_turns}")
     row("attempts repeating the call just resolved", lambda r: getattr(r.tools, "repeated_calls", None), "{}")
     row("replies cut at max_tokens", lambda r: f"{sum(t.stop_reason == 'length' for t in r.turns)} / {len(r.turns)}")
+    row("attempts in those replies / all attempts", lambda r: f"{_looped_attempts(r.turns)} / {r.tools.predicted_calls}")
     row("validation loss (reference DM tokens)", lambda r: r.loss.loss)
     row("perplexity", lambda r: r.loss.perplexity, "{:.2f}")
     row("token accuracy", lambda r: r.loss.token_accuracy)
@@ -168,6 +169,12 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("seconds per DM turn", lambda r: r.seconds_per_turn, "{:.2f}")
     row("peak memory (MB)", lambda r: r.peak_rss_mb, "{:,.0f}")
     return rows
+
+
+def _looped_attempts(turns) -> int:
+    """Call attempts in replies that ran to max_tokens: a greedy loop often repeats one call many times
+    (`[roll: Mira, battleaxe attack]` ten times), which inflates calls per reference on its own."""
+    return sum(len(t.predicted_calls) + len(t.invalid_calls) for t in turns if t.stop_reason == "length")
 
 
 def _interval(tools, key: str) -> str:
