@@ -132,6 +132,23 @@ def test_a_bad_grammar_is_a_native_error_with_the_fix():
         model.replay([model.tokenize("the", True, True)], [0], max_tokens=4, grammar="start ::= \"a\"")
 
 
+def test_a_replayed_reply_that_loops_on_one_call_is_scored_as_ended_before_its_third_copy(data):
+    from dndllama.replay import _turn
+
+    vocab, conversations = data
+    conversation, index = dm_turns(conversations, 1)[0]
+    looped = "Roll. " + "[roll: perception]\n" * 9 + "[roll: per"
+    out = {"text": looped, "stop_reason": "length", "n_prompt": 50, "n_generated": 128, "prompt_tokens_per_s": 1.0,
+           "gen_tokens_per_s": 1.0}
+    turn = _turn(conversation, index, out, vocab)
+    assert turn.prediction == "Roll. [roll: perception]\n[roll: perception]" and turn.looped
+    assert turn.stop_reason == "length"                      # how generation stopped, as before
+    assert turn.predicted_calls == ["[roll: perception]"] * 2 and turn.invalid_calls == []
+    assert turn.generated_tokens == 128                      # the tokens it cost are still counted
+    plain = _turn(conversation, index, {**out, "text": "Roll. [roll: perception]", "stop_reason": "eos"}, vocab)
+    assert not plain.looped and plain.prediction == "Roll. [roll: perception]"
+
+
 _tiny: list = []
 
 

@@ -57,12 +57,13 @@ def test_report_counts_calls_in_looping_replies_and_calls_repeated_after_their_r
                           ("Quiet.", "Quiet.")], VOCAB)
     turns = [Turn("a.md", 2, "", looped, [], ["[roll: Gorran, axe attack]"] * 5, [], 10, 64, "length", 0, 0),
              Turn("a.md", 4, "", "", [], ["[inventory: Gorran, +rope]"], [], 10, 9, "eos", 0, 0),
-             Turn("a.md", 6, "", "", [], [], ["[roll"], 10, 64, "length", 0, 0)]
+             Turn("a.md", 6, "", "", [], [], ["[roll"], 10, 64, "length", 0, 0, looped=True)]
     model = dataclasses.replace(result("model", ["", "", "", ""]), tools=tools, turns=turns)
     rows = {row[0]: row for row in metric_rows(Report(model, None, {}, ["a.md"]))}
     assert rows["replies cut at max_tokens"][1] == "2 / 3"
     assert rows["attempts in those replies / all attempts"][1] == "6 / 6"
     assert rows["attempts repeating the call just resolved"][1] == "1"
+    assert rows["replies ended before a call's third copy (loops)"][1] == "1 / 3"
 
 
 def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp_path):

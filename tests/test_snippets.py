@@ -4,6 +4,9 @@ turns it off) and both snippets pass it as the completion's `grammar`."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from dndllama.cactus import cactus_config
 from dndllama.config import ConfigError, load_config
 from dndllama.grammar import GRAMMAR_FILE, tool_call_grammar
+from dndllama.replay import end_at_looped_call
 from dndllama.snippets import cactus_ts, llama_rn_ts
 from dndllama.tools import default_vocabulary
 
@@ -39,3 +43,31 @@ def test_snippets_pass_the_grammar_to_the_completion(make, tmp_path):
     literal = on.split("export const GRAMMAR = ", 1)[1].split(";\n", 1)[0]
     assert json.loads(literal) == tool_call_grammar(VOCAB)        # the text verbatim, escaped for TypeScript
     assert "GRAMMAR" not in off and "grammar:" not in off
+
+
+LOOPS = ["Quiet night.", "[roll: perception]", "Two swings. [roll: Mira, axe attack]\n[roll: Mira, axe attack]",
+         "Swing. [roll: Mira, axe attack] [roll: Mira, axe attack] [health: orc, -5]  [roll: Mira, axe attack] [roll: Mi",
+         "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6] [roll: 1d6]\n\n[check: stealth, 15]"]
+
+
+def test_end_at_looped_call_keeps_two_copies_of_a_call_and_ends_before_the_third():
+    assert end_at_looped_call(LOOPS[0]) is None and end_at_looped_call(LOOPS[2]) is None
+    assert end_at_looped_call(LOOPS[3]) == "Swing. [roll: Mira, axe attack] [roll: Mira, axe attack] [health: orc, -5]"
+    assert end_at_looped_call(LOOPS[4]) == "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6]"
+    assert end_at_looped_call(LOOPS[3], limit=1) == "Swing. [roll: Mira, axe attack]"
+
+
+@pytest.mark.parametrize("make", [cactus_ts, llama_rn_ts])
+def test_the_snippets_end_looping_replies_as_validation_does(make, tmp_path):
+    """The TypeScript endAtLoopedCall, run by Node on the same texts, gives what validation scored."""
+    ts = make(config_for(tmp_path))
+    assert "return endAtLoopedCall(result.text.trim());" in ts
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed: the TypeScript function is not run")
+    function = ts[ts.index("export function endAtLoopedCall"):]
+    function = function[:function.index("\n}\n") + 2].replace("export ", "")
+    js = re.sub(r"<string, number>|: string", "", function)   # the only type annotations it has
+    script = f"{js}\nconsole.log(JSON.stringify({json.dumps(LOOPS)}.map(endAtLoopedCall)));"
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [t if end_at_looped_call(t) is None else end_at_looped_call(t) for t in LOOPS]

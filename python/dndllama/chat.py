@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import END_OF_TURN, Message, feedback_message, system_prompt
+from .replay import end_at_looped_call
 from .scenarios import RESULT_LINE, Character, SystemBlock, check_scenario
 from .tools import ToolCall, ToolCallError, Vocabulary, default_vocabulary, find_tool_calls
 
@@ -77,6 +78,7 @@ class Reply:
     n_generated: int = 0
     stop_reason: str = ""
     tokens_per_s: float = 0.0
+    looped: bool = False               # the reply ends before a call's third copy (replay.end_at_looped_call)
 
     @property
     def awaiting_results(self) -> bool:
@@ -190,11 +192,13 @@ class ChatSession:
         del self.rounds[:dropped]
         self.turns += 1
         text = result["text"].split(END_OF_TURN)[0].strip()
+        ended = end_at_looped_call(text)        # as validation and the app end it
+        text = text if ended is None else ended
         calls, invalid = find_tool_calls(text, self.vocab)
         self.rounds[-1].append(Message("assistant", text))
         self.pending = calls
         return Reply(text, calls, invalid, dropped, result.get("n_prompt", n_prompt), result.get("n_generated", 0),
-                     result.get("stop_reason", ""), result.get("gen_tokens_per_s", 0.0))
+                     result.get("stop_reason", ""), result.get("gen_tokens_per_s", 0.0), ended is not None)
 
     def _fit(self) -> tuple[int, int]:
         """How many of the oldest rounds to drop so that prompt + max_tokens fits n_ctx, and the prompt's

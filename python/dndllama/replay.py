@@ -25,6 +25,7 @@ the gap; tests/test_replay.py bounds it on the real model).
 from __future__ import annotations
 
 import itertools
+import re
 import resource
 import sys
 import time
@@ -39,6 +40,12 @@ from .tools import Vocabulary
 DEFAULT_MAX_TOKENS = 128  # above every DM turn of the default corpus (at most 110 Gemma tokens)
 # forks generated together: past ~16 a 2-core CPU turns compute-bound and the gain flattens
 DEFAULT_PARALLEL = 16
+# A reply that writes one call a third time is looping: greedy decoding of an undertrained model
+# repeats `[roll: Mira, axe attack]` until max_tokens (a third of one short run's attempts). The
+# scenarios write a call at most twice in a turn (Extra Attack), so the reply ends before the third,
+# here and in the app (cactus.ts's endAtLoopedCall), and the app never runs a looped call.
+MAX_CALL_REPEATS = 2
+CALL_TEXT = re.compile(r"\[[^\[\]]*\]")
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Turn:
     stop_reason: str            # "eos" / "stop": the turn ended; "length": cut at max_tokens
     prompt_seconds: float       # batched: 0 (prompts are shared; see Replay.seconds)
     generate_seconds: float     # batched: the replay's seconds shared evenly over its turns
+    looped: bool = False        # the prediction ends before a call's third copy (end_at_looped_call)
 
 
 @dataclass
@@ -182,9 +190,22 @@ def _prompt(model, messages, template: str, bos: str) -> str:
     return prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
 
 
+def end_at_looped_call(text: str, limit: int = MAX_CALL_REPEATS) -> str | None:
+    """`text` up to the first call written for the (limit + 1)-th time, without trailing space; None when
+    no call is written that often. Calls are compared as written (`[...]`)."""
+    seen: dict[str, int] = {}
+    for match in CALL_TEXT.finditer(text):
+        seen[match.group(0)] = seen.get(match.group(0), 0) + 1
+        if seen[match.group(0)] > limit:
+            return text[:match.start()].rstrip()
+    return None
+
+
 def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) -> Turn:
     reference = conversation.messages[index].content
     prediction = out["text"].strip()
+    ended = end_at_looped_call(prediction)
+    prediction = prediction if ended is None else ended
     pred = turn_calls(prediction, vocab)
     rates = out["prompt_tokens_per_s"], out["gen_tokens_per_s"]
     return Turn(
@@ -193,7 +214,7 @@ def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) 
         predicted_calls=[c.raw.strip() for c in pred.valid], invalid_calls=[c.raw for c in pred.invalid],
         prompt_tokens=out["n_prompt"], generated_tokens=out["n_generated"], stop_reason=out["stop_reason"],
         prompt_seconds=out["n_prompt"] / rates[0] if rates[0] > 0 else 0.0,
-        generate_seconds=out["n_generated"] / rates[1] if rates[1] > 0 else 0.0,
+        generate_seconds=out["n_generated"] / rates[1] if rates[1] > 0 else 0.0, looped=ended is not None,
     )
 
 

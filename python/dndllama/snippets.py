@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 
+from .replay import MAX_CALL_REPEATS
+
 REQUIRED_KEYS = ("modelPath", "mmprojPath", "n_ctx", "sampling", "toolPrompt", "tools")
 # config["sampling"] key -> completion option (the same names in both packages)
 SAMPLING_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "stop": "stop",
@@ -79,8 +81,25 @@ def _constants(config: dict, package: str) -> str:
         f"export const TOOLS = {_ts(list(config['tools']))};",
         *_grammar_lines(config),
         "export const COMPLETION_PARAMS = " + _object(_completion_entries(config), "") + ";",
+        END_AT_LOOPED_CALL,
     ]
     return "\n".join(lines)
+
+
+# replay.end_at_looped_call in TypeScript: validation scored the replies ended so
+END_AT_LOOPED_CALL = f"""// A reply that writes one call more than {MAX_CALL_REPEATS} times is looping: it ends before that
+// call, as validation ended the replies it scored, so the app never runs a looped call.
+export function endAtLoopedCall(text: string): string {{
+  const seen = new Map<string, number>();
+  for (const match of text.matchAll(/\\[[^\\[\\]]*\\]/g)) {{
+    const count = (seen.get(match[0]) ?? 0) + 1;
+    seen.set(match[0], count);
+    if (count > {MAX_CALL_REPEATS}) {{
+      return text.slice(0, match.index).trimEnd();
+    }}
+  }}
+  return text;
+}}"""
 
 
 def _grammar_lines(config: dict) -> list[str]:
@@ -129,7 +148,7 @@ export async function initModel() {{
 export async function reply(model: {cls}, systemBlock: string, history: {{ role: string; content: string }}[]) {{
   const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await model.completion(messages, COMPLETION_PARAMS);
-  return result.text;
+  return endAtLoopedCall(result.text.trim());
 }}
 """
 
@@ -153,7 +172,7 @@ export async function initModel() {{
 export async function reply(context: LlamaContext, systemBlock: string, history: {{ role: string; content: string }}[]) {{
   const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await context.completion({{ messages, ...COMPLETION_PARAMS }});
-  return result.text;
+  return endAtLoopedCall(result.text.trim());
 }}
 """
 
