@@ -160,7 +160,7 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("over-calling turns / no-call turns", lambda r: f"{r.tools.over_calling_turns} / {r.tools.no_call_turns}")
     row("attempts repeating the call just resolved", lambda r: getattr(r.tools, "repeated_calls", None), "{}")
     row("replies cut at max_tokens", lambda r: f"{sum(t.stop_reason == 'length' for t in r.turns)} / {len(r.turns)}")
-    row("attempts in those replies / all attempts", lambda r: f"{_looped_attempts(r.turns)} / {r.tools.predicted_calls}")
+    row("attempts in those replies / all attempts", lambda r: f"{_attempts_in_cut_replies(r.turns)} / {r.tools.predicted_calls}")
     row("replies ended before a call's third copy (loops)",
         lambda r: f"{sum(getattr(t, 'looped', False) for t in r.turns)} / {len(r.turns)}")
     row("validation loss (reference DM tokens)", lambda r: r.loss.loss)
@@ -173,9 +173,9 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     return rows
 
 
-def _looped_attempts(turns) -> int:
-    """Call attempts in replies that ran to max_tokens: a greedy loop often repeats one call many times
-    (`[roll: Mira, battleaxe attack]` ten times), which inflates calls per reference on its own."""
+def _attempts_in_cut_replies(turns) -> int:
+    """Call attempts in replies that ran to max_tokens: how much of the over-calling greedy loops make
+    (a loop of one call is ended before its third copy; a loop of several calls is not)."""
     return sum(len(t.predicted_calls) + len(t.invalid_calls) for t in turns if t.stop_reason == "length")
 
 

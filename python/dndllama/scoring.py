@@ -226,7 +226,7 @@ class ToolMetrics:
     over_calling_turns: int = 0       # no-call reference, at least one attempt predicted
     missed_call_turns: int = 0        # reference calls a tool, prediction attempts none
     # valid attempts that repeat (exactly) a call whose result was just fed back: the app would run it
-    # again. Copying the previous DM turn's call is what a small model falls back on.
+    # again. Tells copying the previous call apart from other over-calling (docs/evaluation.md).
     repeated_calls: int = 0
     consequence_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> reference, exact
     per_tool: dict[str, dict[str, int]] = field(default_factory=dict)  # see _tool_counts
