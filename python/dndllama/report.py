@@ -160,7 +160,8 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("over-calling turns / no-call turns", lambda r: f"{r.tools.over_calling_turns} / {r.tools.no_call_turns}")
     row("attempts repeating the call just resolved", lambda r: getattr(r.tools, "repeated_calls", None), "{}")
     row("replies cut at max_tokens", lambda r: f"{sum(t.stop_reason == 'length' for t in r.turns)} / {len(r.turns)}")
-    row("attempts in those replies / all attempts", lambda r: f"{_attempts_in_cut_replies(r.turns)} / {r.tools.predicted_calls}")
+    row("attempts in those replies / all attempts",
+        lambda r: f"{_attempts_in_cut_replies(r.turns)} / {r.tools.predicted_calls}")
     row("replies ended before a call's third copy (loops)",
         lambda r: f"{sum(getattr(t, 'looped', False) for t in r.turns)} / {len(r.turns)}")
     row("validation loss (reference DM tokens)", lambda r: r.loss.loss)
