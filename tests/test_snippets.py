@@ -1,5 +1,6 @@
-"""The tool-call grammar travels to the app: cactus.config.json carries it (or null when the config
-turns it off) and both snippets pass it as the completion's `grammar`."""
+"""What validation decodes with travels to the app: cactus.config.json carries the tool-call grammar
+(or null when the config turns it off), both snippets pass it as the completion's `grammar`, and
+their reply() ends a looping reply as validation does (endAtLoopedCall, run with Node)."""
 
 from __future__ import annotations
 
