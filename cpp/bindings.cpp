@@ -153,7 +153,7 @@ py::dict result_dict(const GenerateResult & r) {
 
 py::dict generate_py(const Model & self, const py::str & text, int max_tokens, float temperature, int top_k,
                      float top_p, int64_t seed, const std::vector<std::string> & stop, int n_ctx, int n_threads,
-                     const std::string & grammar, bool fresh_context) {
+                     const std::string & grammar, bool fresh_context, int max_repeats) {
     const std::string prompt = utf8_arg(text, "the prompt");
     GenerateOptions o;
     o.max_tokens = max_tokens;
@@ -165,6 +165,7 @@ py::dict generate_py(const Model & self, const py::str & text, int max_tokens, f
     o.n_ctx = n_ctx;
     o.n_threads = n_threads;
     o.grammar = grammar;
+    o.max_repeats = max_repeats;
     check_generate_options(o);
     GenerateResult r;
     {
@@ -195,7 +196,7 @@ py::dict stats_dict(const ReplayStats & st) {
 
 py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> & prompts, const std::vector<int> & streams,
                     int max_tokens, const std::vector<std::string> & stop, int n_ctx, int n_parallel, int kv_cells,
-                    int n_threads, const std::string & grammar, py::object callback) {
+                    int n_threads, const std::string & grammar, int max_repeats, py::object callback) {
     if (prompts.size() != streams.size()) {
         throw Error("replay: one stream id per prompt is needed");
     }
@@ -210,6 +211,7 @@ py::tuple replay_py(const Model & self, const std::vector<std::vector<int32_t>> 
     o.n_ctx = n_ctx;
     o.n_threads = n_threads;
     o.grammar = grammar;
+    o.max_repeats = max_repeats;
     check_generate_options(o);
     if (n_parallel < 1 || n_parallel > 256 || kv_cells < 0) {
         throw Error("replay: n_parallel " + std::to_string(n_parallel) + " or kv_cells " + std::to_string(kv_cells) +
@@ -339,14 +341,16 @@ PYBIND11_MODULE(_native, m) {
         .def("generate", &generate_py, py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.7f,
              py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("seed") = 42,
              py::arg("stop") = std::vector<std::string>{}, py::arg("n_ctx") = 2048, py::arg("n_threads") = 0,
-             py::arg("grammar") = "", py::arg("fresh_context") = false,
+             py::arg("grammar") = "", py::arg("fresh_context") = false, py::arg("max_repeats") = 0,
              "Generate from `prompt`. The model's session keeps its KV cache between calls and decodes only "
              "from the first token that differs; fresh_context=True makes a new context for this call "
-             "(the one-at-a-time reference path). `grammar`: GBNF with a `root` rule, '' = none.")
+             "(the one-at-a-time reference path). `grammar`: GBNF with a `root` rule, '' = none. "
+             "max_repeats > 0: stop (stop_reason 'loop') once a call or sentence is written more often "
+             "(replay.end_at_loop's spans).")
         .def("replay", &replay_py, py::arg("prompts"), py::arg("streams"), py::arg("max_tokens") = 128,
              py::arg("stop") = std::vector<std::string>{}, py::arg("n_ctx") = 2048, py::arg("n_parallel") = 8,
              py::arg("kv_cells") = 0, py::arg("n_threads") = 0, py::arg("grammar") = "",
-             py::arg("progress") = py::none(),
+             py::arg("max_repeats") = 0, py::arg("progress") = py::none(),
              "Greedy generations for many prompts (token lists, BOS included) at once: prompts of one stream "
              "share their decoded prefix, up to n_parallel generations run in one batch. Returns (results in "
              "prompt order, stats). kv_cells: the session's KV size (0 = 2 n_ctx + n_parallel max_tokens).")

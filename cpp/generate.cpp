@@ -5,8 +5,11 @@
 #include "ggml.h"
 #include "llama.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <string_view>
 
 namespace dnd {
 
@@ -118,7 +121,63 @@ size_t find_stop(const std::string & text, const std::vector<std::string> & stop
     return best;
 }
 
-bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const std::vector<std::string> & stops) {
+namespace {
+
+constexpr size_t kMinSentence = 8;   // replay.MIN_SENTENCE
+
+bool ends_prose(char c) { return c == '.' || c == '!' || c == '?' || c == '\n'; }
+
+// code points, as Python's len() counts them
+size_t code_points(std::string_view s) {
+    return (size_t) std::count_if(s.begin(), s.end(), [](char c) { return ((unsigned char) c & 0xC0) != 0x80; });
+}
+
+std::string_view strip_ascii_space(std::string_view s) {
+    const char * space = " \t\n\r\f\v";
+    const size_t first = s.find_first_not_of(space);
+    if (first == std::string_view::npos) {
+        return {};
+    }
+    return s.substr(first, s.find_last_not_of(space) + 1 - first);
+}
+
+} // namespace
+
+// The matches of LOOP_SPAN (\[[^\[\]]*\]|[^.!?\n\[\]]+[.!?\n]) as re.finditer finds them, left to right.
+bool repeats_a_span(const std::string & text, int limit) {
+    const std::string_view all(text);
+    std::map<std::string_view, int> seen;
+    size_t i = 0;
+    while (i < all.size()) {
+        size_t end = std::string_view::npos;   // one past the span starting at i, if one does
+        if (all[i] == '[') {
+            const size_t j = all.find_first_of("[]", i + 1);
+            if (j != std::string_view::npos && all[j] == ']') {
+                end = j + 1;
+            }
+        } else if (!ends_prose(all[i]) && all[i] != ']') {
+            const size_t k = all.find_first_of(".!?\n[]", i);
+            if (k != std::string_view::npos && ends_prose(all[k])) {
+                end = k + 1;
+            } else {
+                i = k == std::string_view::npos ? all.size() : k;   // no span starts before k either
+                continue;
+            }
+        }
+        if (end == std::string_view::npos) {
+            ++i;
+            continue;
+        }
+        const std::string_view span = strip_ascii_space(all.substr(i, end - i));
+        if (!span.empty() && (span.front() == '[' || code_points(span) >= kMinSentence) && ++seen[span] > limit) {
+            return true;
+        }
+        i = end;
+    }
+    return false;
+}
+
+bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const GenerateOptions & opts) {
     if (tok < 0 || llama_vocab_is_eog(vocab, tok)) {
         res.stop_reason = tok < 0 ? "grammar" : "eos";
         return false;
@@ -128,10 +187,18 @@ bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, co
     char piece[256];
     const int n = llama_token_to_piece(vocab, tok, piece, (int32_t) sizeof(piece), 0, false);
     res.text.append(piece, std::max(n, 0));
-    const size_t stop = find_stop(res.text, stops);
+    const size_t stop = find_stop(res.text, opts.stop);
     if (stop != std::string::npos) {
         res.text.resize(stop);
         res.stop_reason = "stop";
+        return false;
+    }
+    // a looping reply is cut before the looped copy afterwards: the tokens after it would be thrown away;
+    // only a piece with a span's last character can complete one
+    const std::string_view added(piece, (size_t) std::max(n, 0));
+    const bool ends_a_span = added.find_first_of(".!?\n]") != std::string_view::npos;
+    if (opts.max_repeats > 0 && ends_a_span && repeats_a_span(res.text, opts.max_repeats)) {
+        res.stop_reason = "loop";
         return false;
     }
     return true;
@@ -157,6 +224,9 @@ void check_generate_options(const GenerateOptions & o) {
     }
     if (o.top_k < 0) {
         bad("top_k " + std::to_string(o.top_k) + " is negative", "0 (off) or above");
+    }
+    if (o.max_repeats < 0) {
+        bad("max_repeats " + std::to_string(o.max_repeats) + " is negative", "0 (off) or above");
     }
     if (o.n_threads < 0 || o.n_threads > GGML_MAX_N_THREADS) {
         bad("generate: " + std::to_string(o.n_threads) + " threads is out of range",
@@ -201,7 +271,7 @@ GenerateResult generate(const Model & model, const std::string & prompt, const G
     res.stop_reason = "length";
     for (int i = 0; i < opts.max_tokens; ++i) {
         llama_token tok = sample_token(sampler.get(), ctx.get(), -1);
-        if (!take_token(res, vocab, tok, opts.stop)) {
+        if (!take_token(res, vocab, tok, opts)) {
             break;
         }
         batch = llama_batch_get_one(&tok, 1);

@@ -256,11 +256,12 @@ struct GenerateOptions {
     int n_threads = 0;
     std::vector<std::string> stop;
     std::string grammar;                // GBNF with a `root` rule; "" = unconstrained
+    int max_repeats = 0;                // > 0: stop ("loop") once a span is written more often (repeats_a_span)
 };
 
 struct GenerateResult {
     std::string text;
-    std::string stop_reason;            // "eos", "stop", "length", "grammar" (the grammar allows no token)
+    std::string stop_reason;            // "eos", "stop", "length", "loop", "grammar" (the grammar allows no token)
     int n_prompt = 0, n_generated = 0;
     double prompt_tokens_per_s = 0, gen_tokens_per_s = 0;
     std::vector<int32_t> tokens;        // the generated tokens (the stopping one excluded)
@@ -278,8 +279,12 @@ int32_t sample_token(llama_sampler * chain, llama_context * ctx, int idx);
 // Sampling settings llama.cpp's samplers do not check themselves; throws Error naming the setting.
 void check_generate_options(const GenerateOptions & opts);
 // Takes a sampled token (-1: the grammar allowed none) into `res`: text, tokens, count. False when
-// the generation ends there (stop_reason "grammar", "eos" or "stop"); max_tokens is the caller's.
-bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const std::vector<std::string> & stops);
+// the generation ends there (stop_reason "grammar", "eos", "stop" or "loop"); max_tokens is the caller's.
+bool take_token(GenerateResult & res, const llama_vocab * vocab, int32_t tok, const GenerateOptions & opts);
+// Does `text` write one span more than `limit` times? A span is a call (`[...]`, no bracket inside) or
+// prose up to `.`, `!`, `?` or a newline, of kMinSentence code points or more, ASCII space stripped:
+// Python's replay.end_at_loop (LOOP_SPAN), which then cuts the text before that copy.
+bool repeats_a_span(const std::string & text, int limit);
 // the earliest stop string in `text`, or npos
 size_t find_stop(const std::string & text, const std::vector<std::string> & stops);
 

@@ -228,7 +228,7 @@ struct Session::Replay {
     // samples the fork's next token; false once the fork stops (stop_reason set)
     bool advance(Fork & f) {
         const int32_t tok = opts.grammar.empty() && opts.temperature <= 0 ? argmax(f.batch_index) : sample_token(f.sampler.get(), s.ctx_.get(), f.batch_index);
-        if (!take_token(f.res, vocab, tok, opts.stop)) {
+        if (!take_token(f.res, vocab, tok, opts)) {
             return false;
         }
         if (f.res.n_generated >= opts.max_tokens) {

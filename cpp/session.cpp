@@ -155,7 +155,7 @@ GenerateResult Session::generate(const std::vector<int32_t> & prompt, const Gene
         res.stop_reason = "length";
         for (int i = 0; i < opts.max_tokens; ++i) {
             const int32_t tok = sample_token(sampler.get(), ctx_.get(), -1);
-            if (!take_token(res, vocab, tok, opts.stop)) {
+            if (!take_token(res, vocab, tok, opts)) {
                 break;
             }
             if (res.n_generated >= opts.max_tokens) {

@@ -4,6 +4,7 @@ decoded once, every turn generated in a fork, forks decoded together), in the sa
 embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it, and any trained GGUF given with --model.
 
     python scripts/bench_eval.py [--data ai-eval] [--turns N] [--model PATH] [--parallel 16] [--threads 0] [--no-busy]
+                                 [--compare-loop-stop]
 
 The evaluation set is ai-eval/ when it exists, else tests/data/independent (every scenario).
 `--turns N` takes whole scenarios, in turn from each category, up to about N DM turns: validation
@@ -16,7 +17,10 @@ its seconds over the quiet run's. The last line is
     turns=<n> s_per_turn_old=<s> s_per_turn_new=<s> speedup=<x> tokens_identical=<true|false|k/n> busy_slowdown=<x>
 
 (s_per_turn over both models' turns). Absolute times drift on shared machines; the ratios measured
-in one run are the figures to compare.
+in one run are the figures to compare. `--compare-loop-stop` also replays each model batched without
+the stop at a call's or sentence's third copy (replay.end_at_loop), each generation running on to
+max_tokens as it did before, and prints the time, the tokens generated and the replies whose scored
+text differs.
 """
 
 from __future__ import annotations
@@ -65,13 +69,25 @@ def models(cache: Path) -> list[tuple[str, Path]]:
     return [("base Q4_K_M", base), ("Q8_0", q8)]
 
 
-def run(path: Path, convs, vocab, args, one_at_a_time: bool):
+def run(path: Path, convs, vocab, args, one_at_a_time: bool, **kwargs):
     from dndllama import _native
     from dndllama.replay import replay
 
     model = _native.Model(str(path))
     return replay(model, convs, vocab, max_tokens=args.max_tokens, n_ctx=args.n_ctx, n_threads=args.threads,
-                  parallel=args.parallel, one_at_a_time=one_at_a_time)
+                  parallel=args.parallel, one_at_a_time=one_at_a_time, **kwargs)
+
+
+def loop_stop_line(label: str, path: Path, convs, vocab, args, stopped) -> str:
+    """The batched replay with generation running on past a loop, against `stopped` (with the stop)."""
+    free = run(path, convs, vocab, args, one_at_a_time=False, max_repeats=0)
+    n = len(stopped.turns)
+    differ = sum(a.prediction != b.prediction for a, b in zip(stopped.turns, free.turns))
+    tokens = [sum(t.generated_tokens for t in r.turns) for r in (free, stopped)]
+    return (f"{label}: loop stop: {free.seconds / n:.3f} s/turn without, {stopped.seconds / n:.3f} with "
+            f"({free.seconds / stopped.seconds:.2f}x); generated tokens {tokens[0]} -> {tokens[1]}; "
+            f"{sum(t.stop_reason == 'loop' for t in stopped.turns)} replies stopped at a loop; "
+            f"scored text differs in {differ}/{n} turns")
 
 
 def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], list[str]]:
@@ -119,6 +135,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("DNDLLAMA_CACHE", "~/.cache/dndllama"))
                         .expanduser())
     parser.add_argument("--no-busy", action="store_true", help="skip the run with a competing process")
+    parser.add_argument("--compare-loop-stop", action="store_true",
+                        help="also time the batched replay without the stop at a loop (replay.end_at_loop)")
     args = parser.parse_args()
 
     folder, vocab, convs = conversations(args.data)
@@ -142,6 +160,8 @@ def main() -> None:
               f"forks per batch", flush=True)
         for line in notes:
             print(line)
+        if args.compare_loop_stop:
+            print(loop_stop_line(label, path, convs, vocab, args, new), flush=True)
         total_old, total_new, turns, same = total_old + old.seconds, total_new + new.seconds, turns + n, same + k
         if label == "Q8_0":
             q8_quiet, q8_path = new.seconds, path

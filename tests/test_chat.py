@@ -109,13 +109,15 @@ def test_tool_calls_are_found_and_results_go_back_as_trainings_feedback_message(
                                         "<start_of_turn>model\n")
 
 
-def test_a_reply_that_loops_on_one_call_ends_before_its_third_copy(model):
+def test_a_reply_that_loops_on_one_call_or_sentence_ends_before_its_third_copy(model):
     looped = "You swing. [roll: Thordak, axe attack]\n[roll: Thordak, axe attack]\n[roll: Thordak, axe attack]\n[roll: Th"
     session = ChatSession(model, settings=settings(), generate=Scripted(looped))
     reply = session.send("I attack twice.")
     assert reply.text == "You swing. [roll: Thordak, axe attack]\n[roll: Thordak, axe attack]"
     assert reply.looped and len(reply.tool_calls) == 2                   # Extra Attack: two of the same call
     assert session.messages()[-1].content == reply.text                  # the history holds the reply as ended
+    hum = ChatSession(model, settings=settings(), generate=Scripted("The forge is a low hum. " * 4))
+    assert hum.send("I listen.").text == "The forge is a low hum. The forge is a low hum."
 
 
 def test_results_must_match_the_calls_and_a_refused_message_changes_nothing(model):

@@ -1,14 +1,18 @@
 """The batched replay engine and the model's reusable session, on tiny real GGUFs: the same greedy
 tokens as the one-at-a-time path, prefixes decoded once, KV reuse across generate() calls, GBNF
-grammars, clear errors; and on the real Gemma 3 270M (slow) for a few turns."""
+grammars, generation that stops on a looped call, clear errors; and on the real Gemma 3 270M (slow)
+for a few turns."""
 
 from __future__ import annotations
+
+import json
+import random
 
 import pytest
 
 from dndllama import _native as native
 from dndllama.dataset import build_dataset
-from dndllama.replay import dm_turns, replay
+from dndllama.replay import dm_turns, end_at_loop, replay
 from dndllama.scenarios import load_folder
 from dndllama.tools import load_vocabulary
 from tiny_models import make_tiny_model
@@ -130,6 +134,66 @@ def test_a_bad_grammar_is_a_native_error_with_the_fix():
         model.generate("the", max_tokens=4, grammar="root ::= (", n_ctx=256)
     with pytest.raises(native.NativeError, match="grammar does not parse"):
         model.replay([model.tokenize("the", True, True)], [0], max_tokens=4, grammar="start ::= \"a\"")
+
+
+LOOPING = 'root ::= "Roll. [x [a] b] [b] [a] [b] [a] [b] [a] and on"'   # `[x [a]` holds the call `[a]`
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_generation_stops_as_a_call_is_written_a_third_time(fresh):
+    model = native.Model(str(make_tiny_model_cached()))
+    kwargs = dict(max_tokens=60, temperature=0.0, n_ctx=256, grammar=LOOPING, fresh_context=fresh)
+    full = model.generate("the", **kwargs)
+    assert full["text"] == "Roll. [x [a] b] [b] [a] [b] [a] [b] [a] and on" and full["stop_reason"] == "eos"
+    out = model.generate("the", max_repeats=2, **kwargs)
+    assert out["stop_reason"] == "loop" and out["text"] == "Roll. [x [a] b] [b] [a] [b] [a]"
+    assert out["tokens"] == full["tokens"][:len(out["tokens"])] and out["n_generated"] < full["n_generated"]
+    # what validation scores is the same either way: the text before the third copy
+    assert end_at_loop(out["text"]) == end_at_loop(full["text"]) == "Roll. [x [a] b] [b] [a] [b]"
+    assert model.generate("the", max_repeats=3, **kwargs)["text"].endswith("[a] [b] [a] [b] [a]")
+    with pytest.raises(native.NativeError, match="max_repeats -1 is negative"):
+        model.generate("the", max_repeats=-1, **kwargs)
+
+
+PROSE = ('A hum. A hum. A hum. The forge is a low hum.\n[a. The forge is a low hum!\n'
+         'The forge is a low hum.\n The forge is a low hum.  \nThe forge is a low hum.')
+
+
+def test_generation_stops_as_a_sentence_is_written_a_third_time():
+    # short sentences may recur; one ended by "!" is another sentence; a call left open is no call
+    model = native.Model(str(make_tiny_model_cached()))
+    kwargs = dict(max_tokens=200, temperature=0.0, n_ctx=512, grammar=f"root ::= {json.dumps(PROSE)}")
+    full = model.generate("the", **kwargs)
+    assert full["text"] == PROSE
+    out = model.generate("the", max_repeats=2, **kwargs)
+    assert out["stop_reason"] == "loop" and PROSE.startswith(out["text"])
+    assert out["text"].endswith("hum!\nThe forge is a low hum.\n The forge is a low hum.")
+    assert end_at_loop(out["text"]) == end_at_loop(PROSE) == PROSE[:PROSE.index("\n The forge")]
+
+
+def test_the_native_loop_stop_finds_the_spans_end_at_loop_finds():
+    rng = random.Random(7)
+    pieces = ["a", "é", " ", ".", "!", "\n", "[", "]"]
+    pieces += ["The hum. ", "[roll: a]", "It is a low hum. ", "Low hum.\n"] * 3
+    model = native.Model(str(make_tiny_model_cached()))
+    stopped = 0
+    for _ in range(40):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(4, 16)))
+        out = model.generate("the", max_tokens=200, temperature=0.0, n_ctx=512, max_repeats=2,
+                             grammar=f"root ::= {json.dumps(text)}")
+        if out["stop_reason"] == "loop":
+            stopped += 1
+            assert text.startswith(out["text"]) and end_at_loop(out["text"]) == end_at_loop(text) is not None, text
+        else:
+            assert out["text"] == text and end_at_loop(text) is None, text
+    assert 0 < stopped < 40   # both outcomes are checked (23 loops with this seed)
+
+
+def test_a_replayed_fork_stops_as_a_call_is_written_a_third_time():
+    model = native.Model(str(make_tiny_model_cached()))
+    prompts = [model.tokenize("the dragon", True, True), model.tokenize("the dragon sleeps", True, True)]
+    outs, _ = model.replay(prompts, [0, 0], max_tokens=60, n_parallel=2, grammar=LOOPING, max_repeats=2)
+    assert [(o["text"], o["stop_reason"]) for o in outs] == [("Roll. [x [a] b] [b] [a] [b] [a]", "loop")] * 2
 
 
 def test_a_replayed_reply_that_loops_on_one_call_is_scored_as_ended_before_its_third_copy(data):

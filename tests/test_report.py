@@ -63,7 +63,7 @@ def test_report_counts_calls_in_looping_replies_and_calls_repeated_after_their_r
     assert rows["replies cut at max_tokens"][1] == "2 / 3"
     assert rows["attempts in those replies / all attempts"][1] == "6 / 6"
     assert rows["attempts repeating the call just resolved"][1] == "1"
-    assert rows["replies ended before a call's third copy (loops)"][1] == "1 / 3"
+    assert rows["replies ended before a call's or sentence's third copy (loops)"][1] == "1 / 3"
 
 
 def test_report_md_has_the_per_tool_argument_score_and_the_consequence_table(tmp_path):

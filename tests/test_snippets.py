@@ -1,6 +1,6 @@
 """What validation decodes with travels to the app: cactus.config.json carries the tool-call grammar
 (or null when the config turns it off), both snippets pass it as the completion's `grammar`, and
-their reply() ends a looping reply as validation does (endAtLoopedCall, run with Node)."""
+their reply() ends a looping reply as validation does (endAtLoop, run with Node)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from dndllama.cactus import cactus_config
 from dndllama.config import ConfigError, load_config
 from dndllama.grammar import GRAMMAR_FILE, tool_call_grammar
-from dndllama.replay import end_at_looped_call
+from dndllama.replay import end_at_loop
 from dndllama.snippets import cactus_ts, llama_rn_ts
 from dndllama.tools import default_vocabulary
 
@@ -48,27 +48,36 @@ def test_snippets_pass_the_grammar_to_the_completion(make, tmp_path):
 
 LOOPS = ["Quiet night.", "[roll: perception]", "Two swings. [roll: Mira, axe attack]\n[roll: Mira, axe attack]",
          "Swing. [roll: Mira, axe attack] [roll: Mira, axe attack] [health: orc, -5]  [roll: Mira, axe attack] [roll: Mi",
-         "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6] [roll: 1d6]\n\n[check: stealth, 15]"]
+         "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6] [roll: 1d6]\n\n[check: stealth, 15]",
+         "The duergar is a low hum. The duergar is a low hum!\nThe duergar is a low hum.\n  The duergar is a low hum.",
+         "Tick. Tick. Tick. Tick.",                                      # too short to be a loop
+         "**Round two**\n**Round two**\n  **Round two**  \nAnd [roll: x. The end is near.] The end is near.",
+         "Écu d'or brillant. Écu d'or brillant. Écu d'or brillant.",      # 17 code points, 19 bytes
+         "Ça été. Ça été. Ça été."]                                     # 7 code points, 10 bytes: too short
 
 
-def test_end_at_looped_call_keeps_two_copies_of_a_call_and_ends_before_the_third():
-    assert end_at_looped_call(LOOPS[0]) is None and end_at_looped_call(LOOPS[2]) is None
-    assert end_at_looped_call(LOOPS[3]) == "Swing. [roll: Mira, axe attack] [roll: Mira, axe attack] [health: orc, -5]"
-    assert end_at_looped_call(LOOPS[4]) == "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6]"
-    assert end_at_looped_call(LOOPS[3], limit=1) == "Swing. [roll: Mira, axe attack]"
+def test_end_at_loop_keeps_two_copies_of_a_call_or_sentence_and_ends_before_the_third():
+    assert [end_at_loop(text) for text in (LOOPS[0], LOOPS[2], LOOPS[6], LOOPS[9])] == [None] * 4
+    assert end_at_loop(LOOPS[3]) == "Swing. [roll: Mira, axe attack] [roll: Mira, axe attack] [health: orc, -5]"
+    assert end_at_loop(LOOPS[4]) == "[check: stealth, 15] x [roll: 1d6] [check: stealth, 15] [roll: 1d6]"
+    assert end_at_loop(LOOPS[3], limit=1) == "Swing. [roll: Mira, axe attack]"
+    # sentences and lines compare as written, without the space around them
+    assert end_at_loop(LOOPS[5]) == "The duergar is a low hum. The duergar is a low hum!\nThe duergar is a low hum."
+    assert end_at_loop(LOOPS[7]) == "**Round two**\n**Round two**"
+    assert end_at_loop(LOOPS[8]) == "Écu d'or brillant. Écu d'or brillant."
 
 
 @pytest.mark.parametrize("make", [cactus_ts, llama_rn_ts])
 def test_the_snippets_end_looping_replies_as_validation_does(make, tmp_path):
-    """The TypeScript endAtLoopedCall, run by Node on the same texts, gives what validation scored."""
+    """The TypeScript endAtLoop, run by Node on the same texts, gives what validation scored."""
     ts = make(config_for(tmp_path))
-    assert "return endAtLoopedCall(result.text.trim());" in ts
+    assert "return endAtLoop(result.text).trim();" in ts
     node = shutil.which("node")
     if node is None:
         pytest.skip("Node.js is not installed: the TypeScript function is not run")
-    function = ts[ts.index("export function endAtLoopedCall"):]
+    function = ts[ts.index("export function endAtLoop"):]
     function = function[:function.index("\n}\n") + 2].replace("export ", "")
     js = re.sub(r"<string, number>|: string", "", function)   # the only type annotations it has
-    script = f"{js}\nconsole.log(JSON.stringify({json.dumps(LOOPS)}.map(endAtLoopedCall)));"
+    script = f"{js}\nconsole.log(JSON.stringify({json.dumps(LOOPS)}.map(endAtLoop)));"
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [t if end_at_looped_call(t) is None else end_at_looped_call(t) for t in LOOPS]
+    assert json.loads(out) == [t if end_at_loop(t) is None else end_at_loop(t) for t in LOOPS]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import END_OF_TURN, Message, feedback_message, system_prompt
-from .replay import end_at_looped_call
+from .replay import MAX_REPEATS, end_at_loop
 from .scenarios import RESULT_LINE, Character, SystemBlock, check_scenario
 from .tools import ToolCall, ToolCallError, Vocabulary, default_vocabulary, find_tool_calls
 
@@ -78,7 +78,7 @@ class Reply:
     n_generated: int = 0
     stop_reason: str = ""
     tokens_per_s: float = 0.0
-    looped: bool = False               # the reply ends before a call's third copy (replay.end_at_looped_call)
+    looped: bool = False               # the reply ends before a span's third copy (replay.end_at_loop)
 
     @property
     def awaiting_results(self) -> bool:
@@ -191,9 +191,9 @@ class ChatSession:
             raise
         del self.rounds[:dropped]
         self.turns += 1
-        text = result["text"].split(END_OF_TURN)[0].strip()
-        ended = end_at_looped_call(text)        # as validation and the app end it
-        text = text if ended is None else ended
+        text = result["text"].split(END_OF_TURN)[0]
+        ended = end_at_loop(text)               # as validation and the app end it
+        text = (text if ended is None else ended).strip()
         calls, invalid = find_tool_calls(text, self.vocab)
         self.rounds[-1].append(Message("assistant", text))
         self.pending = calls
@@ -218,4 +218,5 @@ class ChatSession:
         # the model's native session keeps its KV cache between replies: each prompt extends the last
         # one, so only the new messages are decoded (dropping old rounds decodes from the first change)
         return self.model.generate(prompt, max_tokens=s.max_tokens, temperature=s.temperature, top_k=s.top_k,
-                                   top_p=s.top_p, seed=seed, stop=[END_OF_TURN], n_ctx=s.n_ctx, n_threads=s.threads)
+                                   top_p=s.top_p, seed=seed, stop=[END_OF_TURN], n_ctx=s.n_ctx, n_threads=s.threads,
+                                   max_repeats=MAX_REPEATS)

@@ -40,12 +40,19 @@ from .tools import Vocabulary
 DEFAULT_MAX_TOKENS = 128  # above every DM turn of the default corpus (at most 110 Gemma tokens)
 # forks generated together: past ~16 a 2-core CPU turns compute-bound and the gain flattens
 DEFAULT_PARALLEL = 16
-# A reply that writes one call a third time is looping: greedy decoding of an undertrained model
-# repeats `[roll: Mira, axe attack]` until max_tokens (a third of one short run's attempts). The
-# scenarios write a call at most twice in a turn (Extra Attack), so the reply ends before the third,
-# here and in the app (cactus.ts's endAtLoopedCall), and the app never runs a looped call.
-MAX_CALL_REPEATS = 2
-CALL_TEXT = re.compile(r"\[[^\[\]]*\]")
+# A reply that writes one call, sentence or line a third time is looping: greedy decoding of an
+# undertrained model repeats `[roll: Mira, axe attack]` or "The duergar is a low hum." until max_tokens
+# (a third of one short run's call attempts were such loops). No DM turn of the corpora writes any of
+# them a third time (a call twice: Extra Attack), so a reply ends before the third copy, here and in the
+# app (cactus.ts's endAtLoop), and the app never runs a looped call. The native generation stops as
+# that copy is written (stop_reason "loop") instead of running on to max_tokens.
+MAX_REPEATS = 2
+# the spans compared as written: a call (`[...]`, no bracket inside), or prose up to `.`, `!`, `?` or a
+# line's end; prose of under MIN_SENTENCE characters may recur in a good reply ("Tick." three times in
+# one scene; no shorter sentence or line of the corpora recurs so, while a base model loops on "<TOOLCALL>")
+LOOP_SPAN = re.compile(r"\[[^\[\]]*\]|[^.!?\n\[\]]+[.!?\n]")
+MIN_SENTENCE = 8
+ASCII_SPACE = " \t\n\r\f\v"   # stripped from spans the same way in C++ and TypeScript
 
 
 @dataclass
@@ -59,10 +66,10 @@ class Turn:
     invalid_calls: list[str]
     prompt_tokens: int
     generated_tokens: int
-    stop_reason: str            # "eos" / "stop": the turn ended; "length": cut at max_tokens
+    stop_reason: str            # "eos" / "stop": ended; "length": cut at max_tokens; "loop": a span's third copy
     prompt_seconds: float       # batched: 0 (prompts are shared; see Replay.seconds)
     generate_seconds: float     # batched: the replay's seconds shared evenly over its turns
-    looped: bool = False        # the prediction ends before a call's third copy (end_at_looped_call)
+    looped: bool = False        # the prediction ends before a span's third copy (end_at_loop)
 
 
 @dataclass
@@ -106,7 +113,7 @@ def dm_turns(conversations: Iterable[Conversation], max_turns: int | None = None
 def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_tokens: int = DEFAULT_MAX_TOKENS,
            seed: int = 0, n_ctx: int = 2048, n_threads: int = 0, max_turns: int | None = None,
            progress: Callable[[int, int, Turn | None], None] | None = None, parallel: int = DEFAULT_PARALLEL,
-           one_at_a_time: bool = False, grammar: str = "") -> Replay:
+           one_at_a_time: bool = False, grammar: str = "", max_repeats: int = MAX_REPEATS) -> Replay:
     """Generate every DM turn from the messages before it, greedily, with `model`'s own chat template.
 
     `model` is a loaded `dndllama._native.Model`. A GGUF without a chat template (the embedded
@@ -116,7 +123,8 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
     `progress(done, total, turn)` is called as turns finish (`turn` is None in the batched engine,
     which finishes them out of order). Greedy output can differ with `n_threads` (float sums in
     another order), so compare reports made with the same settings. `grammar` (GBNF, "" = none)
-    constrains decoding as the app's completion grammar does (grammar.py).
+    constrains decoding as the app's completion grammar does (grammar.py). A generation stops as it
+    writes one span more than `max_repeats` times (end_at_loop; 0: never, the benchmark's reference).
     """
     todo = dm_turns(conversations, max_turns)
     template = "" if model.info().chat_template else GEMMA_CHAT_TEMPLATE
@@ -132,7 +140,8 @@ def replay(model, conversations: Iterable[Conversation], vocab: Vocabulary, max_
     run = _one_at_a_time if one_at_a_time else _batched
     with PeakMemory() as memory:
         start = time.perf_counter()
-        outs, stats = run(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, len(todo), progress, vocab, grammar)
+        outs, stats = run(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, len(todo), progress, vocab,
+                          grammar, max_repeats)
         seconds = time.perf_counter() - start
     turns = [_turn(c, i, out, vocab) for (c, i, _, _), out in zip(jobs, outs)]
     if stats:   # batched: rates of the whole run (prompt work is shared between turns)
@@ -160,7 +169,8 @@ def first_difference(model, prompt_tokens: list[int], a: list[int], b: list[int]
     return i, abs(float(logits[a[i]]) - float(logits[b[i]]))
 
 
-def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar):
+def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar,
+             max_repeats):
     streams: dict[int, int] = {}
     ids = [streams.setdefault(id(conversation), len(streams)) for conversation, _, _, _ in jobs]
     skipped = total - len(jobs)
@@ -170,14 +180,17 @@ def _batched(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, p
             progress(done + skipped, total, None)
 
     return model.replay([tokens for _, _, _, tokens in jobs], ids, max_tokens=max_tokens, stop=[END_OF_TURN],
-                        n_ctx=n_ctx, n_parallel=parallel, n_threads=n_threads, grammar=grammar, progress=report)
+                        n_ctx=n_ctx, n_parallel=parallel, n_threads=n_threads, grammar=grammar,
+                        max_repeats=max_repeats, progress=report)
 
 
-def _one_at_a_time(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar):
+def _one_at_a_time(model, jobs, max_tokens, seed, n_ctx, n_threads, parallel, total, progress, vocab, grammar,
+                   max_repeats):
     outs, skipped = [], total - len(jobs)
     for done, (conversation, index, prompt, _) in enumerate(jobs, start=1):
         out = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, seed=seed,
-                             stop=[END_OF_TURN], n_ctx=n_ctx, n_threads=n_threads, grammar=grammar, fresh_context=True)
+                             stop=[END_OF_TURN], n_ctx=n_ctx, n_threads=n_threads, grammar=grammar, fresh_context=True,
+                             max_repeats=max_repeats)
         outs.append(out)
         if progress:
             progress(done + skipped, total, _turn(conversation, index, out, vocab))
@@ -190,22 +203,24 @@ def _prompt(model, messages, template: str, bos: str) -> str:
     return prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
 
 
-def end_at_looped_call(text: str, limit: int = MAX_CALL_REPEATS) -> str | None:
-    """`text` up to the first call written for the (limit + 1)-th time, without trailing space; None when
-    no call is written that often. Calls are compared as written (`[...]`)."""
+def end_at_loop(text: str, limit: int = MAX_REPEATS) -> str | None:
+    """`text` up to the first span (a call, or a sentence or line of MIN_SENTENCE characters or more)
+    written for the (limit + 1)-th time, without trailing space; None when nothing is written that often.
+    cpp/generate.cpp's repeats_a_span and snippets.py's endAtLoop find the same spans."""
     seen: dict[str, int] = {}
-    for match in CALL_TEXT.finditer(text):
-        seen[match.group(0)] = seen.get(match.group(0), 0) + 1
-        if seen[match.group(0)] > limit:
-            return text[:match.start()].rstrip()
+    for match in LOOP_SPAN.finditer(text):
+        span = match.group(0).strip(ASCII_SPACE)
+        if span.startswith("[") or len(span) >= MIN_SENTENCE:
+            seen[span] = seen.get(span, 0) + 1
+            if seen[span] > limit:
+                return text[:match.start()].rstrip()
     return None
 
 
 def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) -> Turn:
     reference = conversation.messages[index].content
-    prediction = out["text"].strip()
-    ended = end_at_looped_call(prediction)
-    prediction = prediction if ended is None else ended
+    ended = end_at_loop(out["text"])   # the text as generated: a copy may end in the newline strip() drops
+    prediction = (out["text"] if ended is None else ended).strip()
     pred = turn_calls(prediction, vocab)
     rates = out["prompt_tokens_per_s"], out["gen_tokens_per_s"]
     return Turn(

@@ -162,7 +162,7 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
     row("replies cut at max_tokens", lambda r: f"{sum(t.stop_reason == 'length' for t in r.turns)} / {len(r.turns)}")
     row("attempts in those replies / all attempts",
         lambda r: f"{_attempts_in_cut_replies(r.turns)} / {r.tools.predicted_calls}")
-    row("replies ended before a call's third copy (loops)",
+    row("replies ended before a call's or sentence's third copy (loops)",
         lambda r: f"{sum(getattr(t, 'looped', False) for t in r.turns)} / {len(r.turns)}")
     row("validation loss (reference DM tokens)", lambda r: r.loss.loss)
     row("perplexity", lambda r: r.loss.perplexity, "{:.2f}")
@@ -176,7 +176,7 @@ def metric_rows(report: Report, intervals: bool = False) -> list[list[str]]:
 
 def _attempts_in_cut_replies(turns) -> int:
     """Call attempts in replies that ran to max_tokens: how much of the over-calling greedy loops make
-    (a loop of one call is ended before its third copy; a loop of several calls is not)."""
+    (a loop of one call or sentence is ended before its third copy; a loop of several calls is not)."""
     return sum(len(t.predicted_calls) + len(t.invalid_calls) for t in turns if t.stop_reason == "length")
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 
-from .replay import MAX_CALL_REPEATS
+from .replay import ASCII_SPACE, LOOP_SPAN, MAX_REPEATS, MIN_SENTENCE
 
 REQUIRED_KEYS = ("modelPath", "mmprojPath", "n_ctx", "sampling", "toolPrompt", "tools")
 # config["sampling"] key -> completion option (the same names in both packages)
@@ -81,20 +81,26 @@ def _constants(config: dict, package: str) -> str:
         f"export const TOOLS = {_ts(list(config['tools']))};",
         *_grammar_lines(config),
         "export const COMPLETION_PARAMS = " + _object(_completion_entries(config), "") + ";",
-        END_AT_LOOPED_CALL,
+        END_AT_LOOP,
     ]
     return "\n".join(lines)
 
 
-# replay.end_at_looped_call in TypeScript: validation scored the replies ended so
-END_AT_LOOPED_CALL = f"""// A reply that writes one call more than {MAX_CALL_REPEATS} times is looping: it ends before that
-// call, as validation ended the replies it scored, so the app never runs a looped call.
-export function endAtLoopedCall(text: string): string {{
+# replay.end_at_loop in TypeScript: validation scored the replies ended so. The regex is LOOP_SPAN's
+# pattern, which means the same in JavaScript; spans are stripped of ASCII space and counted in code points.
+_ASCII_SPACE_JS = ASCII_SPACE.encode("unicode_escape").decode()   # \t, \x0b, ... inside a regex class
+END_AT_LOOP = f"""// A reply that writes one call, sentence or line more than {MAX_REPEATS} times is looping: it
+// ends before that copy, as validation ended the replies it scored, so the app never runs a looped call.
+export function endAtLoop(text: string): string {{
   const seen = new Map<string, number>();
-  for (const match of text.matchAll(/\\[[^\\[\\]]*\\]/g)) {{
-    const count = (seen.get(match[0]) ?? 0) + 1;
-    seen.set(match[0], count);
-    if (count > {MAX_CALL_REPEATS}) {{
+  for (const match of text.matchAll(/{LOOP_SPAN.pattern}/g)) {{
+    const span = match[0].replace(/^[{_ASCII_SPACE_JS}]+|[{_ASCII_SPACE_JS}]+$/g, '');
+    if (!span.startsWith('[') && [...span].length < {MIN_SENTENCE}) {{
+      continue;
+    }}
+    const count = (seen.get(span) ?? 0) + 1;
+    seen.set(span, count);
+    if (count > {MAX_REPEATS}) {{
       return text.slice(0, match.index).trimEnd();
     }}
   }}
@@ -148,7 +154,7 @@ export async function initModel() {{
 export async function reply(model: {cls}, systemBlock: string, history: {{ role: string; content: string }}[]) {{
   const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await model.completion(messages, COMPLETION_PARAMS);
-  return endAtLoopedCall(result.text.trim());
+  return endAtLoop(result.text).trim();
 }}
 """
 
@@ -172,7 +178,7 @@ export async function initModel() {{
 export async function reply(context: LlamaContext, systemBlock: string, history: {{ role: string; content: string }}[]) {{
   const messages = [{{ role: 'system', content: systemPrompt(systemBlock) }}, ...history];
   const result = await context.completion({{ messages, ...COMPLETION_PARAMS }});
-  return endAtLoopedCall(result.text.trim());
+  return endAtLoop(result.text).trim();
 }}
 """
 
