@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import END_OF_TURN, Message, feedback_message, system_prompt
-from .replay import MAX_REPEATS, end_at_loop
+from .replay import MAX_REPEATS, end_reply
 from .scenarios import RESULT_LINE, Character, SystemBlock, check_scenario
 from .tools import ToolCall, ToolCallError, Vocabulary, default_vocabulary, find_tool_calls
 
@@ -191,14 +191,12 @@ class ChatSession:
             raise
         del self.rounds[:dropped]
         self.turns += 1
-        text = result["text"].split(END_OF_TURN)[0]
-        ended = end_at_loop(text)               # as validation and the app end it
-        text = (text if ended is None else ended).strip()
+        text, looped = end_reply(result["text"].split(END_OF_TURN)[0])   # as validation and the app end it
         calls, invalid = find_tool_calls(text, self.vocab)
         self.rounds[-1].append(Message("assistant", text))
         self.pending = calls
         return Reply(text, calls, invalid, dropped, result.get("n_prompt", n_prompt), result.get("n_generated", 0),
-                     result.get("stop_reason", ""), result.get("gen_tokens_per_s", 0.0), ended is not None)
+                     result.get("stop_reason", ""), result.get("gen_tokens_per_s", 0.0), looped)
 
     def _fit(self) -> tuple[int, int]:
         """How many of the oldest rounds to drop so that prompt + max_tokens fits n_ctx, and the prompt's

@@ -217,10 +217,16 @@ def end_at_loop(text: str, limit: int = MAX_REPEATS) -> str | None:
     return None
 
 
+def end_reply(text: str) -> tuple[str, bool]:
+    """A generated reply as validation, chat and the app keep it: ended at a loop, stripped; and whether it
+    looped. The loop is looked for before strip(): a copy may end in the newline strip() drops."""
+    ended = end_at_loop(text)
+    return (text if ended is None else ended).strip(), ended is not None
+
+
 def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) -> Turn:
     reference = conversation.messages[index].content
-    ended = end_at_loop(out["text"])   # the text as generated: a copy may end in the newline strip() drops
-    prediction = (out["text"] if ended is None else ended).strip()
+    prediction, looped = end_reply(out["text"])
     pred = turn_calls(prediction, vocab)
     rates = out["prompt_tokens_per_s"], out["gen_tokens_per_s"]
     return Turn(
@@ -229,7 +235,7 @@ def _turn(conversation: Conversation, index: int, out: dict, vocab: Vocabulary) 
         predicted_calls=[c.raw.strip() for c in pred.valid], invalid_calls=[c.raw for c in pred.invalid],
         prompt_tokens=out["n_prompt"], generated_tokens=out["n_generated"], stop_reason=out["stop_reason"],
         prompt_seconds=out["n_prompt"] / rates[0] if rates[0] > 0 else 0.0,
-        generate_seconds=out["n_generated"] / rates[1] if rates[1] > 0 else 0.0, looped=ended is not None,
+        generate_seconds=out["n_generated"] / rates[1] if rates[1] > 0 else 0.0, looped=looped,
     )
 
 
