@@ -53,8 +53,8 @@ struct Score {
 };
 
 // Cross-entropy and argmax accuracy of one decoded window's labelled positions.
-void score_window(llama_context * ctx, const int32_t * labels, int n_ctx, int n_vocab, Score & score) {
-    for (int i = 0; i < n_ctx; ++i) {
+void score_window(llama_context * ctx, const int32_t * labels, int n, int n_vocab, Score & score) {
+    for (int i = 0; i < n; ++i) {
         const int32_t label = labels[i];
         if (label < 0) {
             continue;
@@ -82,11 +82,19 @@ std::pair<double, double> evaluate(const std::string & model_path, const Windows
 
     Score score;
     for (int64_t w = 0; w < windows.count(n_ctx); ++w) {
-        llama_memory_clear(llama_get_memory(ctx.get()), true);
         const int32_t * labels = windows.labels.data() + w * n_ctx;
-        decode_tokens(ctx.get(), windows.tokens.data() + w * n_ctx, n_ctx, 0,
+        // attention is causal: positions after the last label (a window's padding) change no score
+        int n = n_ctx;
+        while (n > 0 && labels[n - 1] < 0) {
+            --n;
+        }
+        if (n == 0) {
+            continue;
+        }
+        llama_memory_clear(llama_get_memory(ctx.get()), true);
+        decode_tokens(ctx.get(), windows.tokens.data() + w * n_ctx, n, 0,
                       [&](int i) { return labels[i] >= 0; }, "evaluate");
-        score_window(ctx.get(), labels, n_ctx, n_vocab, score);
+        score_window(ctx.get(), labels, n, n_vocab, score);
     }
     if (score.labelled == 0) {
         return {NAN, NAN};

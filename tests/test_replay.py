@@ -276,6 +276,8 @@ def test_divergence_against_itself_is_zero_and_grows_with_fewer_bits(tmp_path, d
     ref = native.Model(str(f32))
     sequences, masks = divergence_inputs(ref, conversations[:1], vocab, 2048)
     assert any(2 in m for m in masks)                # tokens inside the DM's tool calls are marked
+    # no padding is decoded: a sequence ends with the token its last scored position predicts
+    assert all(len(s) == max(i for i, m in enumerate(mask) if m) + 2 for s, mask in zip(sequences, masks))
     same, q8, q2 = native.divergence(ref, [ref, *(native.Model(str(p)) for p in copies.values())], sequences, masks,
                                      THREADS)
     assert same["mean_kl"] < 1e-6 and same["top1_agreement"] == 1.0 and same["tool_top1_agreement"] == 1.0

@@ -168,7 +168,10 @@ def divergence_inputs(tokenizer, conversations: list[Conversation], vocab: Vocab
     rows = spread(list(zip(tokens.tolist(), labels.tolist())), SCREEN_MAX_WINDOWS)
     sequences, masks = [], []
     for row, label in rows:
-        mask = [1 if t >= 0 else 0 for t in label]
+        # causal attention: positions after the last label (the window's padding) change no score;
+        # the token that label predicts stays, as the pass reads each position's next token
+        end = max((i + 2 for i, t in enumerate(label) if t >= 0), default=0)
+        row, mask = row[:end], [1 if t >= 0 else 0 for t in label[:end]]
         starts, text = [], ""
         for token in row:
             starts.append(len(text))
