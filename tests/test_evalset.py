@@ -271,6 +271,19 @@ def test_shipped_evaluation_mechanics_add_up(shipped):
     assert problems == []
 
 
+def test_second_writer_replies_are_for_the_shipped_evaluation_set():
+    """docs/data/second-writer-ai-eval.jsonl (docs/evaluation.md, "What a second writer scores") was
+    written for ai-eval/ as it is: every reply names one of its DM turns, once, and all but the one
+    left out have a reply. An edit of ai-eval/ that moves its turns makes this fail: write them again."""
+    conversations = {c.scenario: c for c in load_eval_set(EVAL, load_vocabulary(TRAINING)).conversations}
+    lines = (REPO / "docs" / "data" / "second-writer-ai-eval.jsonl").read_text().splitlines()
+    replies = [json.loads(line) for line in lines]
+    keys = [(r["scenario"], r["message"]) for r in replies]
+    turns = {(name, i) for name, c in conversations.items() for i, m in enumerate(c.messages) if m.role == "assistant"}
+    assert len(set(keys)) == len(keys) and set(keys) <= turns
+    assert len(turns - set(keys)) == 1 and all(r["reply"].strip() for r in replies)
+
+
 def test_extra_training_scenarios_parse_cleanly_and_add_up(training_sets):
     """ai-training-extra/ is held to the evaluation set's bookkeeping. ai-training/ predates this
     check: its DMs often deal damage they did not roll (24 findings)."""
