@@ -1,7 +1,8 @@
-"""Replay speed of validation: the one-at-a-time path (a fresh context per DM turn, the whole
-conversation decoded again, one sequence at a time) against the batched session (each conversation
-decoded once, every turn generated in a fork, forks decoded together), in the same run, on the
-embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it, and any trained GGUF given with --model.
+"""Replay speed of validation: the old path (a fresh context per DM turn, the whole conversation
+decoded again, one sequence at a time, each generation running to the end of turn or max_tokens)
+against the new one (each conversation decoded once, every turn generated in a fork, forks decoded
+together, a generation stopped as it writes a call or sentence a third time), in the same run, on
+the embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it, and any trained GGUF given with --model.
 
     python scripts/bench_eval.py [--data ai-eval] [--turns N] [--model PATH] [--parallel 16] [--threads 0] [--no-busy]
                                  [--compare-loop-stop]
@@ -9,7 +10,8 @@ embedded base (Gemma 3 270M Q4_K_M) and a Q8_0 copy of it, and any trained GGUF 
 The evaluation set is ai-eval/ when it exists, else tests/data/independent (every scenario).
 `--turns N` takes whole scenarios, in turn from each category, up to about N DM turns: validation
 replays whole conversations, and their turns share prefixes.
-Greedy tokens of both paths are compared turn by turn; where a turn differs, the logit gap between
+Greedy tokens of both paths are compared turn by turn (a turn the new path stopped at a loop is
+identical when its tokens begin the old path's); where a turn differs, the logit gap between
 the two paths' tokens at the first difference says how near a tie it was. Then the batched path runs again on the
 Q8_0 copy with one competing CPU-bound process (`python -c "while True: pass"`): busy_slowdown is
 its seconds over the quiet run's. The last line is
@@ -18,9 +20,8 @@ its seconds over the quiet run's. The last line is
 
 (s_per_turn over both models' turns). Absolute times drift on shared machines; the ratios measured
 in one run are the figures to compare. `--compare-loop-stop` also replays each model batched without
-the stop at a call's or sentence's third copy (replay.end_at_loop), each generation running on to
-max_tokens as it did before, and prints the time, the tokens generated and the replies whose scored
-text differs.
+the stop at a call's or sentence's third copy (replay.end_at_loop), and prints the time, the tokens
+generated and the replies whose scored text differs: the stop's share of the speedup.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def loop_stop_line(label: str, path: Path, convs, vocab, args, stopped) -> str:
 
 
 def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], list[str]]:
-    """Turns whose generated tokens are identical, the logit gap at each first difference (how near
-    a tie the two paths broke differently), and a line for each turn that differs."""
+    """Turns whose generated tokens are identical (up to where the new path stopped at a loop), the
+    logit gap at each first difference (how near a tie the two paths broke differently), and a line
+    for each turn that differs."""
     from dndllama import _native
     from dndllama.dataset import GEMMA_CHAT_TEMPLATE
     from dndllama.replay import _prompt, dm_turns, first_difference
@@ -102,8 +104,8 @@ def compare(path: Path, convs, old, new, n_ctx: int) -> tuple[int, list[float], 
     bos = model.detokenize(model.tokenize("", True, True), True)
     where = {(c.scenario, i): c for c, i in dm_turns(convs)}
     same, gaps, notes = 0, [], []
-    for turn, a, b in zip(old.turns, old.tokens, new.tokens):
-        if a == b:
+    for turn, stopped, a, b in zip(old.turns, new.turns, old.tokens, new.tokens):
+        if a == b or (stopped.stop_reason == "loop" and a[:len(b)] == b):
             same += 1
             continue
         conversation = where[(turn.scenario, turn.message)]
@@ -149,7 +151,7 @@ def main() -> None:
     q8_quiet = 0.0
     for label, path in models(args.cache) + [(p.name, p) for p in args.model]:
         new = run(path, convs, vocab, args, one_at_a_time=False)
-        old = run(path, convs, vocab, args, one_at_a_time=True)
+        old = run(path, convs, vocab, args, one_at_a_time=True, max_repeats=0)
         n = len(new.turns)
         k, model_gaps, notes = compare(path, convs, old, new, args.n_ctx + args.max_tokens)
         gaps += model_gaps
