@@ -10,6 +10,8 @@ The base is the one the model records (GGUF key `dndllama.base`), else the embed
 The last two lines are the base's figures, then the model's:
     base: tool_name_f1=… exact_f1=… consequence_exact=… no_call_acc=… must_call_acc=… format_valid=… calls_per_ref=…
     tool_name_f1=… exact_f1=… consequence_exact=… no_call_acc=… must_call_acc=… format_valid=… calls_per_ref=…
+On ai-eval/ a line before them (`second writer: …`) scores a second writer's replies on the same
+turns, what two careful writers agree on (docs/evaluation.md, "What a second writer scores").
 Each rate's definition is in dndllama/scoring.py; `-` marks an undefined rate (no turn of its kind).
 Greedy decoding constrained by the tool-call grammar, as `dndllama validate` and the app
 (`--no-grammar`: free decoding); generation is CPU-bound, so on a shared machine the time
@@ -26,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_FOLDERS = ("ai-eval", "tests/data/independent")   # in order of preference; then ai-training's split
 BASE_KEY = "dndllama.base"
+WRITER = ROOT / "docs" / "data" / "second-writer-ai-eval.jsonl"   # a second writer's ai-eval/ turns
 # (printed name, ToolMetrics field, format)
 FIGURES = [("tool_name_f1", "name_f1", "{:.3f}"), ("exact_f1", "exact_f1", "{:.3f}"),
            ("consequence_exact", "consequence_exact", "{:.3f}"), ("no_call_acc", "no_call_accuracy", "{:.3f}"),
@@ -129,9 +132,28 @@ def main(argv: list[str] | None = None) -> int:
         tools = results[label].tools
         print(f"{label}: {len(results[label].turns)} turns in {time.perf_counter() - start:.0f} s; "
               f"{tools.reference_calls} reference calls, {tools.predicted_calls} attempts", flush=True)
+    writer = second_writer(results["model"].turns, conversations, vocab)
+    if writer is not None:
+        print(f"second writer: {figures(writer)}")
     print(f"base: {figures(results['base'].tools)}")
     print(figures(results["model"].tools))
     return 0
+
+
+def second_writer(turns, conversations, vocab):
+    """A second writer's scores on the same turns (docs/evaluation.md, "What a second writer scores"),
+    when its replies cover them all; else None (another evaluation set, or ai-eval/ edited since)."""
+    from writer_replies import writer_turns   # scripts/ is on sys.path when run as a script
+
+    from dndllama.validate import score_turns
+
+    if not WRITER.exists():
+        return None
+    written = writer_turns(WRITER, conversations, vocab)
+    keys = [(t.scenario, t.message) for t in turns]
+    if not keys or any(k not in written or written[k].reference != t.reference for k, t in zip(keys, turns)):
+        return None
+    return score_turns([written[k] for k in keys], conversations, vocab)
 
 
 if __name__ == "__main__":

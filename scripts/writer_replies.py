@@ -84,19 +84,28 @@ def collect(out: Path) -> None:
     print(f"{len(lines)} replies collected, {missing} turns without one: {out / 'replies.jsonl'}")
 
 
-def report(replies: Path, out: Path, eval_data: Path) -> None:
-    """`out`: a report.json in `dndllama validate`'s form whose model turns are the writer's replies."""
+def writer_turns(replies: Path, convs, vocab) -> dict:
+    """(scenario, message) -> Turn of each reply whose DM turn is in `convs`, read as a replayed turn
+    is: ended at a loop, stripped, its calls parsed with the same vocabulary."""
     from dndllama.replay import _turn
 
-    vocab, convs = conversations(eval_data)
     by_name = {c.scenario: c for c in convs}
-    turns = []
+    turns = {}
     for line in replies.read_text().splitlines():
         entry = json.loads(line)
-        # read as a replayed turn is: ended at a loop, stripped, its calls parsed with the same vocabulary
+        conversation = by_name.get(entry["scenario"])
+        if conversation is None or entry["message"] >= len(conversation.messages):
+            continue
         written = {"text": entry["reply"], "n_prompt": 0, "n_generated": 0, "stop_reason": "eos",
                    "prompt_tokens_per_s": 0, "gen_tokens_per_s": 0}
-        turns.append(_turn(by_name[entry["scenario"]], entry["message"], written, vocab))
+        turns[(entry["scenario"], entry["message"])] = _turn(conversation, entry["message"], written, vocab)
+    return turns
+
+
+def report(replies: Path, out: Path, eval_data: Path) -> None:
+    """`out`: a report.json in `dndllama validate`'s form whose model turns are the writer's replies."""
+    vocab, convs = conversations(eval_data)
+    turns = writer_turns(replies, convs, vocab).values()
     out.write_text(json.dumps({"model": {"turns": [asdict(t) for t in turns]}}, indent=1))
     print(f"{len(turns)} turns: {out}")
 
