@@ -47,13 +47,13 @@ def dm_indices(conversation) -> list[int]:
 def export(out: Path, groups: int, eval_data: Path) -> None:
     """Conversations dealt to `groups` writers, longest first to the least loaded, one file per DM turn."""
     _, convs = conversations(eval_data)
-    loads, index = [0] * groups, []
+    loads, scenarios, index = [0] * groups, [0] * groups, []
     for conversation in sorted(convs, key=lambda c: -len(dm_indices(c))):
         group = loads.index(min(loads))
         loads[group] += len(dm_indices(conversation))
-        count = sum(1 for e in index if e["group"] == group + 1 and e["turn"] == 1)
+        scenarios[group] += 1
         slug = re.sub(r"[^a-z0-9]+", "-", conversation.scenario.lower()).strip("-")
-        folder = out / f"group-{group + 1}" / f"{count + 1:02d}-{slug}"
+        folder = out / f"group-{group + 1}" / f"{scenarios[group]:02d}-{slug}"
         folder.mkdir(parents=True, exist_ok=True)
         last = 0
         for turn, i in enumerate(dm_indices(conversation), start=1):
