@@ -87,8 +87,15 @@ py::dict train_py(const std::string & base, const std::string & out,
                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> labels,
                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> val_tokens,
                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> val_labels,
-                  const TrainOptions & opts, py::object callback) {
+                  const TrainOptions & opts, py::object callback, py::object label_weights) {
     Windows train_set = to_windows(tokens, labels, "training set");
+    if (!label_weights.is_none()) {
+        auto weights = label_weights.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
+        if (weights.ndim() != 2 || weights.shape(0) != labels.shape(0) || weights.shape(1) != labels.shape(1)) {
+            throw Error("label_weights must be a float32 array of the labels' shape [windows, n_ctx]");
+        }
+        train_set.weights.assign(weights.data(), weights.data() + weights.size());
+    }
     Windows val_set;
     if (val_tokens.size() > 0) {
         val_set = to_windows(val_tokens, val_labels, "validation set");
@@ -405,7 +412,9 @@ PYBIND11_MODULE(_native, m) {
 
     m.def("train", &train_py, py::arg("base"), py::arg("out"), py::arg("tokens"), py::arg("labels"),
           py::arg("val_tokens"), py::arg("val_labels"), py::arg("options"), py::arg("callback") = py::none(),
-          "Fine-tune `base` on token windows (labels -1 = masked) and write the result to `out`.");
+          py::arg("label_weights") = py::none(),
+          "Fine-tune `base` on token windows (labels -1 = masked; label_weights: each training label's "
+          "loss weight, default 1) and write the result to `out`.");
 
     m.def("evaluate",
           [](const std::string & path, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,

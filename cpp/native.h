@@ -172,8 +172,12 @@ struct TrainResult {
 };
 
 // Windows are rows of `n_ctx` tokens; labels[i] is the token to predict after tokens[i] or -1 (masked).
+// A label weighs at most this much: far beyond any useful emphasis, well inside float32's range.
+constexpr float MAX_LABEL_WEIGHT = 1000.0f;
+
 struct Windows {
     std::vector<int32_t> tokens, labels;
+    std::vector<float> weights;   // one per label (the loss weight of a training label); empty: all 1
     int64_t count(int n_ctx) const { return (int64_t) tokens.size() / n_ctx; }
 };
 

@@ -11,6 +11,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 namespace fs = std::filesystem;
 
@@ -23,6 +24,18 @@ void check_windows(const Windows & w, int n_ctx, int n_vocab, const char * what)
     if (w.tokens.size() % n_ctx != 0) {
         throw Error(std::string(what) + ": " + std::to_string(w.tokens.size()) +
                     " tokens is not a whole number of windows of n_ctx=" + std::to_string(n_ctx));
+    }
+    if (!w.weights.empty() && w.weights.size() != w.labels.size()) {
+        throw Error(std::string(what) + ": " + std::to_string(w.weights.size()) + " label weights for " +
+                    std::to_string(w.labels.size()) + " labels");
+    }
+    for (size_t i = 0; i < w.weights.size(); ++i) {
+        if (!std::isfinite(w.weights[i]) || w.weights[i] < 0.0f || w.weights[i] > MAX_LABEL_WEIGHT) {
+            std::ostringstream msg;
+            msg << what << ": label weight " << w.weights[i] << " at position " << i << " is outside [0, "
+                << MAX_LABEL_WEIGHT << "]\nfix: pass finite label weights in that range";
+            throw Error(msg.str());
+        }
     }
     for (size_t i = 0; i < w.tokens.size(); ++i) {
         if (w.tokens[i] < 0 || w.tokens[i] >= n_vocab || w.labels[i] < -1 || w.labels[i] >= n_vocab) {

@@ -178,6 +178,11 @@ std::tuple<double, int64_t, int64_t> Trainer::run(const Windows & w, int64_t i, 
     const size_t n = opts.n_ctx;
     memcpy(ggml_opt_dataset_data(window.get())->data, w.tokens.data() + i * n, n * sizeof(int32_t));
     memcpy(ggml_opt_dataset_labels(window.get())->data, w.labels.data() + i * n, n * sizeof(int32_t));
+    // patch 0016: training labels weigh what the dataset says (check_windows checked them)
+    const bool weighted = train && !w.weights.empty();
+    if (!llama_opt_set_label_weights(ctx.get(), weighted ? w.weights.data() + i * n : nullptr, weighted ? n : 0)) {
+        throw Error("the training context refused the label weights of window " + std::to_string(i));
+    }
     ResultHandle result(ggml_opt_result_init());
     const MatmulPrecision precision(train && bf16_matmul);
     const int n_threads = threads.next();

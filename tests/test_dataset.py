@@ -15,6 +15,7 @@ from dndllama.dataset import (
     augment_scenario,
     build_dataset,
     conversation_windows,
+    label_weights,
     read_jsonl,
     render_gemma,
     split_scenarios,
@@ -23,7 +24,7 @@ from dndllama.dataset import (
     write_jsonl,
 )
 from dndllama.scenarios import check_scenario, format_scenario, load_folder, parse_scenario
-from dndllama.tools import default_vocabulary
+from dndllama.tools import CALL_PATTERN, default_vocabulary
 
 DATA = Path(__file__).parent / "data"
 SEED = parse_scenario((DATA / "seed_tavern.md").read_text(encoding="utf-8"), "roleplay/seed_tavern.md",
@@ -162,6 +163,29 @@ def test_mask_covers_exactly_dm_text_and_end_of_turn(tokenizer, scenario):
     assert len(end_of_turn) == 1
     trained_ends = [t for t, m in zip(window.tokens, window.mask) if m and t == end_of_turn[0]]
     assert len(trained_ends) == len(answers)  # the user turns' <end_of_turn> are not trained
+
+
+def test_decision_tokens_are_each_answers_start_call_openings_and_end(tokenizer):
+    """The tokens that decide whether a DM turn calls: where each answer starts, the token holding each
+    call's '[' and each answer's <end_of_turn>; their labels (one position earlier) get the weight."""
+    conversation = to_conversation(FIGHT)
+    [window] = conversation_windows(conversation, tokenizer, ctx=100_000)
+    answers = [m.content.strip() for m in conversation.messages if m.role == "assistant"]
+    calls = sum(len(CALL_PATTERN.findall(a)) for a in answers)
+    assert calls >= 3
+    marked = [i for i, d in enumerate(window.decisions) if d]
+    assert all(window.mask[i] for i in marked)
+    assert len(marked) == 2 * len(answers) + calls   # no answer here starts with its call
+    pieces = [tokenizer.detokenize([window.tokens[i]]) for i in marked]
+    assert sum(p == END_OF_TURN for p in pieces) == len(answers)
+    assert sum("[" in p for p in pieces) >= calls   # an answer may start with its call
+    starts = [i for i, m in enumerate(window.mask) if m and not window.mask[i - 1]]
+    assert len(starts) == len(answers) and all(window.decisions[i] for i in starts)
+
+    weights = label_weights([window], len(window.tokens) + 3, 4.0)
+    assert weights.shape == (1, len(window.tokens) + 3)
+    assert [i for i, w in enumerate(weights[0]) if w == 4.0] == [i - 1 for i in marked]
+    assert set(weights[0].tolist()) == {1.0, 4.0}
 
 
 def largest_exchange(conversation, tokenizer):

@@ -347,6 +347,49 @@ def test_each_step_applies_only_the_gradient_of_its_own_windows(tiny, tmp_path):
         np.testing.assert_allclose(two[name], b[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_label_weights_give_the_weighted_mean_of_each_positions_gradient(tiny, tmp_path):
+    """Patch 0016: a label of weight w adds w times its one-hot gradient, and the loss is the weighted
+    mean. Checked against gradients of the two halves of a window trained apart (the other half masked)."""
+    path = tiny["gemma3"]
+    x, y = windows_for(native.Model(str(path)), TEXT)
+    cut, heavy = 100, 3.0
+    first, second = y.copy(), y.copy()
+    first[:, cut:] = -1
+    second[:, :cut] = -1
+    loss_a, grads_a = sgd_gradients(path, x, first, tmp_path / "a.gguf")
+    loss_b, grads_b = sgd_gradients(path, x, second, tmp_path / "b.gguf")
+    weights = np.ones(y.shape, np.float32)
+    weights[:, cut:] = heavy
+    o = options(1, 1.0, n_threads=2, matmul_precision="f32", **SGD)
+    r = native.train(str(path), str(tmp_path / "w.gguf"), x, y, x[:0], y[:0], o, None, weights)
+    before, after = read_tensors(path), read_tensors(tmp_path / "w.gguf")
+    na, nb = cut, CTX - cut
+    total = na + heavy * nb
+    assert r["train_loss"] == pytest.approx((na * loss_a + heavy * nb * loss_b) / total, rel=1e-4)
+    for name, ga in grads_a.items():
+        want = (na * ga + heavy * nb * grads_b[name]) / total
+        got = before[name].astype(np.float64) - after[name]   # w - 1 * grad, rounded to float32
+        assert np.linalg.norm(got - want) < 1e-3 * np.linalg.norm(want), name
+    # weights of 1 everywhere train exactly as no weights do
+    native.train(str(path), str(tmp_path / "ones.gguf"), x, y, x[:0], y[:0], o, None, np.ones(y.shape, np.float32))
+    native.train(str(path), str(tmp_path / "none.gguf"), x, y, x[:0], y[:0], o)
+    ones, none = read_tensors(tmp_path / "ones.gguf"), read_tensors(tmp_path / "none.gguf")
+    for name in ones:
+        np.testing.assert_array_equal(ones[name], none[name], err_msg=name)
+
+
+@pytest.mark.parametrize("bad,shown", [(np.nan, "nan"), (-1.0, "-1"), (1e6, "1e\\+06")])
+def test_bad_label_weights_are_refused_with_their_position(tiny, bad, shown):
+    path = str(tiny["gemma3"])
+    x, y = windows_for(native.Model(path), TEXT)
+    weights = np.ones(y.shape, np.float32)
+    weights[0, 7] = bad
+    with pytest.raises(native.NativeError, match=f"label weight {shown} at position 7 is outside \\[0, 1000\\]"):
+        native.train(path, "", x, y, x[:0], y[:0], options(1, 1e-3), None, weights)
+    with pytest.raises(native.NativeError, match="label_weights must be a float32 array of the labels' shape"):
+        native.train(path, "", x, y, x[:0], y[:0], options(1, 1e-3), None, weights[:, :10])
+
+
 # ---- training -------------------------------------------------------------------------------
 
 # The text repeats characters ("t" precedes "h", "t" and "a"), so a bigram table is not enough

@@ -57,6 +57,9 @@ class Config:
     synth: float = 2.0                   # 0 = off; 2: the measured recipe (docs/training.md, "Recipe")
     synth_seed: int = 0
     synth_loss: str = "calls"            # "calls": loss on their call lines + the sentence before; "all"
+    # the loss weight of a DM turn's first token, each tool call's opening token and its end of turn:
+    # where it decides whether to call (loss_mask.decision_tokens); 1 = every DM token weighs the same
+    decision_weight: float = 1.0
     # training
     epochs: int = 2
     max_steps: int = 0                   # 0 = the epochs decide
@@ -109,6 +112,7 @@ class Config:
         keys += (("lora_rank", "lora_alpha", "lora_targets", "lora_lr") if self.method == "lora"
                  else ("lr", "trainable"))
         keys += ("synth", "synth_seed", "synth_loss") if self.synth else ()   # absent when off: old keys stay valid
+        keys += ("decision_weight",) if self.decision_weight != 1 else ()
         return {k: getattr(self, k) for k in keys} | ({"method": "lora"} if self.method == "lora" else {})
 
     @property

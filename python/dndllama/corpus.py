@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .base import BaseModel
 from .config import Config
-from .dataset import (Conversation, build_dataset, ctx_for, labelled_per_window, padding_id, token_windows,
-                      window_arrays, windows_and_cuts)
+from .dataset import (Conversation, build_dataset, ctx_for, label_weights, labelled_per_window, padding_id,
+                      token_windows, window_arrays, windows_and_cuts)
 from .evalset import EvalSet, EvalSetError, find_eval_dir, load_eval_set
 from .files import atomic_path, read_json, write_json
 from .scenarios import ERROR, load_folder, scenario_files
@@ -146,13 +146,15 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
     path = cache / "datasets" / f"{key}.npz"
     if path.exists():
         with np.load(path) as z:
-            arrays = Arrays(z["tokens"], z["labels"], z["val_tokens"], z["val_labels"])
+            arrays = Arrays(z["tokens"], z["labels"], z["val_tokens"], z["val_labels"],
+                            z["weights"] if "weights" in z.files else None)
         return arrays, read_json(path.with_suffix(".json"), {})
     tokenizer = _native.Model(str(base.gguf), vocab_only=True)
     hand = len(data.train) - data.synthetic
     windows, cut = windows_and_cuts(data.train[:hand], tokenizer, config.ctx)
     kept, dropped = fitting_synthetic(data.train[hand:], tokenizer, config.ctx)
     tokens, labels = window_arrays(windows + kept, config.ctx, padding_id(tokenizer))
+    weights = label_weights(windows + kept, config.ctx, config.decision_weight) if config.decision_weight != 1 else None
     if dropped:
         say(f"left out {dropped} of {data.synthetic} synthetic scenarios: an exchange of theirs is longer than "
             f"the training window of {config.ctx} tokens")
@@ -170,6 +172,7 @@ def build_arrays(data: Data, base: BaseModel, config: Config, cache: Path, key: 
              # the most logit rows a training step holds (patch 0013): the memory plan's logits
              "max_window_targets": int(max(labelled_per_window(labels).max(), labelled_per_window(val_labels).max(initial=0)))}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: savez adds no suffix
-        np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels)
+        np.savez(f, tokens=tokens, labels=labels, val_tokens=val_tokens, val_labels=val_labels,
+                 **({} if weights is None else {"weights": weights}))
     write_json(path.with_suffix(".json"), stats)
-    return Arrays(tokens, labels, val_tokens, val_labels), stats
+    return Arrays(tokens, labels, val_tokens, val_labels, weights), stats

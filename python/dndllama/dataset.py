@@ -28,7 +28,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from .files import atomic_path
-from .loss_mask import LOSS_MODES, answer_mask
+from .loss_mask import LOSS_MODES, answer_mask, decision_tokens
 from .scenarios import FolderCheck, Scenario, ScenarioError, SystemBlock, ToolResult, format_scenario, parse_scenario
 from .tools import Vocabulary, default_vocabulary, render_tool_prompt
 
@@ -107,6 +107,7 @@ class Window:
     mask: list[bool]  # True where the token is a training target (DM text and its <end_of_turn>)
     scenario: str
     category: str = ""
+    decisions: list[bool] = field(default_factory=list)   # loss_mask.decision_tokens, over the window's tokens
 
 
 @dataclass
@@ -219,30 +220,35 @@ def conversation_windows(conversation: Conversation, tokenizer: Tokenizer, ctx: 
     windows: list[Window] = []
     tokens: list[int] = []
     mask: list[bool] = []
+    decisions: list[bool] = []
     for index, exchange in enumerate(exchanges):
-        answer = tokenizer.tokenize(_answer_text(exchange), False, True)
-        trained = answer_mask(_answer_text(exchange), answer, tokenizer, conversation.loss, END_OF_TURN)
+        text = _answer_text(exchange)
+        answer = tokenizer.tokenize(text, False, True)
+        trained = answer_mask(text, answer, tokenizer, conversation.loss, END_OF_TURN)
+        decides = decision_tokens(text, answer, tokenizer, END_OF_TURN)
         follow = tokenizer.tokenize(_prompt_text(system, exchange, first=False), False, True)
         if tokens and len(tokens) + len(follow) + len(answer) + len(newline) <= ctx:
             tokens += follow + answer + newline
             mask += [False] * len(follow) + trained + [False] * len(newline)
+            decisions += [False] * len(follow) + decides + [False] * len(newline)
             continue
         if tokens:
-            windows.append(Window(tokens, mask, conversation.scenario, conversation.category))
+            windows.append(Window(tokens, mask, conversation.scenario, conversation.category, decisions))
         head = tokenizer.tokenize(_prompt_text(system, exchange, first=True), True, True)
         tokens = head + answer + newline
         mask = [False] * len(head) + trained + [False] * len(newline)
+        decisions = [False] * len(head) + decides + [False] * len(newline)
         if len(tokens) > ctx:
             warnings.warn(
                 f"{conversation.scenario}: exchange {index + 1} has {len(tokens)} tokens, cut to ctx={ctx}",
                 TruncationWarning,
                 stacklevel=2,
             )
-            tokens, mask = tokens[:ctx], mask[:ctx]
+            tokens, mask, decisions = tokens[:ctx], mask[:ctx], decisions[:ctx]
             if not any(mask):
-                tokens, mask = [], []
+                tokens, mask, decisions = [], [], []
     if tokens:
-        windows.append(Window(tokens, mask, conversation.scenario, conversation.category))
+        windows.append(Window(tokens, mask, conversation.scenario, conversation.category, decisions))
     return windows
 
 
@@ -299,6 +305,16 @@ def window_arrays(windows: list[Window], ctx: int, pad_id: int) -> tuple[np.ndar
         tokens[row, : len(ids)] = ids
         labels[row, : len(ids) - 1] = np.where(target[1:], ids[1:], -1)
     return tokens, labels
+
+
+def label_weights(windows: list[Window], ctx: int, decision_weight: float) -> np.ndarray:
+    """The loss weight of each label of window_arrays: `decision_weight` where the label is a decision
+    token (Window.decisions), 1 elsewhere (masked labels carry no loss whatever their weight)."""
+    weights = np.ones((len(windows), ctx), dtype=np.float32)
+    for row, window in enumerate(windows):
+        decides = np.asarray(window.decisions[1:ctx], dtype=bool)
+        weights[row, : len(decides)][decides] = decision_weight
+    return weights
 
 
 # ---------------------------------------------------------------- JSONL (`messages` format)

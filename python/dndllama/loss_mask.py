@@ -79,6 +79,23 @@ def answer_mask(answer: str, ids: list[int], tokenizer, loss: str, end: str = EN
     return mask
 
 
+def decision_tokens(answer: str, ids: list[int], tokenizer, end: str = END_OF_TURN) -> list[bool]:
+    """The tokens of a DM answer where it decides whether to call a tool: its first token (a call or
+    prose first), the token that opens each call, and its end of turn (stop, or call after all).
+    Over-calling is decided at these few tokens among the many of a turn's prose."""
+    marks = [False] * len(ids)
+    if not ids:
+        return marks
+    marks[0] = True
+    if end and answer.endswith(end):
+        marks[-1] = True
+    for call in CALL_PATTERN.finditer(answer):
+        at = _token_at(answer, call.start(), ids, tokenizer, straddler=0)
+        if at < len(ids):
+            marks[at] = True
+    return marks
+
+
 def _token_at(text: str, offset: int, ids: list[int], tokenizer, straddler: int) -> int:
     """How many of `ids` lie before char `offset`: the prefix's own tokens when they are a prefix of
     the whole text's tokens, else the common part plus `straddler` (the token across the edge)."""

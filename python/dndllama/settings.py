@@ -139,6 +139,8 @@ SETTINGS: dict[str, Rule] = {
     "synth": Rule(float, 0.0, 1000.0, note="a ratio of synthetic to hand-written DM turns, 0 = off"),
     "synth_seed": _int(0, UINT32_MAX),
     "synth_loss": Rule(str, choices=SYNTH_LOSS),
+    "decision_weight": Rule(float, 1.0, 1000.0, float32=True,
+                            note="the loss weight of the tokens that decide whether a DM turn calls a tool; 1 = off"),
     "epochs": _int(1, 10_000),
     "max_steps": _int(0, BIG, "0 = the epochs decide"),
     "lr": Rule(float, 0.0, 1.0, lo_open=True, hi_open=True, float32=True),

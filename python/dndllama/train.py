@@ -43,6 +43,7 @@ class Arrays:
     labels: np.ndarray
     val_tokens: np.ndarray
     val_labels: np.ndarray
+    weights: np.ndarray | None = None   # each training label's loss weight (dataset.label_weights); None: all 1
 
 
 @dataclass
@@ -150,7 +151,7 @@ def train_model(base_path: Path, arrays: Arrays, config: Config, run_dir: Path, 
     try:
         with view:
             result = _native.train(str(start), "", arrays.tokens, arrays.labels, arrays.val_tokens,
-                                   arrays.val_labels, options, on_event)
+                                   arrays.val_labels, options, on_event, arrays.weights)
     except _native.NativeError as e:
         raise TrainingError(str(e)) from None
     finally:

@@ -51,7 +51,12 @@ def data_cache_key(data: Data) -> str:
 
 def dataset_cache_key(config: Config, data_key: str, base_sha256: str) -> str:
     return digest("dataset", data_key, base_sha256, config.ctx, config.val_fraction, config.augment,
-                  config.seed, *synth_settings(config), code_version())
+                  config.seed, *synth_settings(config), *weight_settings(config), code_version())
+
+
+def weight_settings(config: Config) -> tuple:
+    """What the label weights depend on; empty when off, so other keys do not move."""
+    return ("decision_weight", config.decision_weight) if config.decision_weight != 1 else ()
 
 
 def train_cache_key(config: Config, dataset_key: str, base_sha256: str, parent: dict | None) -> str:

@@ -51,6 +51,8 @@ TRAIN_FLAGS = [
     ("--synth-seed", int, "S", "seed of the generated scenarios (default 0)"),
     ("--synth-loss", str, "WHAT", "loss on generated DM turns: calls (default: their call lines and the sentence "
                                   "before) or all"),
+    ("--decision-weight", float, "W", "loss weight of the tokens that decide whether a DM turn calls a tool: its "
+                                      "first token, each call's opening token, its end of turn (default 1 = off)"),
 ]
 # flag, Config field, value when given, help: switches that set a Config field
 TRAIN_SWITCHES = [
