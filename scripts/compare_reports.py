@@ -70,11 +70,45 @@ def main() -> None:
         print(f"{label:<52} {fmt_value(a):>7} {fmt_value(b):>7} {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {differ}")
         if key in SUMMARY:
             summary[key] = (diff, low, high)
+    informed = informedness_change(scored[0], scored[1])
+    if informed:
+        (a, b, diff), low, high = informed
+        differ = "A better" if low > 0 else "B better" if high < 0 else "no"
+        print(f"{'call decision informedness (must-call + no-call - 1)':<52} {a:>7.3f} {b:>7.3f} {diff:>+7.3f}  "
+              f"[{low:+.3f}, {high:+.3f}]  {differ}")
     a, b = (f"{m.repeated_calls} of {m.predicted_calls}" for m in scored)
     print(f"{'attempts repeating the call just resolved':<52} {a:>9} {b:>9}")
     _print_arguments(scored)
     print("compared_turns=" + str(len(keys)) + "".join(
         f" {k}_diff={d:+.3f} {k}_ci={lo:+.3f},{hi:+.3f}" for k, (d, lo, hi) in summary.items()))
+
+
+def informedness_change(a, b, resamples: int = 2000, seed: int = 0):
+    """Whether a model knows *when* to call, apart from how often it calls: must-call + no-call
+    accuracy - 1 (Youden's J; 0 = calling at random, 1 = every decision right). A recipe that only
+    makes the model call less trades must-call for no-call accuracy and leaves this where it was.
+    ((J of A, J of B, A - B), low, high) with the interval of resampling whole scenarios as
+    scoring.paired_difference draws them; None without per-scenario counts."""
+    import numpy as np
+
+    rates = ("must_call_accuracy", "no_call_accuracy")
+    groups = [getattr(m, "groups", {}) for m in (a, b)]
+    if not groups[0] or groups[0].keys() != groups[1].keys():
+        return None
+    counts = np.array([[c for g in groups for r in rates for c in g[s][r]] for s in groups[0]], dtype=float)
+
+    def informedness(sums):   # columns: must k, n, no-call k, n of A, then of B
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return [sums[..., i] / sums[..., i + 1] + sums[..., i + 2] / sums[..., i + 3] - 1 for i in (0, 4)]
+
+    ja, jb = informedness(counts.sum(axis=0))
+    if not (np.isfinite(ja) and np.isfinite(jb)):
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    da, db = informedness(counts[draws].sum(axis=1))
+    diffs = (da - db)[np.isfinite(da - db)]
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return (float(ja), float(jb), float(ja - jb)), float(low), float(high)
 
 
 def _print_arguments(scored) -> None:

@@ -341,6 +341,9 @@ def test_compare_reports_tells_a_better_model_from_a_worse_one_on_the_same_turns
     (right, of), silent = rows["inventory.item"][0].split("/"), rows["inventory.item"][1]
     assert right == of != "0" and silent == "0/0"      # every item right; the silent model paired no call
     assert float(last["name_f1_diff"]) == 1.0 and last["name_f1_ci"] == "+1.000,+1.000"
+    # the reference decides every turn right (J = 1); never calling decides nothing (J = 0)
+    [informed] = [line for line in run.stdout.splitlines() if line.startswith("call decision informedness")]
+    assert informed.split(")")[1].split()[:3] == ["1.000", "0.000", "+1.000"]
     refused = subprocess.run(script + [str(tmp_path / "good.json"), str(tmp_path / "missing.json")],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "not a readable report.json" in refused.stderr
